@@ -1,0 +1,201 @@
+"""YAML configs with dotted ``key=value`` overrides, validated strictly into typed dataclasses.
+
+Every section is a dataclass; its fields' annotations are the schema. Unknown keys, wrong types and
+impossible values raise :class:`ConfigError` naming the dotted key. ``validate()`` methods on a
+section check values that types cannot (they raise ``ConfigError`` via :func:`fail`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config problem, reported as one line that names the key."""
+
+
+def fail(key: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"config key '{key}': {message}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to annotation ``tp`` or fail naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            fail(key, f"expected a mapping (section), got {value!r}")
+        return _build(tp, value, key)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for a in sorted(args, key=lambda a: a is str):  # try str last so "2" does not stay a string
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        fail(key, f"expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        fail(key, f"must be one of {', '.join(repr(a) for a in args)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        fail(key, f"expected null, got {value!r}")
+    if origin in (list, Sequence, tuple) or tp in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            fail(key, f"expected a list ({_type_name(tp)}), got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                fail(key, f"expected {len(args)} items, got {len(value)}: {value!r}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin in (dict, Mapping) or tp is dict:
+        if not isinstance(value, Mapping):
+            fail(key, f"expected a mapping, got {value!r}")
+        vt = args[1] if args else Any
+        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        fail(key, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        fail(key, f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        fail(key, f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        fail(key, f"expected a string, got {value!r}")
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        k = unknown[0]
+        full = f"{prefix}.{k}" if prefix else str(k)
+        import difflib
+        close = difflib.get_close_matches(str(k), list(fields), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(fields)})"
+        raise ConfigError(f"config key '{full}': unknown key{hint}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate(prefix)
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (for example parallel.h=2)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"config key '{'.'.join(path[:i + 1])}' is a value, not a section: cannot set '{'.'.join(path)}'")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must contain a mapping at the top level")
+    return data
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], overrides: Sequence[str] = ()) -> T:
+    import copy
+    return _build(cls, apply_overrides(copy.deepcopy(dict(data)), overrides))
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
+    """Read YAML ``path`` (or start from defaults when None), apply overrides, validate into ``cls``."""
+    data = read_yaml(path) if path is not None else {}
+    cfg = from_dict(cls, data, overrides)
+    if path is not None and hasattr(cfg, "_source"):
+        object.__setattr__(cfg, "_source", str(path))
+    return cfg
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain YAML-able data of a config (tuples become lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_resolved(cfg: Any, directory: str | Path, name: str = "config.resolved.yaml") -> Path:
+    """Write the resolved config beside an output, so every result says how it was made."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / name
+    out.write_text(dump_yaml(cfg))
+    return out

@@ -1,0 +1,82 @@
+"""Process-level plumbing for the MPI programs: rank-prefixed logging, threads, and clean failure.
+
+Errors that every rank detects alike (bad config, impossible layout) are printed once by rank 0 and
+every rank exits with status 2. Any other exception is printed by the rank that raised it and the
+whole job is aborted, so no rank is left waiting in a collective.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from typing import Callable, Sequence
+
+
+class UserError(RuntimeError):
+    """A problem with the user's input that every rank detects the same way (printed once)."""
+
+
+def world():
+    from mpi4py import MPI
+    return MPI.COMM_WORLD
+
+
+def setup_logging(rank: int, level: str | int = "INFO") -> logging.Logger:
+    """Log to stderr with the rank in the prefix; ranks other than 0 only log warnings and above."""
+    logger = logging.getLogger("hpc_fcn")
+    logger.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(level if rank == 0 else max(logging.WARNING, logging.getLevelName(level)
+                                                   if isinstance(level, str) else level))
+    logger.propagate = False
+    return logger
+
+
+def local_size(comm) -> int:
+    """Ranks sharing this node."""
+    from mpi4py import MPI
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    n = node.Get_size()
+    node.Free()
+    return n
+
+
+def set_threads(comm, requested: int = 0) -> int:
+    """Give each rank an equal share of this node's cores (``requested`` > 0 overrides)."""
+    import torch
+    n = requested or max(1, (os.cpu_count() or 1) // local_size(comm))
+    torch.set_num_threads(n)
+    return n
+
+
+def main_guard(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run ``main`` so that a failure on any rank ends every rank with a non-zero status and one message."""
+    from .config import ConfigError
+    comm = world()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return int(main(argv) or 0)
+    except (ConfigError, UserError) as exc:
+        if comm.rank == 0:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        if os.environ.get("HPC_FCN_DEBUG"):
+            traceback.print_exc()
+        sys.stdout.flush()
+        return 2
+    except KeyboardInterrupt:
+        print(f"[rank {comm.rank}] interrupted", file=sys.stderr, flush=True)
+        comm.Abort(130)
+    except BaseException as exc:  # noqa: BLE001 - the job must not hang whatever went wrong
+        if isinstance(exc, SystemExit) and not exc.code:
+            return 0
+        msg = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        if os.environ.get("HPC_FCN_DEBUG") or not isinstance(exc, (ValueError, RuntimeError, OSError)):
+            traceback.print_exc()
+        print(f"error [rank {comm.rank}]: {msg}", file=sys.stderr, flush=True)
+        if comm.size > 1:
+            comm.Abort(1)
+        return 1
+    return 0
