@@ -1,7 +1,7 @@
 """Config sections shared by the applications (model, data, parallel layout)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from .config import fail
@@ -77,4 +77,19 @@ class ParallelConfig:
             fail(f"{p}threads", f"must be >= 0, got {self.threads}")
 
 
-__all__ = ["ModelConfig", "DataConfig", "ParallelConfig", "field"]
+__all__ = ["ModelConfig", "DataConfig", "ParallelConfig", "InferenceConfig"]
+
+
+@dataclass
+class InferenceConfig:
+    """How each forward pass runs: device, precision, CUDA graphs, torch.compile, quantisation."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    cuda_graphs: bool = False
+    compile: bool = False
+    quantize: Literal["none", "int8", "fp8"] = "none"
+    members_per_pass: int = 0  # members in one forward pass per rank; 0 = as many as fit in memory
+
+    def validate(self, prefix: str) -> None:
+        if self.members_per_pass < 0:
+            fail(f"{prefix}.members_per_pass", f"must be >= 0 (0 = automatic), got {self.members_per_pass}")

@@ -27,7 +27,7 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   say "installing torch==$TORCH_VERSION"
-  "${PIP[@]}" install "torch==$TORCH_VERSION"
+  "${PIP[@]}" install "torch==$TORCH_VERSION" numpy
 fi
 TORCH_VERSION=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
 echo "torch==$TORCH_VERSION" > "$VENV/constraints.txt"

@@ -1,0 +1,125 @@
+"""Initial-condition perturbations, in normalised units (a fraction of each channel's std).
+
+The noise of member k is keyed by (seed, initial time, k): it is generated on the GLOBAL model grid
+and then sliced to the rank's window, so a member is the same whatever the layout or batch size.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..config import ConfigError
+from .config import PerturbationConfig
+
+EARTH_RADIUS_KM = 6371.0
+_TAGS = {"gaussian": 1, "spherical": 2, "bred": 3}
+
+
+def member_generator(seed: int, init_hours: int, member: int, tag: int) -> torch.Generator:
+    """A torch generator whose stream depends only on (seed, initial time, member, purpose)."""
+    words = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, init_hours & 0xFFFFFFFF,
+                                    (init_hours >> 32) & 0xFFFFFFFF, member, tag]).generate_state(2)
+    return torch.Generator().manual_seed(int(words[0]) << 31 ^ int(words[1]))
+
+
+def channel_amplitudes(cfg: PerturbationConfig, channels: Sequence[str]) -> torch.Tensor:
+    unknown = sorted(set(cfg.channel_amplitude) - set(channels))
+    if unknown:
+        raise ConfigError(f"config key 'perturbation.channel_amplitude': unknown channel(s) {', '.join(unknown)}; "
+                          f"the model channels are {', '.join(channels)}")
+    return torch.tensor([cfg.channel_amplitude.get(c, cfg.amplitude) for c in channels], dtype=torch.float32)
+
+
+class NoiseField:
+    """Unit-variance noise on the global (nlat, nlon) model grid: white (gaussian) or correlated on the sphere."""
+
+    def __init__(self, kind: str, nlat: int, nlon: int, n_channels: int, length_scale_km: float = 500.0):
+        self.kind, self.nlat, self.nlon, self.n_channels = kind, nlat, nlon, n_channels
+        if kind == "spherical":
+            import torch_harmonics as th
+            # The model grid is the equiangular grid with both poles minus its south-pole row.
+            full = nlat + 1
+            ratio = EARTH_RADIUS_KM / length_scale_km
+            self.lmax = int(min(full - 1, nlon // 2, math.ceil(5.0 * ratio) + 1))
+            self.isht = th.InverseRealSHT(full, nlon, lmax=self.lmax, mmax=self.lmax, grid="equiangular")
+            ell = torch.arange(self.lmax, dtype=torch.float64)
+            # Gaussian-shaped correlation of width L on the sphere: variance spectrum exp(-l(l+1)(L/R)^2 / 2).
+            spectrum = torch.exp(-0.5 * ell * (ell + 1) / ratio ** 2)
+            spectrum[0] = 0.0  # no global-mean offset
+            self.sigma = spectrum.sqrt().float()[:, None]
+            self.mask = torch.tril(torch.ones(self.lmax, self.lmax)).bool()  # m <= l
+        elif kind != "gaussian":
+            raise ValueError(f"unknown noise kind {kind!r}")
+
+    def sample(self, gen: torch.Generator) -> torch.Tensor:
+        """(C, nlat, nlon) float32 with unit RMS per channel."""
+        if self.kind == "gaussian":
+            return torch.randn(self.n_channels, self.nlat, self.nlon, generator=gen)
+        shape = (self.n_channels, self.lmax, self.lmax)
+        re = torch.randn(shape, generator=gen)
+        im = torch.randn(shape, generator=gen)
+        im[..., 0] = 0.0  # m = 0 coefficients are real
+        coeffs = torch.complex(re, im) * (self.sigma * self.mask)
+        field = self.isht(coeffs)[:, : self.nlat]
+        rms = field.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt().clamp_min(1e-12)
+        return (field / rms).float()
+
+
+class Perturber:
+    """Adds keyed perturbations to the rank's window of a (normalised) initial condition."""
+
+    def __init__(self, cfg: PerturbationConfig, *, channels: Sequence[str], nlat: int, nlon: int,
+                 rows: slice, cols: slice, seed: int, control: bool):
+        self.cfg = cfg
+        self.rows, self.cols = rows, cols
+        self.seed = seed
+        self.control = control
+        self.amp = channel_amplitudes(cfg, channels)[:, None, None]
+        kind = "spherical" if cfg.method == "spherical" else "gaussian"
+        self.noise = None if cfg.method == "none" else NoiseField(kind, nlat, nlon, len(channels), cfg.length_scale_km)
+
+    def is_control(self, member: int) -> bool:
+        return self.cfg.method == "none" or (self.control and member == 0)
+
+    def initial_noise(self, init_hours: int, member: int) -> torch.Tensor:
+        """The member's scaled noise on this rank's window (zeros for the control member)."""
+        if self.is_control(member):
+            return torch.zeros((self.amp.shape[0],) + self._window_shape())
+        gen = member_generator(self.seed, init_hours, member, _TAGS[self.cfg.method])
+        return (self.noise.sample(gen)[:, self.rows, self.cols] * self.amp).contiguous()
+
+    def _window_shape(self) -> tuple[int, int]:
+        n_r = self.rows.stop - self.rows.start
+        n_c = self.cols.stop - self.cols.start
+        return (n_r, n_c)
+
+    def perturb(self, x0: torch.Tensor, init_hours: int, members: Sequence[int]) -> torch.Tensor:
+        """(C, r, c) initial condition -> (len(members), C, r, c) perturbed members."""
+        noise = torch.stack([self.initial_noise(init_hours, m) for m in members])
+        return x0.unsqueeze(0) + noise.to(x0.dtype)
+
+
+def breed(x_analyses: Callable[[int], torch.Tensor], delta0: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor],
+          cycles: int, steps: int, amplitude: torch.Tensor, global_rms: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Bred vectors: perturb the analysis of each cycle, integrate both runs, rescale the difference.
+
+    ``x_analyses(c)`` is the (C, r, c) analysis at the start of cycle ``c`` (earlier analyses first),
+    ``delta0`` the (B, C, r, c) seed perturbations, ``step`` one model step on a batch, ``global_rms``
+    the per-member, per-channel RMS over the whole grid (reduced across spatial ranks). The result has
+    the RMS ``amplitude`` per channel and is added to the initial condition by the caller.
+    """
+    delta = delta0
+    for c in range(cycles):
+        xa = x_analyses(c).unsqueeze(0)
+        ctrl = xa
+        pert = xa + delta
+        for _ in range(steps):
+            both = step(torch.cat([ctrl, pert]))
+            ctrl, pert = both[:1], both[1:]
+        diff = pert - ctrl
+        rms = global_rms(diff).clamp_min(1e-12)
+        delta = diff / rms * amplitude
+    return delta

@@ -1,0 +1,265 @@
+"""Forecast-skill metrics on latitude-weighted grids, as partial sums that reduce across MPI ranks.
+
+Fields are NumPy arrays (torch tensors are accepted and copied to NumPy) with latitude and longitude
+as the last two axes; sums accumulate in float64. A rank holding a window of rows and columns computes
+weighted sums over its window only; adding those sums over ranks gives the global weighted means.
+
+Variants (see the reference "Metric definitions"):
+- latitude weights: cell areas (default) or FourCastNet's cosine formula (``mode="fourcastnet"``);
+- RMSE and ACC are computed per forecast (one initial time) over the globe, then averaged over initial
+  times, as FourCastNet does; ACC is uncentred, on anomalies against a climatology;
+- CRPS is the fair (unbiased) ensemble estimator unless the plain kernel form is asked for;
+- the spread-skill ratio averages member variance (ddof 1) and squared error of the ensemble mean over
+  space and initial times before taking square roots;
+- the rank histogram counts grid points (not area weighted), ties between truth and members broken at random.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+LAT_WEIGHT_MODES = ("area", "fourcastnet")
+
+
+def _np(x: Any) -> np.ndarray:
+    """NumPy float64 view/copy of an array or torch tensor."""
+    if hasattr(x, "detach"):  # a torch tensor, possibly bf16/fp16 or on a GPU
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def lat_weights(lat_deg: Sequence[float] | np.ndarray, mode: str = "area") -> np.ndarray:
+    """Weights (N,) for the rows of a GLOBAL grid with latitudes ``lat_deg``, normalised to mean 1.
+
+    "area": the area of each row's cell band, sin(upper edge) - sin(lower edge), with edges half-way
+    between rows and the outer edges half a spacing beyond the end rows, clipped to +-90 degrees.
+    "fourcastnet": the paper's cos(90 - 180 j / (N - 1)) degrees, which ignores ``lat_deg`` except its length
+    (on the 720-row model grid it shifts every row by a fraction of a spacing); for compatibility only.
+    Slice the result for a rank's rows; do not recompute it on a window.
+    """
+    lat = np.asarray(lat_deg, dtype=np.float64).reshape(-1)
+    if mode not in LAT_WEIGHT_MODES:
+        raise ValueError(f"unknown latitude weighting {mode!r}: use one of {', '.join(LAT_WEIGHT_MODES)}")
+    n = lat.size
+    if n < 2:
+        raise ValueError(f"latitude weights need at least 2 rows, got {n}")
+    if mode == "fourcastnet":
+        w = np.cos(np.deg2rad(90.0 - 180.0 * np.arange(n) / (n - 1)))
+    else:
+        if not np.all(np.isfinite(lat)) or np.any(np.abs(lat) > 90):
+            raise ValueError("latitudes must be finite and within [-90, 90] degrees")
+        d = np.diff(lat)
+        if not (np.all(d > 0) or np.all(d < 0)):
+            raise ValueError("latitudes must be strictly monotonic (north->south or south->north)")
+        edges = np.concatenate([[lat[0] - d[0] / 2], (lat[1:] + lat[:-1]) / 2, [lat[-1] + d[-1] / 2]])
+        w = np.abs(np.diff(np.sin(np.deg2rad(np.clip(edges, -90.0, 90.0)))))
+    return w / w.mean()
+
+
+# -- weighted spatial sums ----------------------------------------------------------------------------
+def weighted_sum(x: Any, row_weights: Any) -> np.ndarray:
+    """Sum over the last two axes (rows, cols) of row_weight * x: the numerator of a weighted mean."""
+    x, w = _np(x), _np(row_weights)
+    if x.ndim < 2 or x.shape[-2] != w.shape[0]:
+        raise ValueError(f"row weights of length {w.shape[0]} do not fit a field of shape {x.shape}")
+    return np.einsum("...ij,i->...", x, w)
+
+
+def weight_total(row_weights: Any, ncols: int) -> float:
+    """The weighted mean's denominator for a window of ``ncols`` columns."""
+    return float(_np(row_weights).sum() * ncols)
+
+
+def weighted_mean(x: Any, row_weights: Any) -> np.ndarray:
+    """Weighted mean over the last two axes (serial convenience: the window is the whole grid)."""
+    x = _np(x)
+    return weighted_sum(x, row_weights) / weight_total(row_weights, x.shape[-1])
+
+
+# -- deterministic scores ----------------------------------------------------------------------------
+def rmse(forecast: Any, truth: Any, row_weights: Any) -> np.ndarray:
+    """sqrt(<(f - o)^2>) over the last two axes."""
+    return np.sqrt(weighted_mean((_np(forecast) - _np(truth)) ** 2, row_weights))
+
+
+def acc_sums(forecast: Any, truth: Any, clim: Any, row_weights: Any) -> np.ndarray:
+    """The three reducible sums of the uncentred ACC: stack(sum w f'o', sum w f'^2, sum w o'^2) on axis 0."""
+    fa, oa = _np(forecast) - _np(clim), _np(truth) - _np(clim)
+    return np.stack([weighted_sum(fa * oa, row_weights), weighted_sum(fa * fa, row_weights),
+                     weighted_sum(oa * oa, row_weights)])
+
+
+def acc_from_sums(sums: np.ndarray) -> np.ndarray:
+    """<f'o'> / sqrt(<f'^2> <o'^2>) from :func:`acc_sums` (added over ranks)."""
+    return sums[0] / np.sqrt(sums[1] * sums[2])
+
+
+def acc(forecast: Any, truth: Any, clim: Any, row_weights: Any) -> np.ndarray:
+    """Uncentred anomaly correlation over the last two axes, anomalies against ``clim``."""
+    return acc_from_sums(acc_sums(forecast, truth, clim, row_weights))
+
+
+# -- ensemble scores (members on axis 0) -------------------------------------------------------------
+def ensemble_mean(members: Any) -> np.ndarray:
+    return _np(members).mean(axis=0)
+
+
+def ensemble_spread(members: Any) -> np.ndarray:
+    """Member standard deviation, ddof 1 (NaN for a single member)."""
+    m = _np(members)
+    if m.shape[0] < 2:
+        return np.full(m.shape[1:], np.nan)
+    return m.std(axis=0, ddof=1)
+
+
+def pairwise_abs_sum(members: Any) -> np.ndarray:
+    """sum_i sum_j |x_i - x_j| over members (axis 0), via sorting: 2 sum_k (2k - M - 1) x_(k), k = 1..M."""
+    m = np.sort(_np(members), axis=0)
+    M = m.shape[0]
+    coef = (2.0 * np.arange(1, M + 1) - M - 1).reshape((M,) + (1,) * (m.ndim - 1))
+    return 2.0 * (coef * m).sum(axis=0)
+
+
+def crps_fair(members: Any, truth: Any) -> np.ndarray:
+    """Fair ensemble CRPS at each point: mean|x_i - o| - sum_ij|x_i - x_j| / (2 M (M - 1)).
+
+    With one member it is the absolute error (the spread term vanishes).
+    """
+    m, o = _np(members), _np(truth)
+    M = m.shape[0]
+    skill = np.abs(m - o).mean(axis=0)
+    return skill if M < 2 else skill - pairwise_abs_sum(m) / (2.0 * M * (M - 1))
+
+
+def crps_plain(members: Any, truth: Any) -> np.ndarray:
+    """Kernel-form ensemble CRPS at each point (the CRPS of the empirical distribution): 1/(2 M^2) spread term."""
+    m, o = _np(members), _np(truth)
+    M = m.shape[0]
+    return np.abs(m - o).mean(axis=0) - pairwise_abs_sum(m) / (2.0 * M * M)
+
+
+def truth_ranks(members: Any, truth: Any, rng: np.random.Generator) -> np.ndarray:
+    """Rank 0..M of the truth among the members at each point; ties get a uniformly random rank among them."""
+    m, o = _np(members), _np(truth)
+    below = (m < o).sum(axis=0)
+    ties = (m == o).sum(axis=0)
+    return below + rng.integers(0, ties + 1)
+
+
+def rank_histogram(members: Any, truth: Any, rng: np.random.Generator) -> np.ndarray:
+    """Counts of truth ranks over the last two axes: shape truth.shape[:-2] + (M + 1,)."""
+    M = _np(members).shape[0]
+    r = truth_ranks(members, truth, rng)
+    lead = r.shape[:-2]
+    n = int(np.prod(lead))
+    bins = r.reshape(n, -1) + (M + 1) * np.arange(n)[:, None]  # one block of M + 1 bins per leading index
+    return np.bincount(bins.ravel(), minlength=n * (M + 1)).reshape(lead + (M + 1,))
+
+
+def spread_skill_ratio(members: Any, truth: Any, row_weights: Any) -> np.ndarray:
+    """sqrt(<member variance, ddof 1>) / sqrt(<(ensemble mean - o)^2>) over the last two axes."""
+    m = _np(members)
+    var = m.var(axis=0, ddof=1)
+    mse = (m.mean(axis=0) - _np(truth)) ** 2
+    return np.sqrt(weighted_sum(var, row_weights) / weighted_sum(mse, row_weights))
+
+
+# -- accumulation over windows, initial times and ranks ------------------------------------------------
+class ScoreAccumulator:
+    """Per-lead, per-channel ensemble scores accumulated over initial times and reduced over ranks.
+
+    Each call to :meth:`add` is one forecast (one initial time) at one lead, seen through this rank's
+    spatial window, with ALL members of the ensemble for that window (gather them over the ensemble axis
+    first). Every rank of the ``comm`` passed to :meth:`reduce` must add the same forecasts in the same
+    order, and the ranks' windows must tile the grid exactly once (so pass the h x w communicator of one
+    ensemble/matmul group, not the world when windows are duplicated).
+
+    Scores, each (n_leads, C), after the reduction:
+      rmse, acc   of the ensemble mean, per forecast over the globe, then averaged over initial times;
+      crps        fair CRPS, area-weighted mean, averaged over initial times;
+      spread      sqrt(mean member variance), ssr = spread / sqrt(mean MSE of the ensemble mean);
+      mae_control, rmse_control  of member ``control_member`` if given (per forecast, then averaged);
+      rank_hist   (n_leads, C, M + 1) grid-point counts; count (n_leads,) forecasts added per lead.
+    Leads without forecasts give NaN.
+    """
+
+    _SUMS = ("se", "fo", "ff", "oo", "crps", "var", "ae_ctl", "se_ctl")
+
+    def __init__(self, channels: Sequence[str], n_leads: int, n_members: int, *,
+                 control_member: int | None = None, rng: np.random.Generator | None = None):
+        if n_leads < 1 or n_members < 1:
+            raise ValueError(f"need n_leads >= 1 and n_members >= 1, got {n_leads}, {n_members}")
+        if control_member is not None and not 0 <= control_member < n_members:
+            raise ValueError(f"control_member {control_member} is not a member index (0..{n_members - 1})")
+        self.channels = list(channels)
+        self.n_leads, self.n_members = n_leads, n_members
+        self.control_member = control_member
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        nc = len(self.channels)
+        # per lead: one row per forecast of [weight, *sums(C each)]; rank counts summed directly
+        self._rows: list[list[np.ndarray]] = [[] for _ in range(n_leads)]
+        self._ranks = np.zeros((n_leads, nc, n_members + 1), dtype=np.float64)
+        self._width = 1 + len(self._SUMS) * nc
+
+    def add(self, lead_index: int, members: Any, truth: Any, clim: Any, row_weights: Any) -> None:
+        """Add one forecast's window: members (M, C, r, c), truth and clim (C, r, c), row_weights (r,)."""
+        m, o, cl, w = _np(members), _np(truth), _np(clim), _np(row_weights)
+        nc = len(self.channels)
+        if not 0 <= lead_index < self.n_leads:
+            raise ValueError(f"lead_index {lead_index} out of range 0..{self.n_leads - 1}")
+        if m.ndim != 4 or m.shape[:2] != (self.n_members, nc):
+            raise ValueError(f"members must be ({self.n_members}, {nc}, rows, cols), got {m.shape}")
+        if o.shape != m.shape[1:] or cl.shape != m.shape[1:] or w.shape != (m.shape[2],):
+            raise ValueError(f"truth {o.shape}, clim {cl.shape} and row_weights {w.shape} do not fit members "
+                             f"{m.shape}")
+        mean = m.mean(axis=0)
+        sums = {"se": weighted_sum((mean - o) ** 2, w)}
+        sums["fo"], sums["ff"], sums["oo"] = acc_sums(mean, o, cl, w)
+        sums["crps"] = weighted_sum(crps_fair(m, o), w)
+        sums["var"] = weighted_sum(m.var(axis=0, ddof=1), w) if self.n_members > 1 else np.full(nc, np.nan)
+        ctl = m[self.control_member] if self.control_member is not None else None
+        sums["ae_ctl"] = weighted_sum(np.abs(ctl - o), w) if ctl is not None else np.zeros(nc)
+        sums["se_ctl"] = weighted_sum((ctl - o) ** 2, w) if ctl is not None else np.zeros(nc)
+        self._rows[lead_index].append(np.concatenate([[weight_total(w, m.shape[3])]] +
+                                                     [sums[k] for k in self._SUMS]))
+        self._ranks[lead_index] += rank_histogram(m, o, self.rng)
+
+    def reduce(self, comm=None) -> dict[str, Any]:
+        """Sum the partial sums over ``comm`` (None = serial) and return the scores (same on every rank)."""
+        counts = [len(r) for r in self._rows]
+        if comm is not None and comm.Get_size() > 1:
+            all_counts = comm.allgather(counts)
+            if any(c != counts for c in all_counts):
+                raise RuntimeError(f"ranks added different numbers of forecasts per lead: {all_counts}")
+        flat = np.concatenate([np.stack(r).reshape(-1) for r in self._rows if r] + [self._ranks.reshape(-1)])
+        if comm is not None and comm.Get_size() > 1:
+            from mpi4py import MPI
+            total = np.empty_like(flat)
+            comm.Allreduce(flat, total, op=MPI.SUM)
+            flat = total
+        nc, L = len(self.channels), self.n_leads
+        out = {k: np.full((L, nc), np.nan) for k in ("rmse", "acc", "crps", "spread", "ssr",
+                                                      "mae_control", "rmse_control")}
+        pos = 0
+        for lead, n in enumerate(counts):
+            if not n:
+                continue
+            block = flat[pos:pos + n * self._width].reshape(n, self._width)
+            pos += n * self._width
+            wt = block[:, :1]
+            s = {k: block[:, 1 + i * nc:1 + (i + 1) * nc] for i, k in enumerate(self._SUMS)}
+            out["rmse"][lead] = np.sqrt(s["se"] / wt).mean(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):  # a zero anomaly (climatology) has no ACC
+                out["acc"][lead] = (s["fo"] / np.sqrt(s["ff"] * s["oo"])).mean(axis=0)
+            out["crps"][lead] = (s["crps"] / wt).mean(axis=0)
+            mean_var, mean_mse = (s["var"] / wt).mean(axis=0), (s["se"] / wt).mean(axis=0)
+            out["spread"][lead] = np.sqrt(mean_var)
+            out["ssr"][lead] = np.sqrt(mean_var) / np.sqrt(mean_mse)
+            if self.control_member is not None:
+                out["mae_control"][lead] = (s["ae_ctl"] / wt).mean(axis=0)
+                out["rmse_control"][lead] = np.sqrt(s["se_ctl"] / wt).mean(axis=0)
+        out["rank_hist"] = np.rint(flat[pos:].reshape(L, nc, self.n_members + 1)).astype(np.int64)
+        out["count"] = np.asarray(counts, dtype=np.int64)
+        out["channels"] = list(self.channels)
+        return out

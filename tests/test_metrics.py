@@ -1,0 +1,245 @@
+"""Metrics against direct loop-based evaluations of the reference formulas (float64, 1e-12)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from hpc_fcn import metrics as mt
+
+TOL = dict(rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def _loop_wmean(x2d, w):
+    num = den = 0.0
+    for i in range(x2d.shape[0]):
+        for j in range(x2d.shape[1]):
+            num += w[i] * x2d[i, j]
+            den += w[i]
+    return num / den
+
+
+def _loop_crps(xs, o, fair):
+    M = len(xs)
+    skill = sum(abs(x - o) for x in xs) / M
+    spread = sum(abs(a - b) for a in xs for b in xs)
+    return skill - spread / (2 * M * (M - 1) if fair else 2 * M * M)
+
+
+# -- latitude weights ------------------------------------------------------------------------------
+def _loop_bands(lat):
+    n = len(lat)
+    areas = []
+    for i in range(n):
+        up = lat[0] + (lat[0] - lat[1]) / 2 if i == 0 else (lat[i - 1] + lat[i]) / 2
+        lo = lat[-1] - (lat[-2] - lat[-1]) / 2 if i == n - 1 else (lat[i] + lat[i + 1]) / 2
+        up, lo = min(max(up, -90), 90), min(max(lo, -90), 90)
+        areas.append(abs(np.sin(np.deg2rad(up)) - np.sin(np.deg2rad(lo))))
+    return np.array(areas)
+
+
+@pytest.mark.parametrize("rows", [721, 181, 33, 5])
+def test_area_weights_mean_one_and_cover_the_sphere(rows):
+    full = 90.0 - 180.0 * np.arange(rows) / (rows - 1)  # both poles included
+    bands = _loop_bands(full)
+    assert bands.sum() == pytest.approx(2.0, abs=1e-12)  # the bands tile the sphere (area / 2 pi = 2)
+    for lat in (full, full[:-1], full[::-1]):  # with poles, the model grid (no south pole), south->north
+        w = mt.lat_weights(lat)
+        assert w.shape == lat.shape and w.mean() == pytest.approx(1.0, abs=1e-12)
+        b = _loop_bands(lat)
+        np.testing.assert_allclose(w, b / b.mean(), **TOL)
+    # the weighted mean of sin^2(phi) over the sphere is 1/3; the cell-band rule converges as h^2
+    w = mt.lat_weights(full)
+    err = abs(mt.weighted_mean(np.sin(np.deg2rad(full))[:, None] ** 2 * np.ones((1, 4)), w) - 1 / 3)
+    assert err < 0.5 * (np.pi / (rows - 1)) ** 2
+
+
+def test_area_weights_of_model_grid_cover_all_but_the_south_cap():
+    lat = 90.0 - 0.25 * np.arange(720)
+    raw = _loop_bands(lat)
+    # missing: the cap south of -89.875 degrees
+    assert raw.sum() == pytest.approx(2.0 - (1 - np.sin(np.deg2rad(89.875))), abs=1e-12)
+    w = mt.lat_weights(lat)
+    assert w[0] < w[1] and w[-1] > w[0]  # the north-pole cell is half a band; the last row is a full band
+
+
+def test_fourcastnet_weights_match_paper_formula():
+    for n in (720, 32):
+        lat = np.linspace(90, -90, n, endpoint=False)
+        w = mt.lat_weights(lat, mode="fourcastnet")
+        s = sum(np.cos(np.pi / 180 * (90 - 180 * j / (n - 1))) for j in range(n))
+        expect = [n * np.cos(np.pi / 180 * (90 - 180 * j / (n - 1))) / s for j in range(n)]
+        np.testing.assert_allclose(w, expect, **TOL)
+    # on the model grid the two modes differ, as the reference says
+    lat = 90.0 - 0.25 * np.arange(720)
+    assert np.abs(mt.lat_weights(lat, "fourcastnet") - mt.lat_weights(lat)).max() > 1e-4
+
+
+def test_lat_weights_errors():
+    with pytest.raises(ValueError, match="unknown latitude weighting 'cos'"):
+        mt.lat_weights([10, 0, -10], mode="cos")
+    with pytest.raises(ValueError, match="monotonic"):
+        mt.lat_weights([10, 20, -10])
+    with pytest.raises(ValueError, match="within"):
+        mt.lat_weights([100, 0, -10])
+    with pytest.raises(ValueError, match="at least 2"):
+        mt.lat_weights([0.0])
+
+
+# -- deterministic scores ------------------------------------------------------------------------------
+def test_weighted_mean_rmse_acc_equal_loops(rng):
+    C, R, W = 3, 6, 7
+    f, o, cl = rng.normal(size=(3, C, R, W))
+    w = mt.lat_weights(np.linspace(80, -80, R))
+    np.testing.assert_allclose(mt.weighted_mean(f, w), [_loop_wmean(f[c], w) for c in range(C)], **TOL)
+    np.testing.assert_allclose(mt.rmse(f, o, w), [np.sqrt(_loop_wmean((f[c] - o[c]) ** 2, w)) for c in range(C)],
+                               **TOL)
+    expect = []
+    for c in range(C):
+        fa, oa = f[c] - cl[c], o[c] - cl[c]
+        expect.append(_loop_wmean(fa * oa, w) / np.sqrt(_loop_wmean(fa ** 2, w) * _loop_wmean(oa ** 2, w)))
+    np.testing.assert_allclose(mt.acc(f, o, cl, w), expect, **TOL)
+    assert mt.acc(o, o, cl, w) == pytest.approx(np.ones(C), abs=1e-14)
+
+
+def test_partial_sums_over_windows_add_up(rng):
+    x = rng.normal(size=(2, 9, 10))
+    w = mt.lat_weights(np.linspace(90, -88, 9))
+    num = mt.weighted_sum(x[..., :4, :3], w[:4]) + mt.weighted_sum(x[..., :4, 3:], w[:4]) \
+        + mt.weighted_sum(x[..., 4:, :], w[4:])
+    den = mt.weight_total(w[:4], 3) + mt.weight_total(w[:4], 7) + mt.weight_total(w[4:], 10)
+    np.testing.assert_allclose(num / den, mt.weighted_mean(x, w), **TOL)
+    with pytest.raises(ValueError, match="do not fit"):
+        mt.weighted_sum(x, w[:4])
+
+
+# -- ensemble scores -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("M", [2, 5, 8])
+def test_crps_equals_double_sum(rng, M):
+    x = rng.normal(size=(M, 2, 3, 4))
+    o = rng.normal(size=(2, 3, 4))
+    fair, plain = mt.crps_fair(x, o), mt.crps_plain(x, o)
+    for idx in itertools.product(range(2), range(3), range(4)):
+        xs = [x[(k,) + idx] for k in range(M)]
+        assert fair[idx] == pytest.approx(_loop_crps(xs, o[idx], True), rel=1e-12, abs=1e-12)
+        assert plain[idx] == pytest.approx(_loop_crps(xs, o[idx], False), rel=1e-12, abs=1e-12)
+    direct = np.abs(x[:, None] - x[None, :]).sum(axis=(0, 1))
+    np.testing.assert_allclose(mt.pairwise_abs_sum(x), direct, **TOL)
+    sorted_form = sum(2 * (2 * (k + 1) - M - 1) * np.sort(x, axis=0)[k] for k in range(M))
+    np.testing.assert_allclose(mt.pairwise_abs_sum(x), sorted_form, **TOL)
+
+
+def test_crps_single_member_is_absolute_error(rng):
+    x, o = rng.normal(size=(1, 4, 5)), rng.normal(size=(4, 5))
+    np.testing.assert_allclose(mt.crps_fair(x, o), np.abs(x[0] - o), **TOL)
+    np.testing.assert_allclose(mt.crps_plain(x, o), np.abs(x[0] - o), **TOL)
+
+
+def test_ensemble_mean_spread_ssr_equal_loops(rng):
+    M, C, R, W = 6, 2, 5, 4
+    x, o = rng.normal(size=(M, C, R, W)), rng.normal(size=(C, R, W))
+    w = mt.lat_weights(np.linspace(60, -60, R))
+    mean = sum(x[k] for k in range(M)) / M
+    var = sum((x[k] - mean) ** 2 for k in range(M)) / (M - 1)
+    np.testing.assert_allclose(mt.ensemble_mean(x), mean, **TOL)
+    np.testing.assert_allclose(mt.ensemble_spread(x), np.sqrt(var), **TOL)
+    ssr = [np.sqrt(_loop_wmean(var[c], w)) / np.sqrt(_loop_wmean((mean[c] - o[c]) ** 2, w)) for c in range(C)]
+    np.testing.assert_allclose(mt.spread_skill_ratio(x, o, w), ssr, **TOL)
+    assert np.isnan(mt.ensemble_spread(x[:1])).all()
+
+
+def test_rank_histogram_without_ties_equals_loop(rng):
+    M, C, R, W = 4, 3, 5, 6
+    x, o = rng.normal(size=(M, C, R, W)), rng.normal(size=(C, R, W))
+    expect = np.zeros((C, M + 1), dtype=int)
+    for c, i, j in itertools.product(range(C), range(R), range(W)):
+        expect[c, sum(x[k, c, i, j] < o[c, i, j] for k in range(M))] += 1
+    np.testing.assert_array_equal(mt.rank_histogram(x, o, np.random.default_rng(0)), expect)
+
+
+def test_rank_histogram_breaks_ties_at_random():
+    M, n = 3, 40000
+    x = np.zeros((M, 1, 1, n))
+    x[0, ..., : n // 2] = -1.0  # half the points: one member below the truth, two tied with it
+    o = np.zeros((1, 1, n))
+    ranks = mt.truth_ranks(x, o, np.random.default_rng(7))
+    assert ranks[..., : n // 2].min() == 1 and ranks[..., n // 2:].min() == 0 and ranks.max() == M
+    hist = mt.rank_histogram(x, o, np.random.default_rng(7))[0]
+    assert hist.sum() == n
+    # all-tied points spread evenly over 4 ranks, the others over ranks 1..3
+    expect = np.array([n / 2 / 4, n / 2 / 4 + n / 2 / 3, n / 2 / 4 + n / 2 / 3, n / 2 / 4 + n / 2 / 3])
+    np.testing.assert_allclose(hist, expect, rtol=0.05)
+    np.testing.assert_array_equal(hist, mt.rank_histogram(x, o, np.random.default_rng(7))[0])
+
+
+# -- the accumulator ----------------------------------------------------------------------------------
+def _random_forecasts(rng, n_init, n_leads, M, C, R, W):
+    members = rng.normal(size=(n_init, n_leads, M, C, R, W)) * (1 + np.arange(n_init))[:, None, None, None, None,
+                                                                                           None]
+    truth = rng.normal(size=(n_init, n_leads, C, R, W))
+    clim = rng.normal(scale=0.5, size=(C, R, W))
+    return members, truth, clim
+
+
+def test_accumulator_equals_per_forecast_loops(rng):
+    n_init, L, M, C, R, W = 3, 2, 5, 2, 6, 8
+    members, truth, clim = _random_forecasts(rng, n_init, L, M, C, R, W)
+    w = mt.lat_weights(90.0 - 180.0 * np.arange(R) / R)
+    acc_ = mt.ScoreAccumulator(["a", "b"], L, M, control_member=0)
+    for i in range(n_init):
+        for lead in range(L):
+            acc_.add(lead, members[i, lead], truth[i, lead], clim, w)
+    out = acc_.reduce()
+    for lead, c in itertools.product(range(L), range(C)):
+        rm, ac, cr, var, mse, mae, rmc = [], [], [], [], [], [], []
+        for i in range(n_init):
+            x, o = members[i, lead, :, c], truth[i, lead, c]
+            mean = sum(x) / M
+            rm.append(np.sqrt(_loop_wmean((mean - o) ** 2, w)))
+            fa, oa = mean - clim[c], o - clim[c]
+            ac.append(_loop_wmean(fa * oa, w) / np.sqrt(_loop_wmean(fa ** 2, w) * _loop_wmean(oa ** 2, w)))
+            pt = np.array([[_loop_crps(list(x[:, a, b]), o[a, b], True) for b in range(W)] for a in range(R)])
+            cr.append(_loop_wmean(pt, w))
+            var.append(_loop_wmean(sum((xk - mean) ** 2 for xk in x) / (M - 1), w))
+            mse.append(_loop_wmean((mean - o) ** 2, w))
+            mae.append(_loop_wmean(np.abs(x[0] - o), w))
+            rmc.append(np.sqrt(_loop_wmean((x[0] - o) ** 2, w)))
+        got = {k: out[k][lead, c] for k in ("rmse", "acc", "crps", "spread", "ssr", "mae_control", "rmse_control")}
+        want = dict(rmse=np.mean(rm), acc=np.mean(ac), crps=np.mean(cr), spread=np.sqrt(np.mean(var)),
+                    ssr=np.sqrt(np.mean(var)) / np.sqrt(np.mean(mse)), mae_control=np.mean(mae),
+                    rmse_control=np.mean(rmc))
+        for k in want:
+            assert got[k] == pytest.approx(want[k], rel=1e-12, abs=1e-12), (k, lead, c)
+        # the documented convention: RMSE per forecast, then averaged (not the root of the pooled MSE)
+        assert abs(out["rmse"][lead, c] - np.sqrt(np.mean(mse))) > 1e-6
+    assert out["rank_hist"].shape == (L, C, M + 1) and (out["rank_hist"].sum(axis=-1) == n_init * R * W).all()
+    np.testing.assert_array_equal(out["count"], [n_init] * L)
+    assert out["channels"] == ["a", "b"]
+
+
+def test_accumulator_empty_lead_torch_input_and_errors(rng):
+    M, C, R, W = 3, 1, 4, 4
+    members, truth, clim = _random_forecasts(rng, 1, 1, M, C, R, W)
+    w = np.ones(R)
+    a = mt.ScoreAccumulator(["z500"], 2, M)
+    a.add(1, torch.from_numpy(members[0, 0]).float(), torch.from_numpy(truth[0, 0]), clim, w)
+    out = a.reduce()
+    assert np.isnan(out["rmse"][0]).all() and np.isfinite(out["rmse"][1]).all()
+    assert np.isnan(out["mae_control"]).all()  # no control member configured
+    np.testing.assert_allclose(out["rmse"][1], mt.rmse(members[0, 0].astype(np.float32).mean(0), truth[0, 0], w),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="members must be"):
+        a.add(0, members[0, 0, :2], truth[0, 0], clim, w)
+    with pytest.raises(ValueError, match="do not fit"):
+        a.add(0, members[0, 0], truth[0, 0], clim, w[:3])
+    with pytest.raises(ValueError, match="lead_index 2"):
+        a.add(2, members[0, 0], truth[0, 0], clim, w)
+    with pytest.raises(ValueError, match="control_member"):
+        mt.ScoreAccumulator(["z500"], 2, M, control_member=3)
