@@ -72,7 +72,8 @@ class AFNO2D(nn.Module):
         bias = x
         dtype = x.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float()
+            if x.dtype in (torch.float16, torch.bfloat16):
+                x = x.float()  # the published filter always runs in (at least) fp32
             B, H, W, C = x.shape
             spec = torch.fft.rfft2(x, dim=(1, 2), norm="ortho")
             spec = spec.reshape(B, H, W // 2 + 1, self.num_blocks, self.block_size)
