@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 from typing import Callable, Sequence
 
@@ -52,31 +53,50 @@ def set_threads(comm, requested: int = 0) -> int:
     return n
 
 
+def _all_failed(err_comm, grace_s: float) -> bool:
+    """True when every rank reports a failure within ``grace_s`` (a collective error, e.g. bad config)."""
+    req = err_comm.Ibarrier()
+    deadline = time.monotonic() + grace_s
+    while not req.Test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
 def main_guard(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> int:
-    """Run ``main`` so that a failure on any rank ends every rank with a non-zero status and one message."""
+    """Run ``main`` so that a failure on any rank ends every rank with a non-zero status and one message.
+
+    When every rank fails alike (a bad config, a missing file), rank 0 prints one line and all exit with
+    status 2 (user errors) or 1. When only some ranks fail, each of them prints its message and the job
+    is aborted, so no rank is left waiting in a collective.
+    """
     from .config import ConfigError
     comm = world()
+    err_comm = comm.Dup() if comm.size > 1 else None
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return int(main(argv) or 0)
-    except (ConfigError, UserError) as exc:
-        if comm.rank == 0:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
-        if os.environ.get("HPC_FCN_DEBUG"):
-            traceback.print_exc()
-        sys.stdout.flush()
-        return 2
-    except KeyboardInterrupt:
-        print(f"[rank {comm.rank}] interrupted", file=sys.stderr, flush=True)
-        comm.Abort(130)
+        code = int(main(argv) or 0)
+        if err_comm is not None:
+            err_comm.Free()
+        return code
     except BaseException as exc:  # noqa: BLE001 - the job must not hang whatever went wrong
-        if isinstance(exc, SystemExit) and not exc.code:
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
             return 0
+        user = isinstance(exc, (ConfigError, UserError))
+        code = 2 if user or isinstance(exc, SystemExit) else 130 if isinstance(exc, KeyboardInterrupt) else 1
         msg = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        if os.environ.get("HPC_FCN_DEBUG") or not isinstance(exc, (ValueError, RuntimeError, OSError)):
+        if user:
+            msg = str(exc)
+        if os.environ.get("HPC_FCN_DEBUG") or not (user or isinstance(exc, (ValueError, RuntimeError, OSError,
+                                                                            SystemExit, KeyboardInterrupt))):
             traceback.print_exc()
+        grace = float(os.environ.get("HPC_FCN_ERROR_GRACE", "3"))
+        if err_comm is None or _all_failed(err_comm, grace):
+            if comm.rank == 0 and not isinstance(exc, SystemExit):
+                print(f"error: {msg}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            return code
         print(f"error [rank {comm.rank}]: {msg}", file=sys.stderr, flush=True)
-        if comm.size > 1:
-            comm.Abort(1)
-        return 1
-    return 0
+        comm.Abort(code)
+        return code

@@ -93,7 +93,6 @@ class EnsembleRun:
 
     def __init__(self, cfg: EnsembleConfig, comm):
         from ..data.era5 import open_split
-        from ..forecaster import Forecaster
         from ..parallel.grid import ProcessGrid
         self.comm = comm
         self.tracer = Tracer(enabled=True, rank=comm.rank)
@@ -108,6 +107,7 @@ class EnsembleRun:
             raise ConfigError(f"config key 'output.variables': {', '.join(bad)} not among the model channels "
                               f"{', '.join(self.channels)}")
         self.out_idx = [self.channels.index(v) for v in self.out_vars]
+        self.plan: RunPlan = make_plan(cfg, ds.times, ds.dt_hours)
         serial, mcfg = build_serial_model(cfg, C, (ds.nlat, ds.nlon))
         cfg = replace(cfg, model=mcfg)
         par = choose_layout(cfg, comm.size, C)
@@ -117,18 +117,18 @@ class EnsembleRun:
         g = self.grid
         g.validate_model(mcfg.img_size, mcfg.patch_size, mcfg.embed_dim, mcfg.num_blocks,
                          int(mcfg.embed_dim * mcfg.mlp_ratio))
+        self.M = cfg.ensemble.members
+        E = g.shape["ensemble"]
+        self.my_members = member_split(self.M, E, g.coords["ensemble"])
+        self.group_counts = [len(member_split(self.M, E, e)) for e in range(E)]
         self.rows, self.cols = g.local_window(mcfg.img_size, mcfg.patch_size)
         if g.model.size > 1:
             from ..parallel.model import DistributedAFNONet
             net = DistributedAFNONet.from_serial(serial, None, g).eval()
         else:
             net = serial
+        from ..forecaster import Forecaster
         self.forecaster = Forecaster(net, cfg.inference, grid=g, tracer=self.tracer)
-        self.plan: RunPlan = make_plan(cfg, ds.times, ds.dt_hours)
-        self.M = cfg.ensemble.members
-        E = g.shape["ensemble"]
-        self.my_members = member_split(self.M, E, g.coords["ensemble"])
-        self.group_counts = [len(member_split(self.M, E, e)) for e in range(E)]
         self.perturber = Perturber(cfg.perturbation, channels=self.channels, nlat=ds.nlat, nlon=ds.nlon,
                                    rows=self.rows, cols=self.cols, seed=cfg.ensemble.seed, control=cfg.ensemble.control)
         self.outdir = Path(cfg.output.dir)

@@ -1,0 +1,141 @@
+"""The ensemble program as users run it: clear errors without hangs, resume after a kill, CF output."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import h5py
+import netCDF4
+import numpy as np
+import pytest
+import yaml
+
+from ensemble_setup import tiny_config, tiny_dataset
+
+from hpc_fcn.config import dump_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", HPC_FCN_ERROR_GRACE="3")
+
+
+def command(n, config, *overrides):
+    prog = [sys.executable, "-m", "hpc_fcn.ensemble", str(config), *overrides]
+    return [str(ROOT / "tools" / "mpirun.sh"), "-n", str(n), *prog] if n > 1 else prog
+
+
+def run_cli(n, config, *overrides, timeout=240):
+    return subprocess.run(command(n, config, *overrides), capture_output=True, text=True, timeout=timeout,
+                          env=ENV, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ens")
+    data = tiny_dataset(tmp / "data")
+    cfg = tiny_config(data, tmp / "out", ["output.members=false"])
+    path = tmp / "tiny.yaml"
+    path.write_text(dump_yaml(cfg))
+    return tmp, path
+
+
+def error_lines(proc):
+    return [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+
+
+@pytest.mark.parametrize("n, overrides, expected", [
+    (2, ["ensemble.memebers=3"], "error: config key 'ensemble.memebers': unknown key (did you mean 'members'?)"),
+    (2, ["parallel.h=4", "parallel.ensemble=1"], "error: config key 'parallel"),
+    (2, ["data.root=/nonexistent/era5"], "error: config key 'data.root': /nonexistent/era5 is not a directory"),
+    (1, ["forecast.lead_time=3x"], "error: config key 'forecast.lead_time'"),
+    (2, ["ensemble.members=1", "parallel.ensemble=2"], "error: config key 'ensemble.members'"),
+])
+def test_bad_input_is_one_clear_line_on_every_rank_count(setup, n, overrides, expected):
+    _, cfg = setup
+    proc = run_cli(n, cfg, *overrides, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = error_lines(proc)
+    assert len(lines) == 1 and lines[0].startswith(expected), proc.stderr
+
+
+def test_nan_in_the_initial_condition_stops_without_hanging(setup, tmp_path):
+    tmp, _ = setup
+    data = tiny_dataset(tmp_path / "data")
+    with h5py.File(data / "out_of_sample" / "2002.h5", "r+") as f:
+        f["fields"][0, 2, 25, 10] = np.nan  # a row only the second h-rank reads
+    cfg = tiny_config(data, tmp_path / "out", ["initial_conditions.count=1"])
+    path = tmp_path / "nan.yaml"
+    path.write_text(dump_yaml(cfg))
+    t0 = time.monotonic()
+    proc = run_cli(2, path, "parallel.h=2", "parallel.ensemble=1", timeout=120)
+    assert proc.returncode != 0
+    assert time.monotonic() - t0 < 100
+    msg = "\n".join(error_lines(proc))
+    assert "NaN" in msg and "2002.h5" in msg, proc.stderr
+
+
+def _outputs(outdir):
+    files = {}
+    for f in sorted(Path(outdir).glob("forecast_*.nc")):
+        with netCDF4.Dataset(f) as ds:
+            files[f.name] = {v: np.asarray(ds[v][:]) for v in ("u", "v", "z")}
+    return files
+
+
+def test_killed_run_resumes_to_identical_outputs(setup, tmp_path):
+    tmp, _ = setup
+    over = ["initial_conditions.count=3", "forecast.lead_time=3d", "ensemble.members=4", "output.members=true"]
+    cfg = tiny_config(tmp / "data", tmp_path / "full", over)
+    full_cfg = tmp_path / "full.yaml"
+    full_cfg.write_text(dump_yaml(cfg))
+    assert run_cli(2, full_cfg).returncode == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(command(2, full_cfg, f"output.dir={killed}"), env=ENV, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = killed / ".resume" / "progress.json"
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            m = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            m = {}
+        if m.get("init_pos", 0) >= 1 and m.get("step", -1) >= 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (killed / "metrics.json").exists()
+    resumed = run_cli(2, full_cfg, f"output.dir={killed}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _outputs(tmp_path / "full"), _outputs(killed)
+    assert a.keys() == b.keys() and len(a) == 9
+    for name in a:
+        for v in a[name]:
+            np.testing.assert_array_equal(b[name][v], a[name][v], err_msg=f"{name} {v}")
+    ma = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    mb = json.loads((killed / "metrics.json").read_text())
+    assert ma["scores"] == mb["scores"] and ma["persistence"] == mb["persistence"]
+
+
+def test_output_is_cf_and_decodes_with_xarray(setup):
+    xr = pytest.importorskip("xarray")
+    tmp, cfg = setup
+    proc = run_cli(1, cfg, f"output.dir={tmp / 'cf'}", "initial_conditions.count=1")
+    assert proc.returncode == 0, proc.stderr
+    mean = sorted((tmp / "cf").glob("forecast_*_mean.nc"))[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_dataset(mean, decode_timedelta=True)
+    assert ds.attrs["Conventions"].startswith("CF-1.10")
+    for v in ("u", "v", "z"):
+        assert {"units", "long_name"} <= set(ds[v].attrs)
+    assert ds["lat"].attrs["units"] == "degrees_north" and ds["lon"].attrs["units"] == "degrees_east"
+    assert ds.sizes["lead_time"] == 5 and ds.sizes["lat"] == 32 and ds.sizes["lon"] == 64
+    resolved = yaml.safe_load((tmp / "cf" / "config.resolved.yaml").read_text())
+    assert resolved["output"]["dir"] == str(tmp / "cf")
+    metrics = json.loads((tmp / "cf" / "metrics.json").read_text())
+    assert metrics["members"] == 5 and len(metrics["lead_hours"]) == 5
