@@ -64,6 +64,7 @@ class ParallelConfig:
     matmul: int = 1
     backend: Literal["mpi", "torch"] = "mpi"
     layout: Literal["manual", "auto"] = "manual"  # auto: the performance model picks h, w, matmul
+    hardware: str = "auto"  # for layout auto: a perfmodel hardware name or YAML; auto = h100 / this_machine
     threads: int = 0  # torch threads per rank; 0 = cores / ranks on this node
 
     def validate(self, prefix: str) -> None:

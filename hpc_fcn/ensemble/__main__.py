@@ -19,7 +19,9 @@ def main(argv) -> int:
     from .app import EnsembleRun
     from .config import EnsembleConfig
     comm = MPI.COMM_WORLD
+    from ..paths import check_paths
     cfg = load_config(EnsembleConfig, args.config, args.overrides)
+    check_paths(cfg)
     setup_logging(comm.rank, cfg.log_level)
     set_threads(comm, cfg.parallel.threads)
     EnsembleRun(cfg, comm).run()

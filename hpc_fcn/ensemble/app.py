@@ -77,7 +77,7 @@ def choose_layout(cfg: EnsembleConfig, world: int, n_chans: int):
     if par.layout == "auto":
         import perfmodel
         kwargs = cfg.model.kwargs(n_chans, n_chans)
-        hw = "h100" if torch.cuda.is_available() else "this_machine"
+        hw = par.hardware if par.hardware != "auto" else ("h100" if torch.cuda.is_available() else "this_machine")
         layout, pred = perfmodel.suggest(kwargs, ranks=world, hardware=perfmodel.load_hardware(hw),
                                          members=cfg.ensemble.members,
                                          members_per_pass=max(1, cfg.inference.members_per_pass))

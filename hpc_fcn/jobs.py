@@ -1,0 +1,498 @@
+"""Batch job scripts (Slurm, PBS) for the ensemble and training apps on GPU nodes, one rank per GPU.
+
+``python -m hpc_fcn.jobs CONFIG --scheduler slurm --nodes 2 --gpus-per-node 4 --hardware a100`` asks the
+performance model (``perfmodel.suggest``) for the fastest ``ensemble x h x w x matmul`` layout of the
+N*G ranks that fits in GPU memory, writes a script that passes it as ``parallel.*`` overrides, and prints
+the predicted time to solution and memory per GPU. ``render`` is the one place scripts are written, so
+the examples in jobs/ (``--write-examples``) and generated scripts share one structure.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+
+from .config import ConfigError, load_config, read_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+APPS = {"ensemble": "hpc_fcn.ensemble", "train": "hpc_fcn.train"}
+_TIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
+
+
+class JobError(ValueError):
+    """A request the generator cannot turn into a job script (one line)."""
+
+
+@dataclass
+class Job:
+    """Everything a job script says: where it runs, what it runs, and with which layout."""
+    scheduler: Literal["slurm", "pbs"]
+    nodes: int
+    gpus_per_node: int
+    app: Literal["ensemble", "train"]
+    config: str
+    time: str = "01:00:00"
+    account: str | None = None
+    partition: str | None = None  # PBS: the queue
+    launcher: Literal["srun", "mpirun"] = "srun"
+    cpus_per_gpu: int = 8
+    name: str | None = None
+    layout: dict | None = None  # None: the example scripts, where the user edits LAYOUT
+    overrides: list[str] = field(default_factory=list)  # passed after the layout and device settings
+    header: list[str] = field(default_factory=list)  # comment lines at the top (how it was made, predictions)
+
+    @property
+    def ranks(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def validate(self) -> None:
+        if self.scheduler not in ("slurm", "pbs"):
+            raise JobError(f"--scheduler must be slurm or pbs, got {self.scheduler!r}")
+        if self.nodes < 1 or self.gpus_per_node < 1 or self.cpus_per_gpu < 1:
+            raise JobError("--nodes, --gpus-per-node and --cpus-per-gpu must be >= 1")
+        if not _TIME.match(self.time):
+            raise JobError(f"--time {self.time!r} is not HH:MM:SS (e.g. 02:30:00)")
+        if self.launcher not in ("srun", "mpirun"):
+            raise JobError(f"--launcher must be srun or mpirun, got {self.launcher!r}")
+        if self.scheduler == "pbs" and self.launcher == "srun":
+            raise JobError("srun exists only under Slurm: use --launcher mpirun with --scheduler pbs")
+        if self.app not in APPS:
+            raise JobError(f"unknown app {self.app!r}: use {' or '.join(APPS)}")
+        if self.layout is not None and math.prod(self.layout[k] for k in ("ensemble", "h", "w", "matmul")) != self.ranks:
+            raise JobError(f"layout {self.layout} does not multiply to {self.ranks} ranks")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------------
+def device_overrides(app: str) -> list[str]:
+    """Run on the GPU with NCCL collectives."""
+    device = "inference.device=cuda" if app == "ensemble" else "device=cuda"
+    return [device, "parallel.backend=torch"]
+
+
+def layout_overrides(layout: dict) -> list[str]:
+    return [f"parallel.{k}={layout[k]}" for k in ("ensemble", "h", "w", "matmul")] + ["parallel.layout=manual"]
+
+
+def _slurm_header(job: Job, name: str) -> list[str]:
+    lines = [f"#SBATCH --job-name={name}",
+             f"#SBATCH --nodes={job.nodes}",
+             f"#SBATCH --ntasks-per-node={job.gpus_per_node}   # one MPI rank per GPU",
+             f"#SBATCH --gpus-per-node={job.gpus_per_node}     # some sites want --gres=gpu:{job.gpus_per_node} instead",
+             f"#SBATCH --cpus-per-task={job.cpus_per_gpu}      # CPU cores per rank (data loading, MPI progress)",
+             f"#SBATCH --time={job.time}",
+             "#SBATCH --output=%x-%j.out"]
+    if job.account:
+        lines.append(f"#SBATCH --account={job.account}")
+    if job.partition:
+        lines.append(f"#SBATCH --partition={job.partition}")
+    if job.app == "train":
+        lines.append("#SBATCH --requeue                  # a preempted job restarts; resume: true continues it")
+    return lines
+
+
+def _pbs_header(job: Job, name: str) -> list[str]:
+    ncpus = job.cpus_per_gpu * job.gpus_per_node
+    lines = [f"#PBS -N {name}",
+             f"#PBS -l select={job.nodes}:ncpus={ncpus}:ngpus={job.gpus_per_node}:mpiprocs={job.gpus_per_node}",
+             f"#PBS -l walltime={job.time}",
+             "#PBS -j oe"]
+    if job.account:
+        lines.append(f"#PBS -A {job.account}")
+    if job.partition:
+        lines.append(f"#PBS -q {job.partition}")
+    if job.app == "train":
+        lines.append("#PBS -r y")
+    return lines
+
+
+_ENVIRONMENT = """\
+# ---- software: adapt to your site ------------------------------------------------------------------
+# module load cuda/12.4 nccl/2.21 openmpi/4.1 python/3.11     # or: module load PrgEnv-gnu cray-mpich
+# source /path/to/venv/bin/activate                           # pip install -e . inside it (see docs/cluster.md)
+PYTHON=${PYTHON:-python}
+
+# ---- threads and NCCL -------------------------------------------------------------------------------
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-@CPUS@}   # = CPU cores per rank
+export NCCL_DEBUG=${NCCL_DEBUG:-WARN}               # INFO prints the rings/trees and the network NCCL picked
+# export NCCL_SOCKET_IFNAME=ib0       # interface for NCCL's bootstrap and socket transport (ib0, hsn0, eth0, ...)
+# export NCCL_IB_HCA=mlx5             # InfiniBand adapters NCCL may use
+# export NCCL_IB_DISABLE=1            # no InfiniBand: NCCL falls back to TCP sockets (slow between nodes)
+# export NCCL_NET_GDR_LEVEL=PHB       # GPUDirect RDMA when the NIC and GPU share a PCIe host bridge
+# export NCCL_CROSS_NIC=1             # allow rings to use different NICs on different nodes
+# export FI_PROVIDER=cxi              # Slingshot (HPE Cray) systems with the aws-ofi-nccl plugin
+"""
+
+_MPIRUN_FLAGS = """\
+# mpirun flags for GPUS_PER_NODE ranks per node; the MPI library decides the spelling
+mpi_flags() {
+  if mpirun --version 2>&1 | grep -qi "open mpi"; then
+    echo "--map-by ppr:${GPUS_PER_NODE}:node:PE=${OMP_NUM_THREADS} --bind-to core"
+  else  # MPICH, Cray PALS, Intel MPI, MVAPICH
+    echo "-ppn ${GPUS_PER_NODE}"
+  fi
+}
+"""
+
+# ranks = the tasks the scheduler granted (nodes x GPUs per node); @N@ when run outside a job
+_NRANKS = {
+    "slurm": "NRANKS=${SLURM_NTASKS:-@N@}   # nodes x GPUs per node",
+    "pbs": 'NRANKS=$( [ -n "${PBS_NODEFILE:-}" ] && wc -l < "$PBS_NODEFILE" || echo @N@ )   # one line per mpiproc',
+}
+
+
+def render(job: Job) -> str:
+    """The job script text for ``job`` (bash; passes ``bash -n`` and shellcheck)."""
+    job.validate()
+    name = job.name or f"fcn-{job.app}"
+    head = _slurm_header(job, name) if job.scheduler == "slurm" else _pbs_header(job, name)
+    workdir = "SLURM_SUBMIT_DIR" if job.scheduler == "slurm" else "PBS_O_WORKDIR"
+    out = ["#!/bin/bash"]
+    out += ["# " + line if line else "#" for line in job.header]
+    out += head
+    out += ["set -euo pipefail", "", _ENVIRONMENT.replace("@CPUS@", str(job.cpus_per_gpu))]
+    out += ["# ---- what runs ---------------------------------------------------------------------------------------",
+            f'cd "${{{workdir}:-.}}"',
+            ("HPC_FCN_HOME=${HPC_FCN_HOME:-$PWD}   # the checkout (submit from it), for jobs/bind_local_gpu.sh"
+             if job.layout is None else
+             f"HPC_FCN_HOME=${{HPC_FCN_HOME:-{shlex.quote(str(REPO))}}}   # the checkout, for jobs/bind_local_gpu.sh"),
+            f"export GPUS_PER_NODE={job.gpus_per_node}",
+            _NRANKS[job.scheduler].replace("@N@", str(job.ranks))]
+    if job.layout is None:
+        out += [f"CONFIG=${{CONFIG:-{shlex.quote(job.config)}}}",
+                "# The process grid ensemble x h x w x matmul must multiply to NRANKS. ensemble=auto takes every rank",
+                "# left after h x w x matmul (pure ensemble/data parallelism); for a layout tuned by the performance model",
+                f"# generate the script: python -m hpc_fcn.jobs CONFIG --scheduler {job.scheduler} --nodes N --gpus-per-node G",
+                "read -r -a LAYOUT <<< \"${LAYOUT:-parallel.ensemble=auto parallel.h=1 parallel.w=1 parallel.matmul=1}\"",
+                "read -r -a EXTRA <<< \"${EXTRA:-}\"   # more key=value overrides, e.g. EXTRA='ensemble.members=50'",
+                "ARGS=(\"${LAYOUT[@]}\"", *[f"  {shlex.quote(o)}" for o in device_overrides(job.app)],
+                "  ${EXTRA[@]+\"${EXTRA[@]}\"})"]
+    else:
+        out += [f"CONFIG={shlex.quote(job.config)}",
+                "ARGS=(",
+                "  " + " ".join(layout_overrides(job.layout)) + "   # chosen by the performance model",
+                "  " + " ".join(device_overrides(job.app))]
+        out += [f"  {shlex.quote(o)}" for o in job.overrides]
+        out += [")"]
+    cmd = f'"$PYTHON" -m {APPS[job.app]} "$CONFIG" "${{ARGS[@]}}"'
+    out.append("")
+    if job.launcher == "srun":
+        out += ["# srun gives each task one GPU (the closest to its cores) and pins it to its cores",
+                'srun --ntasks="$NRANKS" --ntasks-per-node="$GPUS_PER_NODE" --gpus-per-task=1 --gpu-bind=closest \\',
+                f"  --cpus-per-task={job.cpus_per_gpu} --cpu-bind=cores \\",
+                f"  {cmd}"]
+    else:
+        out += [_MPIRUN_FLAGS,
+                "# bind_local_gpu.sh sets CUDA_VISIBLE_DEVICES from the MPI local rank: one GPU per rank",
+                "read -r -a MPI_FLAGS <<< \"$(mpi_flags)\"",
+                'mpirun -n "$NRANKS" "${MPI_FLAGS[@]}" \\',
+                '  "$HPC_FCN_HOME/jobs/bind_local_gpu.sh" \\',
+                f"  {cmd}"]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Choosing the layout with the performance model
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Choice:
+    """The layout the performance model picked and what it predicts for it."""
+    layout: dict
+    prediction: object  # perfmodel.Prediction
+    members_per_pass: int | None
+    summary: list[str]  # human-readable lines (also put into the script header)
+    time_to_solution_s: float
+    memory_bytes: float
+
+
+def detect_app(config: str | Path) -> str:
+    """'train' for a training config (it has phases/optim), else 'ensemble'."""
+    data = read_yaml(config)
+    return "train" if ("phases" in data or "optim" in data) else "ensemble"
+
+
+def _load_app_config(app: str, config: str, overrides: Sequence[str]):
+    if app == "ensemble":
+        from .ensemble.config import EnsembleConfig
+        return load_config(EnsembleConfig, config, overrides)
+    from .train.config import TrainConfig
+    return load_config(TrainConfig, config, overrides)
+
+
+def _channels(cfg) -> int:
+    if cfg.data.channels:
+        return len(cfg.data.channels)
+    raise ConfigError("config key 'data.channels': list the model's channels so the performance model knows "
+                      "the network size (null means 'whatever the data holds', unknown before the run)")
+
+
+def _import_perfmodel():
+    try:
+        import perfmodel
+    except ImportError as exc:
+        raise JobError(f"the performance model (package 'perfmodel') cannot be imported ({exc}); it chooses the "
+                       "layout: install this checkout (pip install -e .) or pass --layout E,H,W,M") from exc
+    return perfmodel
+
+
+def _hardware(perfmodel, name: str, gpus_per_node: int):
+    try:
+        hw = perfmodel.load_hardware(name)
+    except ValueError as exc:
+        raise JobError(f"--hardware: {exc}") from exc
+    if getattr(hw, "kind", "gpu") == "gpu" and dataclasses.is_dataclass(hw):
+        hw = dataclasses.replace(hw, devices_per_node=gpus_per_node)  # the node's fast link spans G GPUs
+    return hw
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.1f} GB"
+
+
+def _seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.3g} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def choose_ensemble(cfg, ranks: int, hardware: str, gpus_per_node: int) -> Choice:
+    from .ensemble.config import parse_lead
+    pm = _import_perfmodel()
+    hw = _hardware(pm, hardware, gpus_per_node)
+    C = _channels(cfg)
+    kwargs = cfg.model.kwargs(C, C)
+    members = cfg.ensemble.members
+    steps = parse_lead(cfg.forecast.lead_time, 6, "forecast.lead_time")
+    given = cfg.inference.members_per_pass
+    candidates = [given] if given > 0 else sorted({min(members, 2 ** k) for k in range(0, 12)})
+    best, errors = None, []
+    for mpp in candidates:
+        try:
+            lay, pred = pm.suggest(kwargs, ranks=ranks, hardware=hw, members=members, members_per_pass=mpp,
+                                   precision=cfg.inference.precision, lead_steps=steps)
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        if best is None or pred.time_to_solution_s < best[1].time_to_solution_s * (1 - 1e-9):
+            best = (lay, pred)
+    if best is None:
+        raise JobError(f"the performance model finds no layout of {ranks} ranks: {errors[0]}")
+    lay, pred = best
+    ic = cfg.initial_conditions
+    n_init = len(ic.times) if ic.times else ic.count
+    tts = pred.time_to_solution_s
+    lines = [f"layout (perfmodel.suggest, {hw.name}, {ranks} ranks): ensemble={lay['ensemble']} h={lay['h']} "
+             f"w={lay['w']} matmul={lay['matmul']}, {pred.members_per_pass} member(s) per pass",
+             f"predicted: {pred.step_time_s * 1e3:.3g} ms per forward pass, {_seconds(tts)} time to solution per "
+             f"initial time ({members} members x {steps} steps, {cfg.inference.precision}), compute only",
+             f"memory per GPU: {_gb(pred.memory_bytes)} of {_gb(hw.mem_capacity_bytes)}"]
+    if n_init and n_init > 1:
+        lines[1] += f"; {_seconds(tts * n_init)} for {n_init} initial times"
+        tts *= n_init
+    return Choice(lay, pred, None if given > 0 else pred.members_per_pass, lines, tts, pred.memory_bytes)
+
+
+def choose_train(cfg, ranks: int, hardware: str, gpus_per_node: int) -> Choice:
+    pm = _import_perfmodel()
+    hw = _hardware(pm, hardware, gpus_per_node)
+    C = _channels(cfg)
+    kwargs = cfg.model.kwargs(C, C)
+    phase_name, phase = max(cfg.phases.items(), key=lambda kv: kv[1].rollout_steps)  # the most demanding phase
+    try:
+        lay, pred = pm.suggest(kwargs, ranks=ranks, hardware=hw, members=phase.batch_size,
+                               members_per_pass=phase.batch_size, precision=cfg.precision,
+                               lead_steps=phase.rollout_steps, training=True)
+    except ValueError as exc:
+        raise JobError(f"the performance model finds no layout of {ranks} ranks: {exc}") from exc
+    per_step = pred.time_to_solution_s
+    lines = [f"layout (perfmodel.suggest, {hw.name}, {ranks} ranks): ensemble(data)={lay['ensemble']} h={lay['h']} "
+             f"w={lay['w']} matmul={lay['matmul']}",
+             f"predicted: {_seconds(per_step)} per optimizer step (phase {phase_name}: global batch "
+             f"{phase.batch_size}, {phase.rollout_steps} rollout step(s), {cfg.precision}), compute only",
+             f"memory per GPU: {_gb(pred.memory_bytes)} of {_gb(hw.mem_capacity_bytes)}"]
+    total = 0.0
+    for ph in cfg.phases.values():
+        if ph.samples_per_epoch is None:
+            total = 0.0
+            break
+        p = pm.predict(kwargs, layout=lay, hardware=hw, members=ph.batch_size, members_per_pass=ph.batch_size,
+                       precision=cfg.precision, lead_steps=ph.rollout_steps, training=True)
+        total += ph.epochs * math.ceil(ph.samples_per_epoch / ph.batch_size) * p.time_to_solution_s
+    if total:
+        lines[1] += f"; {_seconds(total)} for every phase"
+    else:
+        lines.append("(whole-run time: set phases.*.samples_per_epoch; ERA5 1979-2015 has 54,020 samples)")
+    return Choice(lay, pred, None, lines, total or per_step, pred.memory_bytes)
+
+
+def parse_layout(text: str, ranks: int) -> dict:
+    try:
+        e, h, w, m = (int(v) for v in text.split(","))
+    except ValueError:
+        raise JobError(f"--layout {text!r}: give four integers E,H,W,M (ensemble, h, w, matmul)") from None
+    lay = {"ensemble": e, "h": h, "w": w, "matmul": m}
+    if min(lay.values()) < 1 or e * h * w * m != ranks:
+        raise JobError(f"--layout {text}: the four factors must be >= 1 and multiply to {ranks} ranks")
+    return lay
+
+
+def suggested_time(seconds: float) -> str:
+    """Wall time to ask for: 1.5x the prediction plus 15 minutes for start-up and IO, rounded up to 5 min."""
+    minutes = 5 * math.ceil((1.5 * seconds / 60 + 15) / 5)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Example scripts and command line
+# ---------------------------------------------------------------------------------------------------
+EXAMPLES = {
+    "slurm/ensemble.sbatch": dict(scheduler="slurm", app="ensemble", launcher="srun", config="config/era5_production.yaml"),
+    "slurm/ensemble_mpirun.sbatch": dict(scheduler="slurm", app="ensemble", launcher="mpirun",
+                                         config="config/era5_production.yaml"),
+    "slurm/train.sbatch": dict(scheduler="slurm", app="train", launcher="srun", config="config/train_era5.yaml",
+                               time="12:00:00"),
+    "pbs/ensemble.pbs": dict(scheduler="pbs", app="ensemble", launcher="mpirun", config="config/era5_production.yaml"),
+    "pbs/train.pbs": dict(scheduler="pbs", app="train", launcher="mpirun", config="config/train_era5.yaml",
+                          time="12:00:00"),
+}
+
+
+def example(path: str) -> str:
+    """The example script jobs/<path> (2 nodes x 4 GPUs, layout edited through LAYOUT)."""
+    spec = EXAMPLES[path]
+    submit = "sbatch" if spec["scheduler"] == "slurm" else "qsub"
+    env = "CONFIG=... LAYOUT='parallel.ensemble=... ...'" + (" sbatch --export=ALL" if submit == "sbatch" else
+                                                              " qsub -V")
+    header = [f"Example: {spec['app']} on 2 nodes x 4 GPUs under {spec['scheduler'].upper()} "
+              f"({spec['launcher']}). Submit: {submit} jobs/{path}",
+              f"Change nodes/GPUs in the header (and GPUS_PER_NODE below); override settings: {env} jobs/{path}",
+              "Generated by `python -m hpc_fcn.jobs --write-examples jobs`; edit freely in a copy."]
+    return render(Job(nodes=2, gpus_per_node=4, layout=None, header=header, **spec))
+
+
+def write_examples(directory: str | Path) -> list[Path]:
+    written = []
+    for rel in EXAMPLES:
+        path = Path(directory) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(example(rel))
+        path.chmod(0o755)
+        written.append(path)
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hpc_fcn.jobs",
+                                description="Write a Slurm/PBS job script with the layout the performance model "
+                                            "picks for nodes x GPUs, and print its predictions.")
+    p.add_argument("config", nargs="?", help="the run's YAML config (ensemble or training)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, passed on to the run")
+    p.add_argument("--scheduler", choices=("slurm", "pbs"))
+    p.add_argument("--nodes", type=int)
+    p.add_argument("--gpus-per-node", type=int)
+    p.add_argument("--time", help="wall time HH:MM:SS (default: from the prediction)")
+    p.add_argument("--account")
+    p.add_argument("--partition", help="Slurm partition or PBS queue")
+    p.add_argument("--launcher", choices=("srun", "mpirun"), help="default srun under Slurm, mpirun under PBS")
+    p.add_argument("--hardware", default="h100", help="perfmodel hardware: a100, h100, h200 or a YAML file")
+    p.add_argument("--cpus-per-gpu", type=int, default=8, help="CPU cores per rank (default 8)")
+    p.add_argument("--app", choices=tuple(APPS), help="default: detected from the config")
+    p.add_argument("--name", help="job name")
+    p.add_argument("--layout", metavar="E,H,W,M", help="use this layout instead of asking the performance model")
+    p.add_argument("--out", help="script file ('-' = stdout; default <config>_<scheduler>_<N>x<G>.sh)")
+    p.add_argument("--write-examples", metavar="DIR", help="(re)write the example scripts into DIR and exit")
+    return p
+
+
+def make_job(args: argparse.Namespace, argv: Sequence[str] = ()) -> tuple[Job, list[str]]:
+    """The Job for the command line, and the lines to print (layout, predictions)."""
+    for opt in ("config", "scheduler", "nodes", "gpus_per_node"):
+        if getattr(args, opt) in (None, ""):
+            raise JobError(f"missing {'CONFIG' if opt == 'config' else '--' + opt.replace('_', '-')}")
+    app = args.app or detect_app(args.config)
+    cfg = _load_app_config(app, args.config, args.overrides)
+    ranks = args.nodes * args.gpus_per_node
+    if args.layout:
+        choice = None
+        layout = parse_layout(args.layout, ranks)
+        lines = [f"layout (given with --layout, {ranks} ranks): " + " ".join(f"{k}={v}" for k, v in layout.items())]
+    else:
+        choose = choose_ensemble if app == "ensemble" else choose_train
+        choice = choose(cfg, ranks, args.hardware, args.gpus_per_node)
+        layout, lines = choice.layout, list(choice.summary)
+    overrides = list(args.overrides)
+    if choice is not None and choice.members_per_pass is not None:
+        overrides.append(f"inference.members_per_pass={choice.members_per_pass}")
+    time_ = args.time or (suggested_time(choice.time_to_solution_s) if choice else "01:00:00")
+    if choice and not args.time:
+        lines.append(f"wall time requested: {time_} (1.5 x prediction + 15 min; --time to change)")
+    elif choice and _to_seconds(time_) < choice.time_to_solution_s:
+        lines.append(f"warning: --time {time_} is shorter than the predicted {_seconds(choice.time_to_solution_s)}")
+    launcher = args.launcher or ("srun" if args.scheduler == "slurm" else "mpirun")
+    header = ["Generated by: python -m hpc_fcn.jobs " + " ".join(shlex.quote(str(a)) for a in argv)] + lines
+    job = Job(scheduler=args.scheduler, nodes=args.nodes, gpus_per_node=args.gpus_per_node, app=app,
+              config=args.config, time=time_, account=args.account, partition=args.partition, launcher=launcher,
+              cpus_per_gpu=args.cpus_per_gpu, name=args.name, layout=layout, overrides=overrides, header=header)
+    job.validate()
+    return job, lines
+
+
+def _to_seconds(hms: str) -> int:
+    h, m, s = (int(v) for v in hms.split(":"))
+    return 3600 * h + 60 * m + s
+
+
+def _path_warning(cfg_path: str, app: str, overrides: Sequence[str]) -> str | None:
+    """The first missing path of the config, as a warning (the job may run where the paths exist)."""
+    from .paths import check_paths
+    try:
+        check_paths(_load_app_config(app, cfg_path, overrides))
+    except ConfigError as exc:
+        return f"warning: {exc}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    args = build_parser().parse_intermixed_args(argv)
+    try:
+        if args.write_examples:
+            for path in write_examples(args.write_examples):
+                print(f"wrote {path}")
+            return 0
+        job, lines = make_job(args, argv)
+        text = render(job)
+    except (JobError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or f"{Path(args.config).stem}_{job.scheduler}_{job.nodes}x{job.gpus_per_node}.sh"
+    info = sys.stderr if out == "-" else sys.stdout
+    for line in lines:
+        print(line, file=info)
+    warning = _path_warning(args.config, job.app, args.overrides)
+    if warning:
+        print(warning, file=sys.stderr)
+    if out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+        Path(out).chmod(0o755)
+        print(f"wrote {out} (submit: {'sbatch' if job.scheduler == 'slurm' else 'qsub'} {out})", file=info)
+    return 0
+
+
+__all__ = ["Job", "JobError", "Choice", "render", "choose_ensemble", "choose_train", "make_job", "detect_app",
+           "example", "write_examples", "suggested_time", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""tools/era5_to_fcn.py under MPI: years shared over the ranks, statistics reduced over time chunks,
+the same files and statistics as a direct NumPy computation, and a failure on one rank ends all of them."""
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from test_era5_converter import expected_year, load_tool, write_cds  # noqa: E402
+
+pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.odd_ranks]
+
+
+@pytest.fixture
+def shared():
+    comm = MPI.COMM_WORLD
+    path = tempfile.mkdtemp(prefix="hpc_fcn_era5_") if comm.rank == 0 else None
+    path = Path(comm.bcast(path, root=0))
+    if comm.rank == 0:
+        write_cds(path)
+    comm.Barrier()
+    yield path
+    comm.Barrier()
+    if comm.rank == 0:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_parallel_conversion_and_statistics(shared):
+    tool = load_tool()
+    out = shared / "era5"
+    rc = tool.main(["--input", str(shared / "cds"), "--output", str(out), "--years", "2000-2001", "--grid", "17x32",
+                    "--allow-partial", "--stats-from", "train", "--chunk-steps", "3"])
+    assert rc == 0
+    fields = []
+    for year in (2000, 2001):
+        with h5py.File(out / "train" / f"{year}.h5", "r") as f:
+            fields.append(f["fields"][...])
+        np.testing.assert_allclose(fields[-1], expected_year(year, 8), rtol=1e-6, atol=1e-3)
+    allf = np.concatenate(fields).astype(np.float64)
+    means = np.load(out / "stats" / "global_means.npy")[0, :, 0, 0]
+    stds = np.load(out / "stats" / "global_stds.npy")[0, :, 0, 0]
+    np.testing.assert_allclose(means[:20], allf[:, :20].mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(stds[:20], allf[:, :20].std(axis=(0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(np.load(out / "stats" / "time_means.npy")[0], allf.mean(axis=0), rtol=1e-6)
+
+
+def test_an_error_on_one_rank_reaches_every_rank(shared, capsys):
+    comm = MPI.COMM_WORLD
+    tool = load_tool()
+    if comm.rank == 0:  # 2000 with three days, enough for 10 steps
+        write_cds(shared / "more", days_2000=3, include_2001=False)
+    comm.Barrier()
+    # 2001 has no data for 2001-01-03 and later: rank 1 converting it fails, the others must not hang
+    rc = tool.main(["--input", str(shared / "more"), "--input", str(shared / "cds" / "*2001*.nc"),
+                    "--output", str(shared / "bad"), "--years", "2000-2001", "--grid", "any", "--max-steps", "10"])
+    assert rc == 2
+    if comm.rank == 0:
+        assert "year 2001: no input has channel u10 at 2001-01-03T00" in capsys.readouterr().err
+        assert (shared / "bad" / "train" / "2000.h5.done").is_file()  # the healthy rank finished its year

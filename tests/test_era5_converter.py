@@ -1,0 +1,274 @@
+"""tools/era5_to_fcn.py: CDS-style netCDF (new and old conventions) -> FourCastNet layout, checked value by value.
+
+``write_cds(tmp)`` writes a small ERA5-like set: year 2000 in the new CDS conventions (``valid_time`` in
+seconds, ``pressure_level``, float32, pressure variables split over two files), year 2001 in the old ones
+(``time`` in hours since 1900, ``level``, packed int16 with scale_factor/add_offset, one file per day, the
+second day with an ``expver`` axis), hourly, on a 17 x 32 grid from 90 to -90.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+
+from hpc_fcn.data.era5 import ERA5_CHANNELS, FCNDataset
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "era5_to_fcn.py"
+ROWS, COLS = 17, 32
+LAT = np.linspace(90.0, -90.0, ROWS)
+LON = np.arange(COLS) * 360.0 / COLS
+SINGLE = ("u10", "v10", "t2m", "sp", "msl", "tcwv")
+PRESSURE = ("u", "v", "t", "z", "r")
+LEVELS = (1000, 850, 500, 50)
+EPOCH = np.datetime64("1970-01-01T00", "h")
+OLD_EPOCH = np.datetime64("1900-01-01T00", "h")
+SCALE = {"sp": 2.0, "msl": 2.0, "z": 4.0}  # packing step per variable (others 0.01)
+OFFSET = {"sp": 90000.0, "msl": 100000.0, "z": 40000.0}
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("era5_to_fcn", TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("era5_to_fcn", mod)
+    spec.loader.exec_module(mod)
+    return sys.modules["era5_to_fcn"] if sys.modules["era5_to_fcn"] is not mod else mod
+
+
+def truth(var: str, level: int | None, hours: np.ndarray) -> np.ndarray:
+    """(T, ROWS, COLS) float64: distinct per variable, level, hour, row and column."""
+    k = (SINGLE + PRESSURE).index(var) + 1
+    lv = 0 if level is None else LEVELS.index(level) + 1
+    base = OFFSET.get(var, 0.0) + 10.0 * k + 3.0 * lv
+    h = (hours - EPOCH).astype(np.float64)[:, None, None]
+    phi, lam = np.deg2rad(LAT)[None, :, None], np.deg2rad(LON)[None, None, :]
+    return base + 0.01 * (h % 1000) + (k + lv) * np.cos(phi) * np.sin(lam + 0.1 * h) + 0.05 * np.arange(ROWS)[:, None]
+
+
+def pack(values: np.ndarray, var: str) -> tuple[np.ndarray, float, float]:
+    scale, offset = SCALE.get(var, 0.01), OFFSET.get(var, 0.0)
+    return np.round((values - offset) / scale).astype(np.int16), scale, offset
+
+
+def unpacked(var: str, level: int | None, hours: np.ndarray) -> np.ndarray:
+    q, scale, offset = pack(truth(var, level, hours), var)
+    return q.astype(np.float64) * scale + offset
+
+
+def _grid(nc, lat_name="latitude", lon_name="longitude"):
+    nc.createDimension(lat_name, ROWS)
+    nc.createDimension(lon_name, COLS)
+    nc.createVariable(lat_name, "f8", (lat_name,))[:] = LAT
+    nc.createVariable(lon_name, "f8", (lon_name,))[:] = LON
+
+
+def write_new(path: Path, variables, hours: np.ndarray, levels=None) -> None:
+    """New CDS: valid_time (int64 seconds since 1970), pressure_level (hPa), float32."""
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("valid_time", len(hours))
+        t = nc.createVariable("valid_time", "i8", ("valid_time",))
+        t.units, t.calendar = "seconds since 1970-01-01", "proleptic_gregorian"
+        t[:] = (hours - EPOCH).astype("timedelta64[s]").astype(np.int64)
+        dims = ("valid_time",)
+        if levels is not None:
+            nc.createDimension("pressure_level", len(levels))
+            lv = nc.createVariable("pressure_level", "f8", ("pressure_level",))
+            lv.units = "hPa"
+            lv[:] = levels
+            dims += ("pressure_level",)
+        _grid(nc)
+        for var in variables:
+            v = nc.createVariable(var, "f4", dims + ("latitude", "longitude"))
+            if levels is None:
+                v[:] = truth(var, None, hours)
+            else:
+                v[:] = np.stack([truth(var, lev, hours) for lev in levels], axis=1)
+
+
+def write_old(path: Path, variables, hours: np.ndarray, levels=None, expver_split: int | None = None) -> None:
+    """Old CDS: time (int32 hours since 1900), level (int32 hPa), packed int16; optional expver axis."""
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("time", len(hours))
+        t = nc.createVariable("time", "i4", ("time",))
+        t.units, t.calendar = "hours since 1900-01-01 00:00:00.0", "gregorian"
+        t[:] = (hours - OLD_EPOCH).astype(np.int64)
+        dims = ("time",)
+        if expver_split is not None:
+            nc.createDimension("expver", 2)
+            nc.createVariable("expver", "i4", ("expver",))[:] = [1, 5]
+            dims += ("expver",)
+        if levels is not None:
+            nc.createDimension("level", len(levels))
+            lv = nc.createVariable("level", "i4", ("level",))
+            lv.units = "millibars"
+            lv[:] = levels
+            dims += ("level",)
+        _grid(nc)
+        for var in variables:
+            if levels is None:
+                values = truth(var, None, hours)
+            else:
+                values = np.stack([truth(var, lev, hours) for lev in levels], axis=1)
+            q, scale, offset = pack(values, var)
+            v = nc.createVariable(var, "i2", dims + ("latitude", "longitude"), fill_value=np.int16(-32767))
+            v.scale_factor, v.add_offset = scale, offset
+            v.set_auto_maskandscale(False)
+            if expver_split is None:
+                v[:] = q
+            else:  # ERA5 (expver 1) up to expver_split, ERA5T (expver 5) after; the other one is missing
+                both = np.stack([q, q], axis=1)
+                both[:expver_split, 1] = -32767
+                both[expver_split:, 0] = -32767
+                v[:] = both
+
+
+def hourly(start: str, hours: int) -> np.ndarray:
+    return np.datetime64(start, "h") + np.arange(hours) * np.timedelta64(1, "h")
+
+
+def write_cds(root: Path, *, days_2000: int = 2, levels_new=LEVELS, include_2001: bool = True) -> Path:
+    src = root / "cds"
+    src.mkdir(parents=True, exist_ok=True)
+    h0 = hourly("2000-01-01T00", 24 * days_2000)
+    write_new(src / "era5_single_2000.nc", SINGLE, h0)
+    write_new(src / "era5_pl_uv_2000.nc", ("u", "v"), h0, levels=list(levels_new))
+    write_new(src / "era5_pl_tzr_2000.nc", ("t", "z", "r"), h0, levels=list(levels_new)[::-1])
+    if include_2001:
+        for day, split in ((1, None), (2, 5)):
+            h = hourly(f"2001-01-0{day}T00", 24)
+            write_old(src / f"sl_2001010{day}.nc", SINGLE, h, expver_split=split)
+            write_old(src / f"pl_2001010{day}.nc", PRESSURE, h, levels=[50, 500, 850, 1000], expver_split=split)
+    return src
+
+
+def expected_year(year: int, steps: int) -> np.ndarray:
+    """(steps, 21, ROWS, COLS) the converter must write, from the closed form (packed for 2001)."""
+    tool = load_tool()
+    hours = np.datetime64(f"{year}-01-01T00", "h") + np.arange(steps) * np.timedelta64(6, "h")
+    out = np.zeros((steps, len(ERA5_CHANNELS), ROWS, COLS))
+    for c, name in enumerate(ERA5_CHANNELS):
+        if name in tool.CHANNEL_SOURCES:
+            var, level = tool.CHANNEL_SOURCES[name]
+            out[:, c] = (unpacked if year == 2001 else truth)(var, level, hours)
+    return out.astype(np.float32)
+
+
+def convert(*argv: str) -> int:
+    return load_tool().main([str(a) for a in argv])
+
+
+@pytest.fixture
+def cds(tmp_path):
+    return write_cds(tmp_path)
+
+
+def test_round_trip_into_the_reader(cds, tmp_path):
+    out = tmp_path / "era5"
+    assert convert("--input", cds, "--output", out, "--years", "2000-2001", "--split", "train", "--grid", "17x32",
+                   "--allow-partial", "--stats-from", "train") == 0
+    with FCNDataset(out, "train") as ds:
+        assert ds.channels == list(ERA5_CHANNELS) and ds.years == [2000, 2001]
+        assert len(ds) == 8 + 8 and (ds.rows, ds.cols) == (ROWS, COLS)
+        assert ds.times[1] - ds.times[0] == np.timedelta64(6, "h") and str(ds.times[8]) == "2001-01-01T00"
+        np.testing.assert_allclose(ds.lat, LAT[:-1]) and np.testing.assert_allclose(ds.lon, LON)
+        assert ds.units["z500"] == "m2 s-2"
+    fields = {}
+    for year in (2000, 2001):
+        import h5py
+        with h5py.File(out / "train" / f"{year}.h5", "r") as f:
+            fields[year] = f["fields"][...]
+        assert fields[year].dtype == np.float32 and fields[year].shape == (8, 21, ROWS, COLS)
+        np.testing.assert_allclose(fields[year], expected_year(year, 8), rtol=1e-6, atol=1e-3)
+        assert not fields[year][:, 20].any()  # the unused channel is zero
+        assert (out / "train" / f"{year}.h5.done").is_file()
+    # channel order: t850 is 't' at 850 hPa, z50 is 'z' at 50 hPa (their values differ by variable and level)
+    np.testing.assert_allclose(fields[2000][:, ERA5_CHANNELS.index("t850")],
+                               truth("t", 850, hourly("2000-01-01T00", 48)[::6]).astype(np.float32), rtol=1e-6)
+    # statistics: a direct NumPy computation over every train step, float64
+    allf = np.concatenate([fields[2000], fields[2001]]).astype(np.float64)
+    means, stds = np.load(out / "stats" / "global_means.npy"), np.load(out / "stats" / "global_stds.npy")
+    assert means.shape == stds.shape == (1, 21, 1, 1) and means.dtype == np.float32
+    np.testing.assert_allclose(means[0, :20, 0, 0], allf[:, :20].mean(axis=(0, 2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(stds[0, :20, 0, 0], allf[:, :20].std(axis=(0, 2, 3)), rtol=1e-5)
+    assert means[0, 20, 0, 0] == 0.0 and stds[0, 20, 0, 0] == 1.0
+    tm = np.load(out / "stats" / "time_means.npy")
+    assert tm.shape == (1, 21, ROWS, COLS)
+    np.testing.assert_allclose(tm[0], allf.mean(axis=0), rtol=1e-6)
+    assert json.loads((out / "stats" / "stats.json").read_text())["years"] == [2000, 2001]
+
+
+def test_resume_skips_done_years_and_rewrites_partial_ones(cds, tmp_path):
+    out = tmp_path / "era5"
+    args = ["--input", cds, "--output", out, "--years", "2000-2001", "--grid", "any", "--allow-partial"]
+    assert convert(*args) == 0
+    done_2000 = (out / "train" / "2000.h5").stat().st_mtime_ns
+    # 2001 interrupted: marker gone, file torn, a stale partial beside it
+    (out / "train" / "2001.h5.done").unlink()
+    (out / "train" / "2001.h5").write_bytes(b"torn")
+    (out / "train" / "2001.h5.partial").write_bytes(b"stale")
+    assert convert(*args) == 0
+    assert (out / "train" / "2000.h5").stat().st_mtime_ns == done_2000
+    assert not (out / "train" / "2001.h5.partial").exists()
+    with _reader(out) as ds:
+        np.testing.assert_allclose(ds.read(8, normalise=False)[ERA5_CHANNELS.index("z500")],
+                                   expected_year(2001, 1)[0, ERA5_CHANNELS.index("z500"), :-1], rtol=1e-6)
+
+
+def _reader(out: Path) -> FCNDataset:
+    """The train split, once statistics exist (computed here from the converted files)."""
+    assert convert("--output", out, "--stats-from", "train") == 0
+    return FCNDataset(out, "train")
+
+
+def test_max_steps_and_hourly_subsampling(cds, tmp_path):
+    out = tmp_path / "era5"
+    assert convert("--input", cds, "--output", out, "--years", "2000", "--grid", "any", "--max-steps", "3",
+                   "--split", "test") == 0
+    import h5py
+    with h5py.File(out / "test" / "2000.h5", "r") as f:
+        got = f["fields"][...]
+    assert got.shape[0] == 3
+    np.testing.assert_allclose(got[2, 0], truth("u10", None, np.array([np.datetime64("2000-01-01T12", "h")]))[0],
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("grid", "pass --grid any"),
+    ("level", "z50 (variable z at 50 hPa: levels found 500, 850, 1000)"),
+    ("times", "year 2000: no input has channel u10 at 2000-01-03T00"),
+    ("years", "--years 'abc'"),
+    ("nothing", "no netCDF files match"),
+])
+def test_clear_errors(tmp_path, capsys, case, message):
+    src = write_cds(tmp_path, levels_new=(1000, 850, 500) if case == "level" else LEVELS, include_2001=False)
+    args = ["--input", src, "--output", tmp_path / "out", "--years", "2000"]
+    if case != "grid":
+        args += ["--grid", "17x32"]
+    if case == "years":
+        args[5] = "abc"
+    if case == "nothing":
+        args[1] = tmp_path / "empty*.nc"
+    assert convert(*args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "out").glob("**/*.done"))
+
+
+def test_missing_variable_is_named(tmp_path, capsys):
+    src = write_cds(tmp_path, include_2001=False)
+    (src / "era5_pl_tzr_2000.nc").unlink()
+    assert convert("--input", src, "--output", tmp_path / "out", "--years", "2000", "--grid", "any") == 2
+    err = capsys.readouterr().err
+    assert "t850 (variable t: not in any input file)" in err and "z50" in err and "r850" in err
+
+
+def test_stats_refuse_unfinished_years(cds, tmp_path, capsys):
+    out = tmp_path / "era5"
+    assert convert("--input", cds, "--output", out, "--years", "2000", "--grid", "any", "--allow-partial") == 0
+    (out / "train" / "2000.h5.done").unlink()
+    assert convert("--output", out, "--stats-from", "train") == 2
+    assert "2000.h5 not finished" in capsys.readouterr().err
