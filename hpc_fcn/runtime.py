@@ -45,6 +45,15 @@ def local_size(comm) -> int:
     return n
 
 
+def local_rank(comm) -> int:
+    """This rank's index among the ranks on its node (selects its GPU)."""
+    from mpi4py import MPI
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    r = node.Get_rank()
+    node.Free()
+    return r
+
+
 def set_threads(comm, requested: int = 0) -> int:
     """Give each rank an equal share of this node's cores (``requested`` > 0 overrides)."""
     import torch

@@ -113,7 +113,10 @@ class EnsembleRun:
         par = choose_layout(cfg, comm.size, C)
         cfg = replace(cfg, parallel=par)
         self.cfg = cfg
-        self.grid = ProcessGrid.from_config(par, comm, tracer=self.tracer)
+        from ..forecaster import Forecaster
+        from ..runtime import local_rank
+        self.device = Forecaster.select_device(cfg.inference, local_rank(comm))
+        self.grid = ProcessGrid.from_config(par, comm, tracer=self.tracer, device=self.device.type)
         g = self.grid
         g.validate_model(mcfg.img_size, mcfg.patch_size, mcfg.embed_dim, mcfg.num_blocks,
                          int(mcfg.embed_dim * mcfg.mlp_ratio))
@@ -127,7 +130,7 @@ class EnsembleRun:
             net = DistributedAFNONet.from_serial(serial, None, g).eval()
         else:
             net = serial
-        from ..forecaster import Forecaster
+        net = net.to(self.device)
         self.forecaster = Forecaster(net, cfg.inference, grid=g, tracer=self.tracer)
         self.perturber = Perturber(cfg.perturbation, channels=self.channels, nlat=ds.nlat, nlon=ds.nlon,
                                    rows=self.rows, cols=self.cols, seed=cfg.ensemble.seed, control=cfg.ensemble.control)
@@ -135,8 +138,8 @@ class EnsembleRun:
         # ranks that own a distinct window (matmul replicas hold copies)
         self.scorer = g.coords["matmul"] == 0
         self.lat = ds.lat
-        self.means = torch.as_tensor(ds.means).view(-1, 1, 1)
-        self.stds = torch.as_tensor(ds.stds).view(-1, 1, 1)
+        self.means = torch.as_tensor(ds.means).view(-1, 1, 1).to(self.device)
+        self.stds = torch.as_tensor(ds.stds).view(-1, 1, 1).to(self.device)
 
     # ---- helpers ------------------------------------------------------------------------------
     def denorm(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,10 +161,10 @@ class EnsembleRun:
         cfg, ds = self.cfg, self.ds
         init_hours = _as_hours(ds.times[init_index])
         with self.tracer.region("io.read", "io"):
-            x0 = torch.from_numpy(ds.read(init_index, self.rows, self.cols, normalise=True))
+            x0 = torch.from_numpy(ds.read(init_index, self.rows, self.cols, normalise=True)).to(self.device)
         with self.tracer.region("perturbation", "compute"):
             if cfg.perturbation.method != "bred":
-                return self.perturber.perturb(x0, init_hours, self.my_members)
+                return self.perturber.perturb(x0, init_hours, self.my_members)  # noise moves to x0's device
             return self.bred_state(x0, init_index, init_hours)
 
     def bred_state(self, x0: torch.Tensor, init_index: int, init_hours: int) -> torch.Tensor:
@@ -171,12 +174,12 @@ class EnsembleRun:
             raise UserError(f"bred vectors need {back} earlier analyses ({pc.bred_cycles} cycles x {pc.bred_steps} "
                             f"steps) before {self.ds.times[init_index]}; choose a later initial time")
         amp = self.perturber.amp
-        seeds = torch.stack([self.perturber.initial_noise(init_hours, m) for m in self.my_members])
+        seeds = torch.stack([self.perturber.initial_noise(init_hours, m) for m in self.my_members]).to(self.device)
         ctrl = [self.perturber.is_control(m) for m in self.my_members]
 
         def analysis(c: int) -> torch.Tensor:
             idx = init_index - back + c * pc.bred_steps
-            return torch.from_numpy(self.ds.read(idx, self.rows, self.cols, normalise=True))
+            return torch.from_numpy(self.ds.read(idx, self.rows, self.cols, normalise=True)).to(self.device)
 
         def global_rms(d: torch.Tensor) -> torch.Tensor:
             local = d.double().pow(2).sum(dim=(-2, -1))
@@ -187,7 +190,7 @@ class EnsembleRun:
         if not len(self.my_members):
             return x0.new_zeros((0,) + tuple(x0.shape))
         delta = breed(analysis, seeds, self.step, pc.bred_cycles, pc.bred_steps, amp, global_rms)
-        keep = torch.tensor([0.0 if c else 1.0 for c in ctrl]).view(-1, 1, 1, 1)
+        keep = torch.tensor([0.0 if c else 1.0 for c in ctrl], device=self.device).view(-1, 1, 1, 1)
         return x0.unsqueeze(0) + delta * keep
 
     # ---- the run ------------------------------------------------------------------------------
@@ -287,7 +290,7 @@ class EnsembleRun:
         with self.tracer.region("io.read", "io"):
             self.x0 = ds.read(init_index, self.rows, self.cols)
         if payload is not None:
-            state, first = payload["state"], payload["step"] + 1
+            state, first = payload["state"].to(self.device), payload["step"] + 1
             lead_done = plan.output_steps.index(payload["step"]) + 1
         else:
             state, first, lead_done = self.initial_state(init_index), 0, None
@@ -303,7 +306,7 @@ class EnsembleRun:
                 if s in plan.output_steps:
                     self.output(plan.output_steps.index(s), s, init_index, state, files)
                     if s < plan.lead_steps:
-                        store.save({"init_pos": k, "step": s}, {"state": state, "step": s, "accs": self.acc})
+                        store.save({"init_pos": k, "step": s}, {"state": state.cpu(), "step": s, "accs": self.acc})
         finally:
             for f in files.values():
                 f.close()
@@ -313,7 +316,7 @@ class EnsembleRun:
         from mpi4py import MPI
         from ..io.netcdf import gather_window_to_root
         g, tr, M = self.grid, self.tracer, self.M
-        phys = self.denorm(state).numpy()
+        phys = self.denorm(state).cpu().numpy()
         with tr.region("ensemble_stats", "compute"):
             s1 = phys.astype(np.float64).sum(axis=0)
             with tr.comm("allreduce.ens_mean", s1.nbytes):

@@ -99,7 +99,7 @@ class Perturber:
     def perturb(self, x0: torch.Tensor, init_hours: int, members: Sequence[int]) -> torch.Tensor:
         """(C, r, c) initial condition -> (len(members), C, r, c) perturbed members."""
         noise = torch.stack([self.initial_noise(init_hours, m) for m in members])
-        return x0.unsqueeze(0) + noise.to(x0.dtype)
+        return x0.unsqueeze(0) + noise.to(x0.device, x0.dtype)
 
 
 def breed(x_analyses: Callable[[int], torch.Tensor], delta0: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor],

@@ -17,11 +17,13 @@ from mpi4py import MPI
 SYNC_TIMEOUT = float(os.environ.get("HPC_FCN_TEST_SYNC_TIMEOUT", "300"))
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_configure(config):
     comm = MPI.COMM_WORLD
-    if comm.rank != 0:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
+    if comm.rank != 0:  # rank 0 reports for everyone (failures of other ranks are folded into its report)
+        reporter = config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None:
+            config.pluginmanager.unregister(reporter)
     import torch
     torch.set_num_threads(1)
 

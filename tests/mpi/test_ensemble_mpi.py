@@ -51,6 +51,9 @@ def test_member_identical_across_layouts_and_batches(shared_tmp, method):
     layouts = {"serial": (solo, []), "ens4": (world, ["parallel.ensemble=4"]),
                "h2e2": (world, ["parallel.h=2", "inference.members_per_pass=1"]),
                "w2m2": (world, ["parallel.w=2", "parallel.matmul=2", "parallel.ensemble=1"])}
+    if method != "gaussian":  # the noise path is layout-independent by construction; check two layouts
+        layouts = {k: layouts[k] for k in ("serial", "h2e2")}
+        extra.append("initial_conditions.count=1")
     docs = {}
     for name, (comm, ov) in layouts.items():
         docs[name] = run(comm, shared_tmp, f"{method}_{name}", extra + ov)
@@ -59,7 +62,7 @@ def test_member_identical_across_layouts_and_batches(shared_tmp, method):
     world.Barrier()
     if world.rank == 0:
         ref = members_of(shared_tmp / f"{method}_serial")
-        assert len(ref) == 2
+        assert len(ref) == (2 if method == "gaussian" else 1)
         for name in layouts:
             got = members_of(shared_tmp / f"{method}_{name}")
             assert got.keys() == ref.keys()
@@ -73,8 +76,10 @@ def test_member_identical_across_layouts_and_batches(shared_tmp, method):
                     a = np.array(doc["scores"][score][var], dtype=float)
                     b = np.array(serial["scores"][score][var], dtype=float)
                     np.testing.assert_allclose(a, b, rtol=1e-4, equal_nan=True, err_msg=f"{name} {score} {var}")
-            for var in ("u", "v", "z"):  # round-off may move the truth across a member at a rare point
-                a = np.array(doc["scores"]["rank_hist"][var])
-                b = np.array(serial["scores"]["rank_hist"][var])
+            for var in ("u", "v", "z"):
+                # lead 0: the control equals the truth, so its ties are broken at random on each rank;
+                # later, round-off may move the truth across a member at a rare point
+                a = np.array(doc["scores"]["rank_hist"][var])[1:]
+                b = np.array(serial["scores"]["rank_hist"][var])[1:]
                 assert (a.sum(axis=-1) == b.sum(axis=-1)).all()
                 assert np.abs(a - b).sum() <= 0.002 * b.sum()

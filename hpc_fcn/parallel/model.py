@@ -1,0 +1,206 @@
+"""The AFNO network spread over a process grid, loaded from and gathered to the serial state dict.
+
+Input: this rank's pixel window ``x[..., rows, cols]`` (see :meth:`ProcessGrid.local_window`), any
+batch of members. Output: the same window of the prediction, replicated over matmul.
+
+Gradients: after ``loss.backward()`` on every rank (the loss a sum of rank-local parts, computed
+identically on the matmul ranks), call :meth:`DistributedAFNONet.reduce_gradients`. It sums over the
+spatial group (h x w) the gradients of every parameter that is replicated across it (all but
+``pos_embed``, which is sharded by tokens), and, for data parallel training, over ``ensemble``.
+Matmul needs no reduction: every parameter is sharded there, not replicated.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+
+from ..model import AFNONet, unpatchify
+from ..model.checkpoint import infer_model_config
+from .grid import ProcessGrid, _pair
+from .layers import DistBlock, DistLayerNorm, DistPatchEmbed
+from .primitives import gather, reduce_from
+from .split import shard_range, split_sizes
+
+_MODEL_KEYS = ("img_size", "patch_size", "in_chans", "out_chans", "embed_dim", "depth", "mlp_ratio",
+               "num_blocks", "sparsity_threshold", "hard_thresholding_fraction")
+
+
+class DistributedAFNONet(nn.Module):
+    """AFNONet decomposed over ``grid`` (h, w: tokens; matmul: channels); state dict keys as AFNONet."""
+
+    def __init__(self, grid: ProcessGrid, img_size=(720, 1440), patch_size=8, in_chans: int = 20,
+                 out_chans: int = 20, embed_dim: int = 768, depth: int = 12, mlp_ratio: float = 4.0,
+                 num_blocks: int = 8, sparsity_threshold: float = 0.01, hard_thresholding_fraction: float = 1.0,
+                 dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.grid = grid
+        self.img_size, self.patch_size = _pair(img_size), _pair(patch_size)
+        self.in_chans, self.out_chans, self.embed_dim, self.depth = in_chans, out_chans, embed_dim, depth
+        self.mlp_ratio, self.num_blocks = mlp_ratio, num_blocks
+        self.sparsity_threshold, self.hard_thresholding_fraction = sparsity_threshold, hard_thresholding_fraction
+        self.mlp_hidden = int(embed_dim * mlp_ratio)
+        grid.validate_model(self.img_size, self.patch_size, embed_dim, num_blocks, self.mlp_hidden)
+        self.H = self.img_size[0] // self.patch_size[0]
+        self.W = self.img_size[1] // self.patch_size[1]
+        self.token_rows, self.token_cols = grid.token_window(self.img_size, self.patch_size)
+        self.window = grid.local_window(self.img_size, self.patch_size)
+        hl = self.token_rows.stop - self.token_rows.start
+        wl = self.token_cols.stop - self.token_cols.start
+        cl = embed_dim // grid.matmul.size
+        self.patch_embed = DistPatchEmbed(grid, in_chans, embed_dim, self.patch_size, dtype=dtype)
+        self.pos_embed = nn.Parameter(torch.zeros(1, hl, wl, cl, dtype=dtype))
+        self.blocks = nn.ModuleList([
+            DistBlock(grid, self.H, self.W, embed_dim, self.mlp_hidden, num_blocks, sparsity_threshold,
+                      hard_thresholding_fraction, dtype=dtype) for _ in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6, dtype=dtype)  # as in the checkpoint: unused, replicated
+        self.head = nn.Linear(cl, out_chans * self.patch_size[0] * self.patch_size[1], bias=False, dtype=dtype)
+
+    # ---- construction and checkpoints --------------------------------------------------------
+    @classmethod
+    def from_serial(cls, model_or_state: AFNONet | Mapping[str, torch.Tensor], model_kwargs: Mapping | None,
+                    grid: ProcessGrid) -> "DistributedAFNONet":
+        """Shard a serial AFNONet (or its state dict) over ``grid``; every rank passes the same weights."""
+        if isinstance(model_or_state, nn.Module):
+            kwargs = dict(model_or_state.config())
+            state = model_or_state.state_dict()
+        else:
+            state = dict(model_or_state)
+            kwargs = dict(model_kwargs) if model_kwargs is not None else infer_model_config(state)
+        if model_kwargs is not None:
+            kwargs.update(model_kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k in _MODEL_KEYS}
+        model = cls(grid, **kwargs, dtype=state["patch_embed.proj.weight"].dtype)
+        model.load_serial_state_dict(state)
+        return model
+
+    def config(self) -> dict:
+        """Constructor keywords of the equivalent serial AFNONet."""
+        return dict(img_size=list(self.img_size), patch_size=list(self.patch_size), in_chans=self.in_chans,
+                    out_chans=self.out_chans, embed_dim=self.embed_dim, depth=self.depth, mlp_ratio=self.mlp_ratio,
+                    num_blocks=self.num_blocks, sparsity_threshold=self.sparsity_threshold,
+                    hard_thresholding_fraction=self.hard_thresholding_fraction)
+
+    def shard_spec(self, key: str) -> list[tuple[int, str]]:
+        """(dimension, axis) pairs along which the serial tensor ``key`` is split (pos_embed as 1 x H x W x C)."""
+        name = key.split(".")
+        if key == "pos_embed":
+            return [(1, "h"), (2, "w"), (3, "matmul")]
+        if key.startswith("patch_embed.proj."):
+            return [(0, "matmul")]
+        if key == "head.weight":
+            return [(1, "matmul")]
+        if name[0] == "blocks":
+            sub = ".".join(name[2:])
+            if sub.startswith(("norm1.", "norm2.")) or sub in ("mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.bias"):
+                return [(0, "matmul")]
+            if sub == "mlp.fc2.weight":
+                return [(1, "matmul")]
+            if sub.startswith("filter."):
+                return [(1, "matmul")]
+        if name[0] == "norm":
+            return []
+        raise KeyError(f"no shard layout for parameter {key!r}")
+
+    def _serial_shape(self, key: str, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(1, self.H, self.W, self.embed_dim) if key == "pos_embed" else t
+
+    def load_serial_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load a full serial state dict (same keys and shapes as AFNONet), keeping this rank's shards."""
+        own = dict(self.named_parameters())
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"state dict does not fit DistributedAFNONet: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for key, p in own.items():
+                t = self._serial_shape(key, state[key])
+                for dim, axis in self.shard_spec(key):
+                    ax = self.grid.axis(axis)
+                    a, b = shard_range(t.shape[dim], ax.size, ax.rank, f"{key} dimension {dim}")
+                    t = t.narrow(dim, a, b - a)
+                if tuple(t.shape) != tuple(p.shape):
+                    raise ValueError(f"{key}: shard {tuple(t.shape)} does not match the local parameter {tuple(p.shape)}")
+                p.copy_(t)
+
+    def _gather(self, key: str, local: torch.Tensor) -> torch.Tensor:
+        t = local.detach()
+        for dim, axis in reversed(self.shard_spec(key)):
+            ax = self.grid.axis(axis)
+            n = {"h": self.H, "w": self.W}.get(axis)
+            if n is None:
+                n = local.shape[dim] * ax.size
+            t = ax.all_gather(t, dim, split_sizes(n, ax.size), tag="gather_state")
+        return t.reshape(1, self.H * self.W, self.embed_dim) if key == "pos_embed" else t
+
+    def gather_state_dict(self) -> dict[str, torch.Tensor]:
+        """The full serial state dict on every rank of the model group (collective)."""
+        return {k: self._gather(k, p) for k, p in self.named_parameters()}
+
+    def gather_gradients(self) -> dict[str, torch.Tensor]:
+        """Full serial-shaped gradients (collective; call after :meth:`reduce_gradients`)."""
+        return {k: self._gather(k, p.grad if p.grad is not None else torch.zeros_like(p))
+                for k, p in self.named_parameters()}
+
+    # ---- training ----------------------------------------------------------------------------
+    def reduce_gradients(self, data_parallel: bool = True, average_data: bool = True) -> None:
+        """Complete the gradients after backward: sum over spatial ranks where a parameter is replicated,
+        then (``data_parallel``) sum or average over the ensemble axis. One bucketed all-reduce each."""
+        params = [(k, p) for k, p in self.named_parameters() if p.requires_grad]
+        for k, p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        spatial = [p for k, p in params if k != "pos_embed"]
+        self._allreduce_grads(self.grid.spatial, spatial, 1.0)
+        if data_parallel:
+            ens = self.grid.ensemble
+            self._allreduce_grads(ens, [p for _, p in params], 1.0 / ens.size if average_data else 1.0)
+
+    @staticmethod
+    def _allreduce_grads(axis, params, scale: float) -> None:
+        if axis.size == 1 or not params:
+            return
+        grads = [p.grad for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = axis.all_reduce(flat, tag="grad")
+        if scale != 1.0:
+            flat = flat * scale
+        off = 0
+        for g in grads:
+            g.copy_(flat[off:off + g.numel()].view_as(g))
+            off += g.numel()
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = self.window
+        want = (rows.stop - rows.start, cols.stop - cols.start)
+        if tuple(x.shape[-2:]) != want:
+            raise ValueError(f"rank {self.grid.rank}: input window {tuple(x.shape[-2:])} is not this rank's "
+                             f"window {want} (rows {rows.start}:{rows.stop}, cols {cols.start}:{cols.stop})")
+        x = self.patch_embed(x) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, rows_local, cols_local) -> (B, out_chans, rows_local, cols_local)."""
+        y = reduce_from(self.head(self.forward_features(x)), self.grid.matmul, tag="head")
+        return unpatchify(y, self.patch_size, self.out_chans)
+
+
+def scatter_field(grid: ProcessGrid, full: torch.Tensor, img_size, patch_size) -> torch.Tensor:
+    """This rank's window (..., rows, cols) of a full field (every rank holds ``full``)."""
+    rows, cols = grid.local_window(img_size, patch_size)
+    return full[..., rows, cols].contiguous()
+
+
+def gather_field(grid: ProcessGrid, local: torch.Tensor, img_size, patch_size) -> torch.Tensor:
+    """The full field from every rank's window (collective over h and w; differentiable)."""
+    (H, W), (p1, p2) = _pair(img_size), _pair(patch_size)
+    rows = [s * p1 for s in split_sizes(H // p1, grid.h.size)]
+    cols = [s * p2 for s in split_sizes(W // p2, grid.w.size)]
+    x = gather(local, grid.w, dim=-1, n=cols, tag="gather_field")
+    return gather(x, grid.h, dim=-2, n=rows, tag="gather_field")
+
+
+__all__ = ["DistributedAFNONet", "DistLayerNorm", "gather_field", "scatter_field"]
