@@ -1,29 +1,65 @@
-"""Named timing regions and communication accounting, exported as Chrome trace JSON.
+"""Named timing regions and communication accounting, exported as Chrome trace JSON and region summaries.
 
-A :class:`Tracer` is passed explicitly (the process grid carries one). When disabled, ``region``
-returns a shared no-op context, so instrumented code costs one attribute lookup and a call.
-Communication backends call :meth:`Tracer.comm` around every collective with the bytes it moves.
+A :class:`Tracer` is passed explicitly (the process grid carries one). When disabled, ``region`` and
+``comm`` return a shared no-op context, so instrumented code costs one attribute lookup and a call.
+Communication backends call :meth:`Tracer.comm` around every collective with the bytes it sends.
+Regions also become Score-P user regions when the ``scorep`` module is importable (run under
+``python -m scorep --mpp=mpi ...``), and regions over CUDA work are timed with CUDA events that are
+synchronised only when a summary or trace is asked for. :func:`write_traces` writes per-rank Chrome
+traces (open them in Perfetto) and per-region summaries (JSON and CSV), combined over ranks on rank 0.
 """
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 _NULL = contextlib.nullcontext()
 
 
+def _scorep_user():
+    """The Score-P user-region module when Score-P's Python bindings are importable, else None."""
+    try:
+        import scorep.user as user  # type: ignore[import-not-found]
+    except Exception:  # noqa: BLE001 - any import failure means: no Score-P
+        return None
+    return user if hasattr(user, "region_begin") and hasattr(user, "region_end") else None
+
+
+def _on_cuda(obj: Any) -> bool:
+    """True when ``obj`` (a tensor, or a tuple/list of them) lives on a CUDA device."""
+    if isinstance(obj, (tuple, list)):
+        return any(_on_cuda(o) for o in obj[:4])
+    return getattr(getattr(obj, "device", None), "type", None) == "cuda"
+
+
 class Tracer:
-    def __init__(self, enabled: bool = True, rank: int = 0):
+    """Collects (name, category, start, duration, bytes) events of one rank."""
+
+    def __init__(self, enabled: bool = True, rank: int = 0, scorep: bool | None = None, cuda: bool | None = None,
+                 clock=None):
+        """``clock``: seconds function (default ``time.perf_counter``; ``time.thread_time`` measures this
+        thread's CPU time, which other jobs on a shared machine do not disturb)."""
         self.enabled = enabled
         self.rank = rank
-        self.events: list[tuple[str, str, float, float, int]] = []  # name, category, start, duration, bytes
-        self._t0 = time.perf_counter()
+        self.events: list[list] = []  # [name, category, start, duration (None while a CUDA event is pending), bytes]
+        self._clock = clock or time.perf_counter
+        self._t0 = self._clock()
+        self._scorep = _scorep_user() if (enabled and scorep is not False) else None
+        self._cuda = cuda  # None: use CUDA events when the region's tensors are on a GPU
+        self._pending: list[tuple[int, Any, Any]] = []  # (event index, start event, end event)
 
+    @property
+    def scorep_active(self) -> bool:
+        return self._scorep is not None
+
+    # ---- recording --------------------------------------------------------------------------
     def region(self, name: str, category: str = "compute"):
         """Time a block of code under ``name`` (no-op when disabled)."""
         if not self.enabled:
@@ -39,22 +75,64 @@ class Tracer:
     def record(self, name: str, seconds: float, category: str = "compute", nbytes: int = 0) -> None:
         """Add an already measured interval that ends now."""
         if self.enabled:
-            end = time.perf_counter()
-            self.events.append((name, category, end - seconds, seconds, int(nbytes)))
+            end = self._clock()
+            self.events.append([name, category, end - seconds, seconds, int(nbytes)])
+
+    def begin(self, name: str, category: str = "compute", tensors: Any = None, nbytes: int = 0):
+        """Open a region (for hooks that cannot use a ``with`` block); pass the token to :meth:`end`."""
+        if not self.enabled:
+            return None
+        if self._scorep is not None:
+            self._scorep.region_begin(name)
+        start_ev = None
+        if self._cuda or (self._cuda is None and _on_cuda(tensors)):
+            import torch
+            start_ev = torch.cuda.Event(enable_timing=True)
+            start_ev.record()
+        return (name, category, self._clock(), int(nbytes), start_ev)
+
+    def end(self, token, tensors: Any = None) -> None:
+        """Close a region opened by :meth:`begin`."""
+        if token is None:
+            return
+        name, category, start, nbytes, start_ev = token
+        if start_ev is not None:
+            import torch
+            end_ev = torch.cuda.Event(enable_timing=True)
+            end_ev.record()
+            self._pending.append((len(self.events), start_ev, end_ev))
+            self.events.append([name, category, start, None, nbytes])
+        else:
+            self.events.append([name, category, start, self._clock() - start, nbytes])
+        if self._scorep is not None:
+            self._scorep.region_end(name)
 
     @contextlib.contextmanager
     def _timed(self, name: str, category: str, nbytes: int) -> Iterator[None]:
-        start = time.perf_counter()
+        token = self.begin(name, category, nbytes=nbytes)
         try:
             yield
         finally:
-            self.events.append((name, category, start, time.perf_counter() - start, nbytes))
+            self.end(token)
+
+    def _resolve(self) -> None:
+        """Turn pending CUDA events into durations (synchronises once, at summary time)."""
+        if not self._pending:
+            return
+        import torch
+        torch.cuda.synchronize()
+        for idx, s, e in self._pending:
+            self.events[idx][3] = s.elapsed_time(e) / 1e3
+        self._pending.clear()
 
     def reset(self) -> None:
+        self._resolve()
         self.events.clear()
 
+    # ---- reporting ---------------------------------------------------------------------------
     def summary(self) -> dict[str, dict[str, float]]:
         """Per region: call count, total seconds, total bytes, category."""
+        self._resolve()
         out: dict[str, dict] = defaultdict(lambda: {"count": 0, "seconds": 0.0, "bytes": 0, "category": ""})
         for name, cat, _, dur, nbytes in self.events:
             s = out[name]
@@ -65,12 +143,14 @@ class Tracer:
         return dict(out)
 
     def category_seconds(self) -> dict[str, float]:
+        self._resolve()
         tot: dict[str, float] = defaultdict(float)
         for _, cat, _, dur, _ in self.events:
             tot[cat] += dur
         return dict(tot)
 
     def chrome_events(self) -> list[dict]:
+        self._resolve()
         return [{"name": n, "cat": c, "ph": "X", "ts": (s - self._t0) * 1e6, "dur": d * 1e6,
                  "pid": self.rank, "tid": 0, "args": {"bytes": b} if b else {}}
                 for n, c, s, d, b in self.events]
@@ -79,9 +159,65 @@ class Tracer:
         """Write a Chrome trace (open it in Perfetto or chrome://tracing)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"traceEvents": self.chrome_events(), "displayTimeUnit": "ms",
+        meta = [{"name": "process_name", "ph": "M", "pid": self.rank, "args": {"name": f"rank {self.rank}"}}]
+        path.write_text(json.dumps({"traceEvents": meta + self.chrome_events(), "displayTimeUnit": "ms",
                                     "otherData": {"rank": self.rank}}))
         return path
 
 
 NULL_TRACER = Tracer(enabled=False)
+
+_BLOCK = re.compile(r"^blocks\.\d+\.")
+
+
+def region_kind(name: str) -> str:
+    """Canonical region of an event name: ``blocks.3.mlp`` -> ``mlp``; ``fft/all_to_all@w`` -> ``fft``."""
+    name = _BLOCK.sub("", name)
+    return name.split("/", 1)[0] if "/" in name else name
+
+
+def combine_summaries(per_rank: list[dict], meta: dict | None = None) -> dict:
+    """One summary over ranks: per event name, calls, bytes and seconds (mean, max, per rank)."""
+    names: dict[str, str] = {}
+    for s in per_rank:
+        for k, v in s.items():
+            names.setdefault(k, v["category"])
+    regions = {}
+    for k, cat in names.items():
+        secs = [s.get(k, {}).get("seconds", 0.0) for s in per_rank]
+        regions[k] = {"category": cat, "kind": region_kind(k),
+                      "count": max(s.get(k, {}).get("count", 0) for s in per_rank),
+                      "bytes": sum(s.get(k, {}).get("bytes", 0) for s in per_rank),
+                      "seconds_mean": sum(secs) / len(secs), "seconds_max": max(secs), "seconds_per_rank": secs}
+    return {"meta": dict(meta or {}), "ranks": len(per_rank), "regions": regions}
+
+
+def write_summary_csv(summary: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["region", "kind", "category", "count", "seconds_mean", "seconds_max", "bytes"])
+        for k, v in sorted(summary["regions"].items()):
+            wr.writerow([k, v["kind"], v["category"], v["count"], f"{v['seconds_mean']:.9f}",
+                         f"{v['seconds_max']:.9f}", v["bytes"]])
+    return path
+
+
+def write_traces(tracer: Tracer, outdir: str | os.PathLike, comm=None, meta: dict | None = None) -> dict:
+    """Write ``trace.rank{r}.json`` (Chrome) on every rank; on rank 0 also ``summary.json``/``summary.csv``
+    combined over the ranks of ``comm`` (an mpi4py communicator; None = this rank alone).
+
+    Collective over ``comm``. Returns the combined summary on rank 0 and this rank's own elsewhere.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    rank = comm.Get_rank() if comm is not None else tracer.rank
+    tracer.write_chrome(outdir / f"trace.rank{rank}.json")
+    own = tracer.summary()
+    gathered = comm.gather(own, root=0) if comm is not None else [own]
+    if rank != 0:
+        return combine_summaries([own], meta)
+    summary = combine_summaries(gathered, meta)
+    (outdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_summary_csv(summary, outdir / "summary.csv")
+    return summary

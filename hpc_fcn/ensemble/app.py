@@ -88,6 +88,18 @@ def choose_layout(cfg: EnsembleConfig, world: int, n_chans: int):
     return par
 
 
+TOP_LEVEL_COMPUTE = ("forecast.step", "perturbation", "ensemble_stats", "scoring")
+
+
+def rank_timings(tracer: Tracer) -> dict[str, float]:
+    """Seconds in compute (excluding the collectives nested in it), communication and IO."""
+    summ = tracer.summary()
+    comm = sum(v["seconds"] for v in summ.values() if v["category"] == "comm")
+    io = sum(summ[k]["seconds"] for k in ("io.read", "io.write") if k in summ)
+    compute = sum(summ[k]["seconds"] for k in TOP_LEVEL_COMPUTE if k in summ) - comm
+    return {"compute": compute, "comm": comm, "io": io}
+
+
 class EnsembleRun:
     """One configured ensemble run on the ranks of ``comm``."""
 
@@ -131,6 +143,9 @@ class EnsembleRun:
         else:
             net = serial
         net = net.to(self.device)
+        if cfg.trace:
+            from ..instrument import instrument
+            self._hooks = instrument(net, self.tracer)
         self.forecaster = Forecaster(net, cfg.inference, grid=g, tracer=self.tracer)
         self.perturber = Perturber(cfg.perturbation, channels=self.channels, nlat=ds.nlat, nlon=ds.nlon,
                                    rows=self.rows, cols=self.cols, seed=cfg.ensemble.seed, control=cfg.ensemble.control)
@@ -348,10 +363,11 @@ class EnsembleRun:
         valid = self.valid_index(init_index, step)
         if valid is None:
             return
+        with tr.region("io.read", "io"):
+            truth = self.ds.read(valid, self.rows, self.cols)
         with tr.region("scoring", "compute"):
-            with tr.region("io.read_truth", "io"):
-                truth = self.ds.read(valid, self.rows, self.cols)
-            members, blk = members_for_rows(self.ens_comm, phys, self.group_counts)
+            with tr.comm("alltoall.score_members", phys.nbytes if self.ens_comm.size > 1 else 0):
+                members, blk = members_for_rows(self.ens_comm, phys, self.group_counts)
             o, cl, w = truth[:, blk], self.clim[:, blk], self.row_w[blk]
             self.acc["ensemble"].add(li, members, o, cl, w)
             self.acc["persistence"].add(li, self.x0[None, :, blk], o, cl, w)
@@ -373,8 +389,8 @@ class EnsembleRun:
         scores = self.comm.bcast(scores, root=0)
         doc = metrics_document(scores, self.channels, self.plan.lead_hours, self.M,
                                [self.ds.times[i] for i in self.plan.init_indices])
-        timings = self.comm.gather(dict(self.tracer.category_seconds(), wall=wall,
-                                        group=self.grid.coords["ensemble"]), root=0)
+        timings = self.comm.gather(dict(rank_timings(self.tracer), wall=wall, group=self.grid.coords["ensemble"]),
+                                   root=0)
         if self.comm.rank == 0:
             (self.outdir / "metrics.json").write_text(json.dumps(doc, indent=1))
             summ = self.tracer.summary()
@@ -385,5 +401,11 @@ class EnsembleRun:
             print(timing_table(timings, self.M * self.plan.lead_steps * len(self.plan.init_indices)), flush=True)
             log.info("outputs in %s", self.outdir)
         if self.cfg.trace:
-            self.tracer.write_chrome(self.outdir / "traces" / f"rank{self.comm.rank:05d}.json")
+            from ..tracing import write_traces
+            c = self.cfg
+            write_traces(self.tracer, self.outdir / "traces", self.comm,
+                         meta=dict(model_kwargs=c.model.kwargs(len(self.channels), len(self.channels)),
+                                   layout=dict(self.grid.shape), members_per_pass=self.forecaster.members_per_pass,
+                                   precision=c.inference.precision, members=self.M,
+                                   steps=self.plan.lead_steps * len(self.plan.init_indices)))
         return doc

@@ -1,0 +1,214 @@
+"""The AFNO network as a list of operations per rank: FLOPs, bytes moved and messages for one forward pass.
+
+Each :class:`Op` belongs to a *region* named like the model's submodules (``patch_embed``, ``norm1``,
+``filter``, ``norm2``, ``mlp``, ``head``) or to a region of glue code (``pos_embed``, ``residual``).
+The counts follow the code in ``hpc_fcn/model/afnonet.py`` and ``hpc_fcn/parallel/`` op by op; the
+conventions (FFT FLOPs, what counts as bytes moved) are in docs/perfmodel.md.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .layout import Layout
+
+ELEM = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+LN_FLOPS = 8  # per element: mean, centre, square, sum, scale, shift (+ rsqrt per token)
+GELU_FLOPS = 8  # per element (erf polynomial)
+
+
+def _rfft_flops(n: int) -> float:
+    """Real-input FFT of length n: 2.5 n log2 n (half a complex transform)."""
+    return 2.5 * n * math.log2(n) if n > 1 else 0.0
+
+
+def _cfft_flops(n: int) -> float:
+    """Complex FFT of length n: 5 n log2 n."""
+    return 5.0 * n * math.log2(n) if n > 1 else 0.0
+
+
+@dataclass
+class Net:
+    """Sizes of an AFNONet that the counts need, derived from its constructor keywords."""
+    img: tuple[int, int]
+    patch: tuple[int, int]
+    in_chans: int
+    out_chans: int
+    C: int
+    depth: int
+    F: int  # MLP hidden width
+    nb: int
+    H: int
+    W: int
+    win_rows: int  # rows of the rfft2 output the spectral MLP acts on
+    win_cols: int  # columns of it (0..win_cols)
+
+    @property
+    def bs(self) -> int:
+        return self.C // self.nb
+
+    @property
+    def Wf(self) -> int:
+        return self.W // 2 + 1
+
+    @classmethod
+    def from_kwargs(cls, kw: dict) -> "Net":
+        def pair(v):
+            return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
+        img, patch = pair(kw.get("img_size", (720, 1440))), pair(kw.get("patch_size", 8))
+        C, nb = int(kw.get("embed_dim", 768)), int(kw.get("num_blocks", 8))
+        if img[0] % patch[0] or img[1] % patch[1]:
+            raise ValueError(f"img_size {img} is not a multiple of patch_size {patch}")
+        if C % nb:
+            raise ValueError(f"num_blocks {nb} does not divide embed_dim {C}")
+        H, W = img[0] // patch[0], img[1] // patch[1]
+        total = H // 2 + 1
+        kept = int(total * float(kw.get("hard_thresholding_fraction", 1.0)))
+        rows = min(total + kept, H) - max(total - kept, 0)
+        cols = min(kept, W // 2 + 1)
+        return cls(img, patch, int(kw.get("in_chans", 20)), int(kw.get("out_chans", kw.get("in_chans", 20))), C,
+                   int(kw.get("depth", 12)), int(C * float(kw.get("mlp_ratio", 4.0))), nb, H, W, rows, cols)
+
+    def parameters(self) -> int:
+        """Parameter count of the serial model (checks against AFNONet: 74,691,840 for production)."""
+        p1, p2 = self.patch
+        blk = 4 * self.C + 4 * self.nb * self.bs * self.bs + 4 * self.nb * self.bs + 2 * self.C * self.F + self.F + self.C
+        return (self.C * self.in_chans * p1 * p2 + self.C + self.H * self.W * self.C + self.depth * blk
+                + 2 * self.C + self.C * self.out_chans * p1 * p2)
+
+
+@dataclass
+class Op:
+    """One operation of one forward pass on one rank (``count`` times, e.g. once per block)."""
+    region: str
+    name: str
+    kind: str  # gemm | fft | vector | comm
+    flops: float = 0.0
+    mm_flops: float = 0.0  # the part torch's FlopCounterMode counts (conv, mm, bmm)
+    bytes: float = 0.0  # memory traffic (reads + writes)
+    comm_bytes: float = 0.0  # bytes this rank sends
+    collective: str = ""  # all_to_all | all_gather | reduce_scatter | all_reduce
+    group: int = 1  # ranks in the collective
+    precision: str = "fp32"
+    kernels: int = 1
+    count: int = 1
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class Local:
+    """Per-rank shapes under a layout: the busiest rank (balanced splits round up)."""
+    B: int
+    hl: int
+    wl: int
+    Cm: int
+    Fm: int
+    nbm: int
+    rows_w: int  # token rows after the w-transpose (hl split over w)
+    mcols: int  # rfft mode columns after the spatial transpose
+    win_cols: int  # window columns among them
+
+    @property
+    def T(self) -> int:
+        return self.B * self.hl * self.wl
+
+
+def local_shapes(net: Net, lay: Layout, batch: int) -> Local:
+    hl, wl = -(-net.H // lay.h), -(-net.W // lay.w)
+    mcols = -(-net.Wf // (lay.h * lay.w))
+    return Local(batch, hl, wl, net.C // lay.matmul, net.F // lay.matmul, net.nb // lay.matmul,
+                 -(-hl // lay.w), mcols, min(net.win_cols, mcols))
+
+
+def forward_ops(net: Net, lay: Layout, batch: int, precision: str = "fp32") -> list[Op]:
+    """Operations of one forward pass of ``batch`` members on the busiest rank of ``lay``."""
+    L = local_shapes(net, lay, batch)
+    low = precision in ("bf16", "fp16", "fp8")
+    a = ELEM[precision] if low else 4  # GEMM operand size under autocast
+    f4 = 4
+    T, Cm, Fm, C = L.T, L.Cm, L.Fm, net.C
+    p1, p2 = net.patch
+    m, P = lay.matmul, lay.h * lay.w
+    D = net.depth
+    ops: list[Op] = []
+
+    # patch embedding: Conv2d(k = stride = patch) on the local pixels, C/m output channels
+    kin = net.in_chans * p1 * p2
+    img_in = L.B * net.in_chans * L.hl * p1 * L.wl * p2
+    ops.append(Op("patch_embed", "conv", "gemm", 2.0 * T * Cm * kin, 2.0 * T * Cm * kin,
+                  bytes=img_in * (f4 + (2 * a if low else 0)) + Cm * kin * a + T * Cm * a, precision=precision,
+                  kernels=3 if low else 2))
+    ops.append(Op("pos_embed", "add", "vector", T * Cm, bytes=T * Cm * (a + 2 * f4)))
+
+    # per block -----------------------------------------------------------------------------
+    for norm in ("norm1", "norm2"):
+        if m == 1:
+            ops.append(Op(norm, "layer_norm", "vector", LN_FLOPS * T * Cm, bytes=2 * T * Cm * f4, count=D))
+        else:  # per-shard mean and M2, all-gathered statistics, normalise (hpc_fcn/parallel/layers.py)
+            ops.append(Op(norm, "layer_norm_stats", "vector", LN_FLOPS * T * Cm + 12 * T * m,
+                          bytes=7 * T * Cm * f4, kernels=14, count=D))
+            ops.append(Op(norm, "stats_all_gather", "comm", comm_bytes=2 * T * f4 * (m - 1),
+                          collective="all_gather", group=m, count=D))
+
+    # AFNO filter (fp32): distributed rfft2, block-diagonal complex MLP on the kept modes, irfft2
+    real_tile = L.B * L.hl * L.wl * Cm * f4
+    fft_flops_fwd = L.B * L.rows_w * Cm * _rfft_flops(net.W) + L.B * L.mcols * Cm * _cfft_flops(net.H)
+    spec_bytes = L.B * net.H * L.mcols * Cm * 2 * f4  # local spectrum (complex64)
+    pencil_bytes = L.B * L.rows_w * net.Wf * Cm * 2 * f4  # after rfft along the columns
+    for direction in ("fwd", "inv"):
+        if lay.w > 1:
+            ops.append(Op("filter", f"transpose_w_{direction}", "comm", bytes=4 * real_tile,
+                          comm_bytes=real_tile * (lay.w - 1) / lay.w, collective="all_to_all", group=lay.w,
+                          kernels=3, count=D))
+        if P > 1:
+            ops.append(Op("filter", f"transpose_spatial_{direction}", "comm", bytes=4 * pencil_bytes,
+                          comm_bytes=pencil_bytes * (P - 1) / P, collective="all_to_all", group=P,
+                          kernels=3, count=D))
+        real_pencil = L.B * L.rows_w * net.W * Cm * f4
+        ops.append(Op("filter", f"fft_{direction}", "fft", fft_flops_fwd,
+                      bytes=2 * (real_pencil + pencil_bytes) + 2 * spec_bytes if P > 1 else
+                      2 * (real_pencil + 2 * spec_bytes), kernels=2 if P > 1 else 1, count=D))
+    Tw = L.B * net.win_rows * L.win_cols  # kept modes on this rank
+    K = Tw * Cm * f4  # one real (or imaginary) part of the kept modes
+    mm = 8 * 2.0 * Tw * L.nbm * net.bs * net.bs
+    ops.append(Op("filter", "spectral_mlp", "gemm", mm + 14 * Tw * Cm, mm, precision="fp32",
+                  bytes=72 * K + spec_bytes, kernels=40, count=D, meta={"gemm_calls": 8}))
+    ops.append(Op("filter", "add_input", "vector", T * Cm, bytes=3 * T * Cm * f4, count=D))
+    ops.append(Op("residual", "add", "vector", 2 * T * Cm, bytes=6 * T * Cm * f4, kernels=2, count=D))
+
+    # MLP: all-gather channels, fc1 (hidden/m), GELU, fc2 (row-parallel), reduce-scatter, bias
+    if m > 1:
+        ops.append(Op("mlp", "all_gather", "comm", comm_bytes=T * Cm * f4 * (m - 1), collective="all_gather",
+                      group=m, bytes=2 * T * C * f4, count=D))
+    fc = 2.0 * T * C * Fm
+    ops.append(Op("mlp", "fc1", "gemm", fc, fc, precision=precision, count=D, kernels=2 if low else 1,
+                  bytes=T * C * (a + (f4 + a if low else 0)) + C * Fm * a + T * Fm * a))
+    ops.append(Op("mlp", "gelu", "vector", GELU_FLOPS * T * Fm, bytes=2 * T * Fm * a, count=D))
+    ops.append(Op("mlp", "fc2", "gemm", fc, fc, precision=precision, count=D,
+                  bytes=T * Fm * a + C * Fm * a + T * C * a))
+    if m > 1:
+        ops.append(Op("mlp", "reduce_scatter", "comm", comm_bytes=T * C * f4 * (m - 1) / m,
+                      collective="reduce_scatter", group=m, bytes=2 * T * C * f4, count=D))
+        ops.append(Op("mlp", "bias", "vector", T * Cm, bytes=3 * T * Cm * f4, count=D))
+
+    # head (row-parallel over matmul, all-reduced) and un-patchify
+    n_out = net.out_chans * p1 * p2
+    hf = 2.0 * T * Cm * n_out
+    ops.append(Op("head", "linear", "gemm", hf, hf, precision=precision, kernels=2 if low else 1,
+                  bytes=T * Cm * (a + (f4 + a if low else 0)) + Cm * n_out * a + T * n_out * a))
+    if m > 1:
+        ops.append(Op("head", "all_reduce", "comm", comm_bytes=2 * T * n_out * f4 * (m - 1) / m,
+                      collective="all_reduce", group=m, bytes=2 * T * n_out * f4))
+    ops.append(Op("unpatchify", "permute", "vector", 0, bytes=2 * T * n_out * a))
+    return ops
+
+
+def backward_ops(fwd: list[Op]) -> list[Op]:
+    """Backward pass: GEMMs twice (input and weight gradients), FFTs and collectives once, vectors twice."""
+    out = []
+    for op in fwd:
+        scale = {"gemm": 2.0, "fft": 1.0, "vector": 2.0, "comm": 1.0}[op.kind]
+        out.append(Op(op.region, op.name + "_bwd", op.kind, op.flops * scale, op.mm_flops * scale,
+                      op.bytes * scale, op.comm_bytes, op.collective, op.group, op.precision,
+                      int(op.kernels * scale), op.count))
+    return out

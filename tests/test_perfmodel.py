@@ -1,0 +1,143 @@
+"""The analytic performance model against exact counts (FlopCounterMode, saved tensors) and published figures."""
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import perfmodel as pm
+from hpc_fcn.model.afnonet import AFNONet, count_parameters
+from perfmodel.cli import main as cli_main
+from perfmodel.layout import Layout, layout_problem
+from perfmodel.memory import footprint
+from perfmodel.predict import layouts
+
+CASES = [
+    dict(img_size=(16, 32), patch_size=4, in_chans=3, out_chans=3, embed_dim=32, depth=2, num_blocks=4),
+    dict(img_size=(24, 48), patch_size=(4, 6), in_chans=5, out_chans=2, embed_dim=48, depth=1, num_blocks=3,
+         mlp_ratio=2.0, hard_thresholding_fraction=0.5),
+    dict(img_size=(40, 80), patch_size=8, in_chans=4, out_chans=4, embed_dim=64, depth=3, num_blocks=8),
+]
+PRODUCTION = {}  # AFNONet defaults: the released backbone
+GB = 1e9
+
+
+@pytest.mark.parametrize("kw", CASES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_matmul_flops_per_region_match_flop_counter(kw, batch):
+    """Regions FlopCounterMode sees (conv, addmm/mm, bmm of the einsums) agree within 2 %."""
+    model = AFNONet(**kw)
+    with FlopCounterMode(display=False) as fc:
+        model(torch.randn(batch, kw["in_chans"], *kw["img_size"]))
+    counts = fc.get_flop_counts()
+    measured = {"patch_embed": sum(counts.get("AFNONet.patch_embed", {}).values()),
+                "head": sum(counts.get("AFNONet.head", {}).values()),
+                "filter": sum(sum(counts.get(f"AFNONet.blocks.{i}.filter", {}).values()) for i in range(kw["depth"])),
+                "mlp": sum(sum(counts.get(f"AFNONet.blocks.{i}.mlp", {}).values()) for i in range(kw["depth"]))}
+    pred = pm.predict(kw, hardware="h100", members=batch, members_per_pass=batch)
+    for region, value in measured.items():
+        assert value > 0
+        assert pred.regions[region].mm_flops == pytest.approx(value, rel=0.02), region
+    assert sum(r.mm_flops for r in pred.regions.values()) == pytest.approx(sum(counts["Global"].values()), rel=0.02)
+
+
+def test_production_flops_and_parameters_match_the_reference():
+    with torch.device("meta"):
+        n = count_parameters(AFNONet())
+    assert pm.Net.from_kwargs(PRODUCTION).parameters() == n == 74_691_840
+    p = pm.predict(PRODUCTION, hardware="h100")
+    assert p.flops == pytest.approx(1.97e12, rel=0.01)
+    assert p.regions["mlp"].flops / p.flops == pytest.approx(0.93, abs=0.01)
+
+
+@pytest.mark.parametrize("kw", CASES[::2])
+@pytest.mark.parametrize("amp", [False, True])
+def test_training_activation_memory_matches_saved_tensors(kw, amp):
+    """Bytes autograd keeps for backward (unique storages that are not parameters) within 5 %."""
+    model = AFNONet(**kw)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    x = torch.randn(2, kw["in_chans"], *kw["img_size"])
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            model(x)
+    saved = sum(seen.values())  # includes the input image the conv keeps
+    mem = footprint(pm.Net.from_kwargs(kw), Layout(), 2, "bf16" if amp else "fp32", training=True)
+    net = pm.Net.from_kwargs(kw)
+    T = 2 * net.H * net.W
+    transient = T * net.F * (2 if amp else 4) + 2 * T * net.C * 4
+    image = x.numel() * 4  # the model's input: counted under io by the model, saved by the fp32 conv
+    assert mem.activations - transient + mem.weight_copies + (0 if amp else image) == pytest.approx(saved, rel=0.05)
+
+
+def test_published_memory_of_the_production_model():
+    """9.3 GB to train and 3.4 GB to run (batch 1), as device memory in use on an A100 (docs/perfmodel.md)."""
+    train = pm.predict(PRODUCTION, hardware="a100", precision="fp16", training=True)
+    infer = pm.predict(PRODUCTION, hardware="a100", precision="fp32")
+    assert train.memory_bytes == pytest.approx(9.3 * GB, rel=0.15)
+    assert infer.memory_bytes == pytest.approx(3.4 * GB, rel=0.15)
+    # the tensors alone of an fp32 training step (what the allocator reports) are also near 9.3 GB
+    fp32 = pm.predict(PRODUCTION, hardware="a100", precision="fp32", training=True)
+    assert fp32.memory.tensors == pytest.approx(9.3 * GB, rel=0.15)
+    assert fp32.memory.activations > 10 * fp32.memory.weights  # activations saved for backward dominate
+
+
+def test_suggest_respects_the_grid_constraints_and_is_the_fastest():
+    kw = dict(img_size=(48, 96), patch_size=8, in_chans=4, out_chans=4, embed_dim=96, depth=2, num_blocks=6,
+              mlp_ratio=2.0)
+    net = pm.Net.from_kwargs(kw)
+    for ranks in (4, 12, 16):
+        layout, pred = pm.suggest(kw, ranks=ranks, hardware="h100", members=3, members_per_pass=1)
+        lay = Layout.of(layout)
+        assert lay.ranks == ranks
+        assert lay.h <= net.H and lay.w <= net.W and lay.ensemble <= 3
+        assert net.nb % lay.matmul == 0 and net.F % lay.matmul == 0
+        assert layout_problem(lay, net, 3) is None
+        valid = [pm.predict(kw, layout=c, hardware="h100", members=3).time_to_solution_s
+                 for c in layouts(ranks) if layout_problem(c, net, 3) is None]
+        assert pred.time_to_solution_s == pytest.approx(min(valid))
+    with pytest.raises(ValueError, match="no layout"):
+        pm.suggest(kw, ranks=7 * 11, hardware="h100", members=1)
+
+
+def test_layout_effects_on_comm_and_memory():
+    serial = pm.predict(PRODUCTION, hardware="h100", members=4, members_per_pass=1)
+    split = pm.predict(PRODUCTION, layout=dict(ensemble=1, h=2, w=2, matmul=2), hardware="h100", members=4)
+    assert sum(r.comm_bytes for r in serial.regions.values()) == 0
+    assert split.regions["filter"].comm_bytes > 0 and split.regions["mlp"].comm_bytes > 0
+    assert split.memory.activations < serial.memory.activations
+    assert split.step_time_s < serial.step_time_s
+    ens = pm.predict(PRODUCTION, layout=dict(ensemble=4), hardware="h100", members=4)
+    assert ens.time_to_solution_s == pytest.approx(serial.time_to_solution_s / 4)
+    with pytest.raises(ValueError, match="does not divide num_blocks"):
+        pm.predict(PRODUCTION, layout=dict(matmul=3), hardware="h100")
+
+
+def test_hardware_files_load():
+    for name in ("a100", "h100", "h200", "this_machine"):
+        hw = pm.load_hardware(name)
+        assert hw.flops("fp32") > 0 and hw.mem_bandwidth_Bps > 0 and hw.link("all_to_all", 2).bandwidth_Bps > 0
+    assert pm.load_hardware("h100").flops("fp8") == 1979e12
+    assert pm.load_hardware("h200").mem_bandwidth_Bps == 4.8e12
+    with pytest.raises(ValueError, match="unknown hardware"):
+        pm.load_hardware("tpu9000")
+
+
+def test_cli_predict_and_suggest(tmp_path, capsys):
+    cfg = tmp_path / "ens.yaml"
+    cfg.write_text("model: {img_size: [32, 64], patch_size: 4, embed_dim: 64, depth: 2, num_blocks: 4}\n"
+                   "ensemble: {members: 8}\nforecast: {lead_time: 1d}\ninference: {members_per_pass: 2}\n")
+    assert cli_main(["predict", str(cfg), "--hardware", "h100", "--channels", "3", "--layout", "2,2,1,1"]) == 0
+    out = capsys.readouterr().out
+    assert "filter" in out and "time to solution: 2 pass(es) x 4 step(s)" in out and "training" in out
+    assert cli_main(["suggest", str(cfg), "--ranks", "4", "--hardware", "a100", "--channels", "3"]) == 0
+    assert "suggested layout for 4 ranks" in capsys.readouterr().out
+    assert cli_main(["predict", str(cfg), "parallel.h=1", "--layout", "1,1,1,3", "--channels", "3"]) == 2
+    assert math.isfinite(pm.predict({}, hardware="this_machine").step_time_s)
