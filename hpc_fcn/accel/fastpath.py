@@ -1,0 +1,137 @@
+"""An equivalent, faster forward of the serial AFNONet for inference, split into compilable dense regions.
+
+Same weights, same arithmetic up to fp32 round-off; three changes of layout:
+- The AFNO filter FFTs only what it keeps: ``rfft`` over longitude, keep the mode-window columns,
+  ``fft`` over latitude; the inverse runs ``ifft`` on those columns and lets ``irfft(n=W)`` zero-pad
+  the rest. This replaces ``rfft2`` + zeros + scatter + ``irfft2`` (the dropped modes are zero either way).
+- The complex block-diagonal MLP runs as one real GEMM per layer on the interleaved (re, im)
+  view of the spectrum: ``[re, im] @ [[W0, W1], [-W1, W0]]`` (no ``.real``/``.imag`` copies, 1 GEMM not 4).
+- The dense work between two filters (residual adds, norm2, MLP, next norm1) is one function, so
+  ``torch.compile`` can fuse it; the complex FFTs stay eager and in fp32.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..model.afnonet import AFNONet, mode_window, unpatchify
+
+
+def interleaved_weight(w: torch.Tensor) -> torch.Tensor:
+    """[2, nb, i, o] (real, imaginary) -> [nb, 2i, 2o] acting on interleaved (re, im) vectors."""
+    w0, w1 = w[0].float(), w[1].float()
+    return torch.stack([torch.stack([w0, w1], -1), torch.stack([-w1, w0], -1)], dim=2).reshape(
+        w0.shape[0], 2 * w0.shape[1], 2 * w0.shape[2])
+
+
+def interleaved_bias(b: torch.Tensor) -> torch.Tensor:
+    """[2, nb, o] -> [nb, 2o] in (re, im) interleaved order."""
+    return torch.stack([b[0].float(), b[1].float()], -1).reshape(b.shape[1], -1)
+
+
+def spectral_mlp(z: torch.Tensor, m1: torch.Tensor, c1: torch.Tensor, m2: torch.Tensor, c2: torch.Tensor,
+                 lambd: float) -> torch.Tensor:
+    """Block MLP on interleaved modes ``z`` (N, nb, 2bs): dense block-diagonal weights if 2-D, else per block."""
+    n, nb, k = z.shape
+    with torch.autocast(device_type=z.device.type, enabled=False):  # the filter is an fp32 island
+        if m1.dim() == 2:  # block-diagonal matrix: one plain GEMM (cheaper than many tiny per-block GEMMs)
+            h = F.relu(torch.addmm(c1, z.reshape(n, nb * k), m1))
+            o = torch.addmm(c2, h, m2)
+        else:
+            zt = z.transpose(0, 1)  # (nb, N, 2bs)
+            h = F.relu(torch.baddbmm(c1.unsqueeze(1), zt, m1))
+            o = torch.baddbmm(c2.unsqueeze(1), h, m2).transpose(0, 1)
+        return F.softshrink(o, lambd).reshape(n, -1)
+
+
+def block_tail(norm2: nn.Module, mlp: nn.Module, norm1_next: nn.Module | None, y: torch.Tensor,
+               n: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Finish a block from the filter output ``y`` (fp32) and start the next: the fusable dense region."""
+    x = (y.to(n.dtype) + n) + x  # AFNO2D adds its input back, the block adds the residual
+    x = x + mlp(norm2(x))
+    return x, (norm1_next(x) if norm1_next is not None else None)
+
+
+class FusedAFNONet(nn.Module):
+    """Inference forward of an :class:`AFNONet` that shares its modules; spectral weights are snapshotted."""
+
+    # block-diagonal spectral weights become one dense GEMM when the blocks are this small or smaller
+    DENSE_SPECTRAL_MAX_BLOCK = 8
+
+    def __init__(self, net: AFNONet, spectral: str = "auto"):
+        super().__init__()
+        if not isinstance(net, AFNONet):
+            raise TypeError(f"FusedAFNONet needs a serial AFNONet, got {type(net).__name__}")
+        self.net = net
+        self.rows, self.cols = mode_window(net.h, net.hard_thresholding_fraction)
+        self.kept = min(self.cols.stop, net.w // 2 + 1)
+        self.all_rows = self.rows.start == 0 and self.rows.stop >= net.h
+        bs = net.embed_dim // net.num_blocks
+        if spectral == "auto":
+            spectral = "dense" if bs <= self.DENSE_SPECTRAL_MAX_BLOCK else "blocked"
+        if spectral not in ("dense", "blocked"):
+            raise ValueError(f"spectral must be auto, dense or blocked, got {spectral!r}")
+        self.spectral = spectral
+        for i, blk in enumerate(net.blocks):
+            f = blk.filter
+            if f.hidden_size_factor != 1 and spectral == "dense":
+                raise ValueError("dense spectral weights need hidden_size_factor 1")
+            m1, m2 = interleaved_weight(f.w1.detach()), interleaved_weight(f.w2.detach())
+            c1, c2 = interleaved_bias(f.b1.detach()), interleaved_bias(f.b2.detach())
+            if spectral == "dense":
+                m1, m2, c1, c2 = torch.block_diag(*m1), torch.block_diag(*m2), c1.reshape(-1), c2.reshape(-1)
+            for name, t in (("m1", m1), ("c1", c1), ("m2", m2), ("c2", c2)):
+                self.register_buffer(f"spec{i}_{name}", t.contiguous(), persistent=False)
+        # the regions torch.compile may replace (see hpc_fcn.accel.compile)
+        self.embed_fn = self.embed
+        self.spectral_fn = spectral_mlp
+        self.tail_fn = block_tail
+        self.head_fn = self.head
+
+    def spectral_weights(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, f"spec{i}_{k}") for k in ("m1", "c1", "m2", "c2"))
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.net
+        t = (net.patch_embed(x) + net.pos_embed).reshape(x.shape[0], net.h, net.w, net.embed_dim)
+        return t, net.blocks[0].norm1(t)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return unpatchify(self.net.head(x), self.net.patch_size, self.net.out_chans)
+
+    def forward_modes(self, n: torch.Tensor) -> torch.Tensor:
+        """Kept Fourier modes of ``n`` (B, h, w, C) as interleaved reals (B*rows*kept, nb, 2bs), fp32."""
+        with torch.autocast(device_type=n.device.type, enabled=False):
+            s = torch.fft.rfft(n.float(), dim=2, norm="ortho")[:, :, :self.kept]
+            s = torch.fft.fft(s, dim=1, norm="ortho")
+            if not self.all_rows:
+                s = s[:, self.rows]
+            nb = self.net.num_blocks
+            return torch.view_as_real(s).reshape(-1, nb, 2 * (n.shape[-1] // nb))
+
+    def inverse_modes(self, z: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Grid values (B, h, w, C) fp32 of the kept modes ``z`` (every other mode is zero)."""
+        B, H, W, C = like.shape
+        with torch.autocast(device_type=like.device.type, enabled=False):
+            rows = H if self.all_rows else self.rows.stop - self.rows.start
+            s = torch.view_as_complex(z.reshape(B, rows, self.kept, C, 2))
+            if not self.all_rows:
+                full = s.new_zeros(B, H, self.kept, C)
+                full[:, self.rows] = s
+                s = full
+            s = torch.fft.ifft(s, dim=1, norm="ortho")
+            return torch.fft.irfft(s, n=W, dim=2, norm="ortho")  # zero-pads the dropped columns
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        if tuple(x.shape[-2:]) != net.img_size:
+            raise ValueError(f"input grid {tuple(x.shape[-2:])} does not match img_size {net.img_size}")
+        h, n = self.embed_fn(x)
+        lambd = net.sparsity_threshold
+        for i, blk in enumerate(net.blocks):
+            z = self.spectral_fn(self.forward_modes(n), *self.spectral_weights(i), lambd)
+            y = self.inverse_modes(z, n)
+            nxt = net.blocks[i + 1].norm1 if i + 1 < len(net.blocks) else None
+            h, n = self.tail_fn(blk.norm2, blk.mlp, nxt, y, n, h)
+        return self.head_fn(h)

@@ -1,0 +1,140 @@
+"""The one object the ensemble application steps the model with: options of ``InferenceConfig`` applied.
+
+``Forecaster(model, cfg)`` takes a serial ``AFNONet`` or a ``DistributedAFNONet`` already on its device
+and runs 6-hour steps of a batch of members in normalised units (the local window under a spatial
+decomposition), ``members_per_pass`` at a time, returning fp32. The caller's model is never modified:
+quantisation and compilation work on a copy (weights shared where nothing changes them).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .accel import (AccelError, FusedAFNONet, GraphedStep, auto_members_per_pass, autocast, check_compile,
+                    check_cuda_graphs, check_precision, check_quantize, compile_dense_submodules, compile_fused,
+                    describe_device, quantize_model, select_device)
+from .accel.precision import precision_note
+from .model.afnonet import AFNONet
+from .tracing import NULL_TRACER, Tracer
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+class Forecaster:
+    """Steps a batch of members one model step at a time with the configured speed options."""
+
+    def __init__(self, model: nn.Module, inference_cfg, *, grid=None, tracer: Tracer | None = None):
+        cfg = inference_cfg
+        self.cfg = cfg
+        self.grid = grid if grid is not None else getattr(model, "grid", None)
+        self.tracer = tracer or (getattr(self.grid, "tracer", None) if self.grid is not None else None) or NULL_TRACER
+        self.device = _model_device(model)
+        if cfg.device != "auto" and cfg.device != self.device.type:
+            raise AccelError(f"inference.device={cfg.device} but the model is on {self.device}: move it there first "
+                             f"(Forecaster.select_device(cfg) gives the device)")
+        self.autocast_dtype = check_precision(cfg.precision, self.device)
+        check_quantize(cfg.quantize, self.device)
+        if cfg.compile:
+            check_compile(self.device)
+        if cfg.cuda_graphs:
+            check_cuda_graphs(self.device, self.grid)
+        self.in_chans = int(getattr(model, "in_chans"))
+        net = model
+        if cfg.quantize != "none" or (cfg.compile and not isinstance(model, AFNONet)):
+            memo = {id(self.grid): self.grid} if self.grid is not None else {}
+            net = copy.deepcopy(model, memo)
+        net.eval()
+        self.quantized = quantize_model(net, cfg.quantize)
+        self.serial = isinstance(net, AFNONet)
+        self.compiled: list[str] = []
+        if self.serial:
+            self.runner: nn.Module = FusedAFNONet(net)
+            if cfg.compile:
+                compile_fused(self.runner)
+                self.compiled = ["embed", "spectral GEMMs", "block tails", "head"]
+        else:
+            self.runner = net
+            if cfg.compile:
+                self.compiled = compile_dense_submodules(net)
+        self.runner.eval()
+        self.members_per_pass = cfg.members_per_pass  # 0: resolved from memory on the first step
+        self._graphed = GraphedStep(self._forward, None) if cfg.cuda_graphs else None
+        self.first_pass_seconds: float | None = None  # includes compilation and graph capture
+
+    # ---- construction helpers ----------------------------------------------------------------
+    @staticmethod
+    def select_device(cfg, local_rank: int | None = None) -> torch.device:
+        """The device ``cfg.device`` (auto|cpu|cuda) means on this rank."""
+        return select_device(cfg.device, local_rank)
+
+    def resolve_members_per_pass(self, x: torch.Tensor) -> int:
+        if not self.members_per_pass:
+            self.members_per_pass = auto_members_per_pass(self.runner if not self.serial else self.runner.net,
+                                                          self.device, tuple(x.shape[-2:]), self.in_chans,
+                                                          self.cfg.precision)
+        return self.members_per_pass
+
+    # ---- stepping -----------------------------------------------------------------------------
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.cfg.precision):
+            return self.runner(x).float()
+
+    def _pass(self, x: torch.Tensor) -> torch.Tensor:
+        if self._graphed is None:
+            return self._forward(x)
+        n, mpp = x.shape[0], self.members_per_pass
+        if n < mpp:  # pad the last pass so one captured graph serves every pass
+            x = torch.cat([x, x.new_zeros(mpp - n, *x.shape[1:])])
+        return self._graphed(x)[:n]
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """One 6-hour step of members ``x`` (B, C, rows, cols), normalised units; returns fp32 on this device."""
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected members as (B, {self.in_chans}, rows, cols), got {tuple(x.shape)}")
+        x = x.to(self.device, torch.float32, non_blocking=True).contiguous()
+        mpp = self.resolve_members_per_pass(x)
+        outs = []
+        with torch.no_grad():  # not inference_mode: callers may update the returned state in place
+            for s in range(0, x.shape[0], mpp):
+                first = self.first_pass_seconds is None
+                t0 = time.perf_counter()
+                with self.tracer.region("forecaster.pass"):
+                    outs.append(self._pass(x[s:s + mpp]))
+                if first:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    self.first_pass_seconds = time.perf_counter() - t0
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    def rollout(self, x: torch.Tensor, steps: int,
+                callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """``steps`` autoregressive steps; ``callback(k, state)`` after step k (1-based); returns the last state."""
+        for k in range(1, steps + 1):
+            x = self.step(x)
+            if callback is not None:
+                callback(k, x)
+        return x
+
+    def describe(self) -> str:
+        c = self.cfg
+        kind = (f"AFNONet, fused inference path (spectral {self.runner.spectral})" if self.serial
+                else type(self.runner).__name__)
+        mpp = f"{self.members_per_pass}" if self.members_per_pass else "auto (resolved on the first step)"
+        if c.members_per_pass == 0 and self.members_per_pass:
+            mpp += " (auto)"
+        return "; ".join([
+            f"device {describe_device(self.device)}",
+            f"model {kind}",
+            f"precision {c.precision}{precision_note(c.precision, self.device)}",
+            f"quantize {c.quantize}" + (f" ({len(self.quantized)} linears)" if self.quantized else ""),
+            f"compile {'on: ' + str(len(self.compiled)) + ' regions' if self.compiled else 'off'}",
+            f"cuda graphs {'on' if self._graphed is not None else 'off'}",
+            f"members per pass {mpp}",
+        ])

@@ -1,0 +1,127 @@
+"""The building blocks of the inference speed-ups: exact fused path, int8/fp8 linears, option checks."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from hpc_fcn.accel import (AccelError, FusedAFNONet, GraphedStep, Int8Linear, auto_members_per_pass, check_compile,
+                           check_cuda_graphs, check_precision, check_quantize, cpu_native_fp16, quantize_model,
+                           supports_fp8)
+from hpc_fcn.accel.fastpath import interleaved_bias, interleaved_weight, spectral_mlp
+from hpc_fcn.model import AFNONet, spectral_block_mlp
+
+GPU = torch.cuda.is_available()
+CPU = torch.device("cpu")
+
+
+def small_net(**kw) -> AFNONet:
+    torch.manual_seed(0)
+    args = dict(img_size=(32, 64), patch_size=4, in_chans=5, out_chans=5, embed_dim=64, depth=2)
+    args.update(kw)
+    return AFNONet(**args).eval()
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_interleaved_spectral_mlp_equals_complex_block_mlp(dense):
+    # the real GEMM on (re, im) pairs is the published 4-einsum complex MLP; fp32 round-off only
+    torch.manual_seed(1)
+    nb, bs, n = 3, 4, 7
+    w1, w2 = 0.3 * torch.randn(2, nb, bs, bs), 0.3 * torch.randn(2, nb, bs, bs)
+    b1, b2 = 0.1 * torch.randn(2, nb, bs), 0.1 * torch.randn(2, nb, bs)
+    xr, xi = torch.randn(n, nb, bs), torch.randn(n, nb, bs)
+    ref_r, ref_i = spectral_block_mlp(xr, xi, w1, b1, w2, b2, 0.01)
+    m1, m2, c1, c2 = interleaved_weight(w1), interleaved_weight(w2), interleaved_bias(b1), interleaved_bias(b2)
+    if dense:
+        m1, m2, c1, c2 = torch.block_diag(*m1), torch.block_diag(*m2), c1.reshape(-1), c2.reshape(-1)
+    z = torch.stack([xr, xi], -1).reshape(n, nb, 2 * bs)  # interleaved (re, im)
+    out = spectral_mlp(z, m1, c1, m2, c2, 0.01).reshape(n, nb, bs, 2)
+    torch.testing.assert_close(out[..., 0], ref_r, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[..., 1], ref_i, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spectral", ["dense", "blocked"])
+@pytest.mark.parametrize("frac", [1.0, 0.5])
+def test_fused_path_matches_published_forward(spectral, frac):
+    # same arithmetic in another order: fp32 round-off only (outputs are O(1); 1e-5 is ~100 ulp)
+    net = small_net(hard_thresholding_fraction=frac)
+    x = torch.randn(3, 5, 32, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(FusedAFNONet(net, spectral)(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_linear_close_to_fp32():
+    # per-token and per-channel 127-level rounding: about 0.4 % relative error per operand, errors of the
+    # K products average out; 2 % of the output RMS leaves a wide margin
+    torch.manual_seed(2)
+    lin = nn.Linear(64, 96)
+    x = torch.randn(4, 50, 64)
+    with torch.no_grad():
+        ref, y = lin(x), Int8Linear(lin)(x)
+    assert y.shape == ref.shape and y.dtype == torch.float32
+    assert ((y - ref).norm() / ref.norm()).item() < 2e-2
+
+
+def test_quantize_model_replaces_every_mlp_linear_only():
+    net = small_net(depth=3)
+    names = quantize_model(net, "int8")
+    assert names == [f"blocks.{i}.mlp.fc{j}" for i in range(3) for j in (1, 2)]
+    assert type(net.head) is nn.Linear  # the output projection stays exact unless asked
+    assert quantize_model(small_net(), "none") == []
+
+
+def test_option_checks_on_cpu():
+    assert check_precision("bf16", CPU) == torch.bfloat16
+    if not cpu_native_fp16():
+        with pytest.raises(AccelError, match="fp16 on this CPU"):
+            check_precision("fp16", CPU)
+    with pytest.raises(AccelError, match="fp8"):
+        check_quantize("fp8", CPU)
+    with pytest.raises(AccelError, match="CUDA GPU"):
+        check_cuda_graphs(CPU)
+    check_compile(CPU)  # gcc is on the test machines
+
+
+def test_cuda_graphs_refused_with_mpi_collectives():
+    class FakeGrid:  # only the two attributes the check reads
+        shape = {"ensemble": 1, "h": 2, "w": 1, "matmul": 1}
+        backend = "mpi"
+    with pytest.raises(AccelError, match="MPI collectives cannot be captured"):
+        check_cuda_graphs(torch.device("cuda", 0), FakeGrid())
+
+
+def test_auto_members_per_pass_is_bounded():
+    net = small_net()
+    n = auto_members_per_pass(net, CPU, (32, 64), 5)
+    assert 1 <= n <= 8192 // (8 * 16)  # the CPU token budget: 8192 tokens, 128 per member
+
+
+@pytest.mark.skipif(not GPU, reason="CUDA graphs need a CUDA GPU")
+def test_graphed_step_replays_eager_result():
+    dev = torch.device("cuda", 0)
+    net = small_net().to(dev)
+    fused = FusedAFNONet(net)
+    step = GraphedStep(fused)
+    x = torch.randn(4, 5, 32, 64, device=dev)
+    with torch.inference_mode():
+        ref = fused(x)
+        y1, y2 = step(x), step(x * 0.5)
+        torch.testing.assert_close(y1, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(y2, fused(x * 0.5), rtol=1e-5, atol=1e-5)
+    assert len(step.graphs) == 1
+
+
+@pytest.mark.skipif(not GPU or not supports_fp8(torch.device("cuda", 0)), reason="fp8 needs an H100/H200-class GPU")
+def test_fp8_linear_close_to_fp32():
+    # e4m3 has 3 mantissa bits: ~3 % relative error per operand, per-tensor scales; 8 % of the output RMS
+    from hpc_fcn.accel import Fp8Linear
+    torch.manual_seed(3)
+    lin = nn.Linear(128, 256).cuda()
+    x = torch.randn(64, 128, device="cuda")
+    with torch.no_grad():
+        ref, y = lin(x), Fp8Linear(lin)(x)
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 8e-2
+    net = copy.deepcopy(small_net()).cuda()
+    assert len(quantize_model(net, "fp8")) == 4
