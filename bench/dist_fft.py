@@ -50,23 +50,15 @@ def main() -> None:
     a = p.parse_args()
     if a.worker:
         return worker(a)
-    from hpc_fcn.parallel.bench import print_table, run_worker
+    from hpc_fcn.parallel.bench import print_scaling, run_worker
     rows = []
     common = ["--tokens", *map(str, a.tokens), "--channels", str(a.channels), "--batch", str(a.batch),
               "--reps", str(a.reps), "--backend", a.backend]
     for h, w in LAYOUTS:
         rows += run_worker(__file__, h * w, [*common, "--h", str(h), "--w", str(w)])
-    base = rows[0]["seconds"]
-    for r in rows:
-        r["ms"] = 1e3 * r["seconds"]
-        r["speedup"] = base / r["seconds"]
-        r["comm_pct"] = 100 * r["comm_fraction"]
-        r["MB"] = r["comm_bytes_per_rank"] / 1e6
-    print_table(rows, [("ranks", "ranks", ""), ("layout", "layout", ""), ("ms", "ms/call", ".2f"),
-                       ("speedup", "speed-up vs 1", ".2f"), ("comm_pct", "comm %", ".1f"),
-                       ("MB", "MB sent/rank", ".2f")],
-                f"rfft2+irfft2 of {a.batch} x {a.tokens[0]} x {a.tokens[1]} x {a.channels} fp32, "
-                f"backend {a.backend}")
+    print_scaling(rows, "ms/call", ".2f",
+                  f"rfft2+irfft2 of {a.batch} x {a.tokens[0]} x {a.tokens[1]} x {a.channels} fp32, "
+                  f"backend {a.backend}")
 
 
 if __name__ == "__main__":

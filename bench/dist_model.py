@@ -65,7 +65,7 @@ def main() -> None:
     a = p.parse_args()
     if a.worker:
         return worker(a)
-    from hpc_fcn.parallel.bench import print_table, run_worker
+    from hpc_fcn.parallel.bench import print_scaling, run_worker
     common = ["--img", *map(str, a.img), "--embed", str(a.embed), "--depth", str(a.depth), "--batch", str(a.batch),
               "--reps", str(a.reps), "--backend", a.backend] + (["--train"] if a.train else [])
     rows = []
@@ -74,18 +74,10 @@ def main() -> None:
         for v in lay.values():
             n *= v
         rows += run_worker(__file__, n, [*common, "--layout", json.dumps(lay)])
-    base = rows[0]["seconds"]
-    for r in rows:
-        r["ms"] = 1e3 * r["seconds"]
-        r["speedup"] = base / r["seconds"]
-        r["comm_pct"] = 100 * r["comm_fraction"]
-        r["MB"] = r["comm_bytes_per_rank"] / 1e6
     what = "forward+backward+reduce" if a.train else "forward"
-    print_table(rows, [("ranks", "ranks", ""), ("layout", "layout", ""), ("ms", "ms/step", ".1f"),
-                       ("speedup", "speed-up vs 1", ".2f"), ("comm_pct", "comm %", ".1f"),
-                       ("MB", "MB sent/rank", ".2f")],
-                f"DistributedAFNONet {what}: batch {a.batch}, {a.img[0]} x {a.img[1]}, patch 8, embed {a.embed}, "
-                f"depth {a.depth}, fp32, backend {a.backend}")
+    print_scaling(rows, "ms/step", ".1f",
+                  f"DistributedAFNONet {what}: batch {a.batch}, {a.img[0]} x {a.img[1]}, patch 8, embed {a.embed}, "
+                  f"depth {a.depth}, fp32, backend {a.backend}")
 
 
 if __name__ == "__main__":

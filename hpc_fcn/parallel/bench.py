@@ -63,3 +63,16 @@ def print_table(rows: list[dict], columns: Sequence[tuple[str, str, str]], title
     print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     for c in cells:
         print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
+def print_scaling(rows: list[dict], time_label: str, time_fmt: str, title: str) -> None:
+    """Time per call, speed-up against the first row, communication share and volume, as one table."""
+    base = rows[0]["seconds"]
+    for r in rows:
+        r["ms"] = 1e3 * r["seconds"]
+        r["speedup"] = base / r["seconds"]
+        r["comm_pct"] = 100 * r["comm_fraction"]
+        r["MB"] = r["comm_bytes_per_rank"] / 1e6
+    print_table(rows, [("ranks", "ranks", ""), ("layout", "layout", ""), ("ms", time_label, time_fmt),
+                       ("speedup", "speed-up vs 1", ".2f"), ("comm_pct", "comm %", ".1f"),
+                       ("MB", "MB sent/rank", ".2f")], title)
