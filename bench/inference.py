@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         try:
             v = Variant(n, net, opts, N if mpp == "N" else 1, device)
             t0 = time.perf_counter()
-            ref = v.step(x)  # warm-up: compilation, graph capture, allocator
+            v.step(x)  # warm-up: compilation, graph capture, allocator
             sync(device)
             v.warmup = time.perf_counter() - t0
             variants.append(v)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from .hardware import load_hardware
-from .predict import predict
+from .predict import Prediction, predict
 
 REGIONS = ("patch_embed", "norm1", "filter", "norm2", "mlp", "head")
 OUTSIDE_HOOKS = {"head"}  # collectives issued after the region's module returned (the head's all-reduce)
@@ -55,7 +55,7 @@ def run_hardware(summary: dict, hardware):
     return hardware
 
 
-def predicted(summary: dict, hardware) -> "Prediction":  # noqa: F821
+def predicted(summary: dict, hardware) -> Prediction:
     m = summary["meta"]
     hardware = run_hardware(summary, hardware)
     return predict(m["model_kwargs"], layout=m["layout"], hardware=hardware, members=m.get("members_per_pass", 1),

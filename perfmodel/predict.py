@@ -6,7 +6,6 @@ time, peak memory per rank, time to solution); ``suggest`` searches the layouts 
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 
 from .hardware import Hardware, load_hardware

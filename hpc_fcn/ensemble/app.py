@@ -19,8 +19,8 @@ from ..config import ConfigError, save_resolved
 from ..runtime import UserError
 from ..tracing import Tracer
 from .config import EnsembleConfig
-from .exchange import gather_windows, members_for_rows
-from .perturb import Perturber, breed, member_generator
+from .exchange import members_for_rows
+from .perturb import Perturber, breed
 from .plan import RunPlan, _as_hours, make_plan, member_split, time_tag
 from .resume import ResumeStore
 

@@ -1,10 +1,9 @@
-"""Moving member windows between ranks: to the scorers (all members of a sub-window) and to the writer."""
+"""Moving member windows between ranks: each scorer gets all members of a block of its window."""
 from __future__ import annotations
 
 import numpy as np
 from mpi4py import MPI
 
-from ..parallel.split import split_sizes
 
 
 def row_blocks(n_rows: int, parts: int) -> list[slice]:
@@ -40,23 +39,4 @@ def members_for_rows(comm, local: np.ndarray, counts: list[int]) -> tuple[np.nda
     return out, mine
 
 
-def gather_windows(comm, data: np.ndarray | None, window: tuple[slice, slice] | None, full_shape: tuple[int, ...],
-                   root: int = 0) -> np.ndarray | None:
-    """Assemble (..., rows, cols) windows sent by the ranks of ``comm`` into the full field on ``root``.
-
-    Ranks that hold a duplicate of another rank's window pass ``data=None``.
-    """
-    item = None if data is None else (window[0].start, window[0].stop, window[1].start, window[1].stop,
-                                      np.ascontiguousarray(data, dtype=np.float32))
-    parts = comm.gather(item, root=root)
-    if comm.rank != root:
-        return None
-    full = np.full(full_shape, np.nan, dtype=np.float32)
-    for p in parts:
-        if p is not None:
-            r0, r1, c0, c1, arr = p
-            full[..., r0:r1, c0:c1] = arr
-    return full
-
-
-__all__ = ["row_blocks", "members_for_rows", "gather_windows", "split_sizes"]
+__all__ = ["row_blocks", "members_for_rows"]
