@@ -1,0 +1,58 @@
+"""Gradient reductions: a sum over the data-parallel ranks and the global norm over every shard."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from mpi4py import MPI
+
+
+def sum_gradients(params: Sequence[torch.nn.Parameter], comm) -> None:
+    """Sum gradients over ``comm`` (a grid Communicator) in one flat fp32 buffer; a missing gradient is 0."""
+    if comm.size == 1:
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = comm.all_reduce(torch.cat([p.grad.detach().reshape(-1).float() for p in params]), tag="grad_sum")
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
+def global_grad_norm(named: Sequence[tuple[str, torch.nn.Parameter]], copies: dict[str, int], comm) -> float:
+    """L2 norm of the whole model's gradient: each shard's square sum over its number of copies in
+    ``comm`` (so a parameter replicated on k ranks counts once), summed over ``comm``. In fp64."""
+    local = 0.0
+    for name, p in named:
+        if p.grad is not None:
+            local += float(p.grad.detach().double().pow(2).sum()) / copies[name]
+    total = comm.allreduce(local, op=MPI.SUM) if comm.size > 1 else local
+    return math.sqrt(total) if total >= 0 and math.isfinite(total) else float("inf")
+
+
+def clip_gradients(params: Sequence[torch.nn.Parameter], norm: float, max_norm: float) -> float:
+    """Scale gradients so their global norm is at most ``max_norm`` (0 = off); returns the factor."""
+    if max_norm <= 0 or not math.isfinite(norm) or norm <= max_norm:
+        return 1.0
+    factor = max_norm / (norm + 1e-6)
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(factor)
+    return factor
+
+
+def any_nonfinite(params: Sequence[torch.nn.Parameter], comm) -> bool:
+    """True on every rank of ``comm`` when any rank has an Inf/NaN gradient (keeps fp16 skips in step)."""
+    bad = any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in params)
+    return bool(comm.allreduce(int(bad), op=MPI.MAX)) if comm.size > 1 else bad
+
+
+def poison(params: Sequence[torch.nn.Parameter]) -> None:
+    """Set every gradient to Inf so that a GradScaler skips this step on this rank too."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.fill_(float("inf"))

@@ -1,0 +1,253 @@
+"""The training loop: phases of epochs of optimizer steps, validation and checkpoints after each epoch.
+
+One step: read this rank's window of its share of the global batch, roll the model forward
+``rollout_steps`` times (backpropagating through all of them), reduce gradients inside the model group
+(the distributed model's job) and sum them over the data-parallel ranks, clip by the global norm,
+then an AdamW step with the phase's warm-up + cosine learning rate.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import to_dict
+from . import state as ckpt_io
+from .config import PhaseConfig, TrainConfig
+from .data import WindowReader
+from .grads import any_nonfinite, clip_gradients, global_grad_norm, poison
+from .loss import WeightedMSE, channel_weights, latitude_weights
+from .sampler import EpochSampler, usable_starts
+from .schedule import PhaseSchedule
+from .topology import Topology
+from .validate import Validator, format_scores
+
+log = logging.getLogger("hpc_fcn.train")
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Position:
+    """The next optimizer step to run: phase index, epoch within the phase, step within the epoch."""
+    phase: int = 0
+    epoch: int = 0
+    step: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, topo: Topology, shards, train_ds, valid_ds, out_dir: Path,
+                 device: torch.device):
+        self.cfg, self.topo, self.shards, self.device = cfg, topo, shards, torch.device(device)
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.module = shards.module
+        self.named = shards.named_parameters()
+        self.params = [p for _, p in self.named]
+        self.copies = shards.copies()
+        o = cfg.optim
+        self.phases = list(cfg.phases.items())  # (name, PhaseConfig) in order
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.phases[0][1].lr, betas=tuple(o.betas), eps=o.eps,
+                                           weight_decay=o.weight_decay)
+        self.train_ds = train_ds
+        self.reader = WindowReader(train_ds, topo.rows, topo.cols, self.device)
+        self.loss_fn = WeightedMSE(latitude_weights(train_ds.lat, cfg.loss.lat_weights),
+                                   channel_weights(train_ds.channels, cfg.loss.channel_weights),
+                                   topo.rows, topo.cols, train_ds.nlon).to(self.device)
+        self.validator = None
+        if cfg.validation.enabled and valid_ds is not None:
+            self.validator = Validator(WindowReader(valid_ds, topo.rows, topo.cols, self.device), topo,
+                                       cfg.validation.leads, cfg.validation.samples, cfg.validation.lat_weights)
+        amp = cfg.precision != "fp32" and self.device.type == "cuda"
+        self.amp_dtype = AMP_DTYPES[cfg.precision] if amp else None
+        self.scaler = torch.amp.GradScaler("cuda") if amp and cfg.precision == "fp16" else None
+        if cfg.precision != "fp32" and not amp:
+            log.warning("precision %s needs a GPU; training in fp32 on %s", cfg.precision, self.device)
+        self.pos = Position()
+        self.iters = 0
+        self.epochs_done = 0
+        self.history: list[dict] = []  # one entry per optimizer step
+        self.val_history: list[dict] = []  # one entry per epoch
+
+    # -- pieces -------------------------------------------------------------------------------------
+    def sampler(self, index: int) -> EpochSampler:
+        ph = self.phases[index][1]
+        starts = usable_starts(self.train_ds.times, ph.rollout_steps)
+        return EpochSampler(starts, ph.batch_size, ph.samples_per_epoch, self.cfg.seed, index,
+                            self.topo.data_rank, self.topo.data_size)
+
+    def schedule(self, index: int, sampler: EpochSampler) -> PhaseSchedule:
+        ph = self.phases[index][1]
+        return PhaseSchedule(sampler.steps_per_epoch * ph.epochs, ph.lr, ph.min_lr, ph.warmup_steps)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One model step on this rank's window."""
+        with self.autocast():
+            return self.module(x)
+
+    def rollout_loss(self, seq: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """This rank's share of the batch loss: mean over steps and samples, rolled out autoregressively."""
+        steps = seq.shape[1] - 1
+        state, total = seq[:, 0], seq.new_zeros(())
+        for k in range(1, steps + 1):
+            state = self.forward(state)
+            total = total + self.loss_fn(state, seq[:, k])
+        return total / (batch_size * steps)
+
+    def train_step(self, local: list[int], phase: PhaseConfig) -> dict:
+        """One optimizer step on this rank's share ``local`` of a global batch; returns loss and norm."""
+        seq = self.reader.sequences(local, phase.rollout_steps)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.rollout_loss(seq, phase.batch_size)
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self.shards.reduce_gradients()  # model group, then the sum over data-parallel ranks
+        if self.scaler is not None:
+            if any_nonfinite(self.params, self.topo.world):
+                poison(self.params)  # every rank skips this step and lowers the scale together
+            self.scaler.unscale_(self.optimizer)
+        norm = global_grad_norm(self.named, self.copies, self.topo.model.comm)
+        clip_gradients(self.params, norm, self.cfg.optim.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif math.isfinite(norm):
+            self.optimizer.step()
+        else:
+            log.warning("step %d: non-finite gradient norm, step skipped", self.iters)
+        return {"loss": self.topo.allreduce_sum(float(loss.detach())), "grad_norm": norm}
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self, max_steps: int | None = None) -> dict:
+        """Train to the end of the last phase (or until ``max_steps`` optimizer steps in all, for tests)."""
+        from tqdm import tqdm
+        cfg, topo = self.cfg, self.topo
+        show = cfg.progress and topo.rank == 0
+        while self.pos.phase < len(self.phases):
+            pi = self.pos.phase
+            name, phase = self.phases[pi]
+            sampler = self.sampler(pi)
+            sched = self.schedule(pi, sampler)
+            log.info("phase %s: %d epoch(s) of %d steps, batch %d, %d-step rollout, lr %.2e", name,
+                     phase.epochs, sampler.steps_per_epoch, phase.batch_size, phase.rollout_steps, phase.lr)
+            while self.pos.phase == pi and self.pos.epoch < phase.epochs:
+                epoch = self.pos.epoch
+                bar = tqdm(total=sampler.steps_per_epoch, initial=self.pos.step, disable=not show,
+                           desc=f"{name} {epoch + 1}/{phase.epochs}", dynamic_ncols=True, leave=False)
+                t0 = time.perf_counter()
+                for step, local in sampler.local_batches(epoch, self.pos.step):
+                    if max_steps is not None and self.iters >= max_steps:
+                        bar.close()
+                        return self.result()
+                    lr = sched.apply(self.optimizer, epoch * sampler.steps_per_epoch + step)
+                    out = self.train_step([int(i) for i in local], phase)
+                    self.iters += 1
+                    self.pos.step = step + 1
+                    self.history.append({"iter": self.iters, "phase": name, "epoch": self.epochs_done,
+                                         "loss": out["loss"], "grad_norm": out["grad_norm"], "lr": lr})
+                    bar.set_postfix(loss=f"{out['loss']:.4f}", lr=f"{lr:.2e}")
+                    bar.update(1)
+                    if cfg.output.log_every and self.iters % cfg.output.log_every == 0:
+                        recent = [h["loss"] for h in self.history[-cfg.output.log_every:]]
+                        log.info("step %d (%s epoch %d, %d/%d): loss %.5f (mean of last %d %.5f), grad norm %.3g, "
+                                 "lr %.2e", self.iters, name, epoch + 1, step + 1, sampler.steps_per_epoch,
+                                 out["loss"], len(recent), sum(recent) / len(recent), out["grad_norm"], lr)
+                    every = cfg.output.checkpoint_every
+                    if every and self.iters % every == 0 and self.pos.step < sampler.steps_per_epoch:
+                        self.save()
+                bar.close()
+                seconds = time.perf_counter() - t0
+                losses = [h["loss"] for h in self.history[-sampler.steps_per_epoch:]]
+                log.info("phase %s epoch %d/%d: mean loss %.5f (%d steps, %.1f s)", name, epoch + 1,
+                         phase.epochs, sum(losses) / max(len(losses), 1), len(losses), seconds)
+                self.epochs_done += 1
+                self.validate(name)
+                last = epoch + 1 == phase.epochs
+                self.pos = Position(pi + 1, 0, 0) if last else Position(pi, epoch + 1, 0)
+                self.save(also=self.ckpt_dir / f"{name}.ckpt" if last else None)
+            if self.pos.phase == pi:
+                self.pos = Position(pi + 1, 0, 0)
+        if cfg.output.asset:
+            self.write_asset(Path(cfg.output.asset))
+        return self.result()
+
+    def result(self) -> dict:
+        return {"iters": self.iters, "history": self.history, "validation": self.val_history}
+
+    def validate(self, phase_name: str) -> dict | None:
+        if self.validator is None:
+            return None
+        self.module.eval()
+        scores = self.validator.run(self.forward)
+        self.module.train()
+        scores.update(iter=self.iters, epoch=self.epochs_done, phase=phase_name)
+        self.val_history.append(scores)
+        log.info("after epoch %d:\n%s", self.epochs_done, format_scores(scores))
+        return scores
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def train_state(self) -> dict:
+        return {"phase": self.pos.phase, "epoch": self.pos.epoch, "step": self.pos.step, "iters": self.iters,
+                "epochs_done": self.epochs_done, "seed": self.cfg.seed, "history": self.history,
+                "validation": self.val_history, "torch_rng": torch.get_rng_state(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "layout": self.topo.layout()}
+
+    def save(self, also: Path | None = None) -> None:
+        """Gather weights and optimizer state (collective) and write ``last.ckpt`` on rank 0."""
+        weights = self.shards.full_state_dict()
+        optim = ckpt_io.gather_optimizer(self.optimizer, self.shards)
+        if self.topo.rank == 0:
+            path = self.ckpt_dir / "last.ckpt"
+            ckpt_io.write(path, weights, self.shards.model_config, optimizer=optim, train_state=self.train_state(),
+                          epoch=self.epochs_done, iters=self.iters, config=to_dict(self.cfg))
+            if also is not None:
+                ckpt_io.write(also, weights, self.shards.model_config, optimizer=optim,
+                              train_state=self.train_state(), epoch=self.epochs_done, iters=self.iters,
+                              config=to_dict(self.cfg))
+            (self.out_dir / "history.json").write_text(json.dumps(
+                {"train": self.history, "validation": self.val_history}, indent=1))
+            if self.cfg.output.plot and self.pos.step == 0:  # epoch ends only: plotting takes seconds
+                from .plot import loss_curve
+                loss_curve(self.history, self.val_history, self.out_dir / "loss.png")
+        self.topo.world.Barrier()
+
+    def resume(self, path: Path) -> None:
+        """Continue the run saved in ``path`` (any layout) from its next step."""
+        ckpt = ckpt_io.read(path)
+        self.shards.load_full_state_dict(ckpt["model_state_plain"])
+        ckpt_io.load_optimizer(self.optimizer, ckpt["optimizer_state_dict"], self.shards)
+        ts = ckpt["train_state"]
+        if ts.get("seed") != self.cfg.seed:
+            log.warning("resuming with seed %s but the checkpoint used %s: the data order changes",
+                        self.cfg.seed, ts.get("seed"))
+        self.pos = Position(int(ts["phase"]), int(ts["epoch"]), int(ts["step"]))
+        self.iters, self.epochs_done = int(ts["iters"]), int(ts["epochs_done"])
+        self.history, self.val_history = list(ts["history"]), list(ts["validation"])
+        torch.set_rng_state(ts["torch_rng"])
+        if self.scaler is not None and ts.get("scaler"):
+            self.scaler.load_state_dict(ts["scaler"])
+        log.info("resumed from %s (saved with %s): phase %d, epoch %d, step %d, %d steps done", path,
+                 ts.get("layout"), self.pos.phase, self.pos.epoch, self.pos.step, self.iters)
+
+    def write_asset(self, path: Path) -> None:
+        """The final weights alone (published layout, no optimizer state) plus the config beside them."""
+        weights = self.shards.full_state_dict()
+        if self.topo.rank == 0:
+            last = self.val_history[-1] if self.val_history else None
+            ckpt_io.write_weights(path, weights, self.shards.model_config, epoch=self.epochs_done, iters=self.iters,
+                                  extra={"validation": last} if last else None)
+            from ..config import dump_yaml
+            path.with_suffix(".yaml").write_text(dump_yaml(self.cfg))
+            log.info("wrote the weights to %s (%.1f MB)", path, path.stat().st_size / 1e6)
+        self.topo.world.Barrier()

@@ -1,0 +1,234 @@
+"""Serial tests of the trainer: schedule, loss weighting, sampling, learning, checkpoints, config errors.
+
+The tiny setups here (``tiny_data``, ``tiny_config``) are also used by tests/mpi/test_train_mpi.py.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mpi4py import MPI
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers_layout import write_layout  # noqa: E402
+
+from hpc_fcn.config import ConfigError, from_dict, load_config  # noqa: E402
+from hpc_fcn.model import load_checkpoint  # noqa: E402
+from hpc_fcn.train.config import TrainConfig  # noqa: E402
+from hpc_fcn.train.loss import WeightedMSE, channel_weights, latitude_weights  # noqa: E402
+from hpc_fcn.train.sampler import EpochSampler, usable_starts  # noqa: E402
+from hpc_fcn.train.schedule import warmup_cosine  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SPLITS = {"train": (2000, 2001), "test": (2002,), "out_of_sample": (2003,)}
+
+
+# -- shared tiny setup --------------------------------------------------------------------------------
+def tiny_data(root: Path, steps: int = 16):
+    """4 channels on a 17 x 32 stored grid (model grid 16 x 32), two training years."""
+    return write_layout(root, splits=SPLITS, steps=steps, channels=4, rows=17, cols=32)
+
+
+def tiny_config(data_root: Path, out_dir: Path, overrides=(), **sections) -> TrainConfig:
+    """A 2-block model with 4 x 8 tokens, 1-step then 2-step phases, validation off unless asked."""
+    base = {
+        "model": {"img_size": [16, 32], "patch_size": 4, "embed_dim": 16, "depth": 2, "num_blocks": 4,
+                  "mlp_ratio": 2.0, "seed": 3},
+        "data": {"root": str(data_root)},
+        "phases": {"pretrain": {"epochs": 1, "batch_size": 4, "lr": 2e-3, "warmup_steps": 1},
+                   "finetune": {"epochs": 1, "rollout_steps": 2, "batch_size": 4, "lr": 5e-4}},
+        "validation": {"enabled": False, "leads": [1, 2], "samples": 2},
+        "output": {"dir": str(out_dir), "plot": False},
+        "progress": False,
+    }
+    for key, value in sections.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) and key in base else value
+    return from_dict(TrainConfig, base, list(overrides))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_data")
+    tiny_data(root)
+    return root
+
+
+def trainer_for(cfg, out_dir=None):
+    from hpc_fcn.train.app import build_trainer
+    return build_trainer(cfg, MPI.COMM_SELF, out_dir)
+
+
+# -- schedule -----------------------------------------------------------------------------------------
+def test_schedule_warmup_then_cosine():
+    total, lr, lo, warm = 11, 1.0, 0.1, 3
+    vals = [warmup_cosine(s, total, lr, lo, warm) for s in range(total)]
+    assert vals[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # linear rise, reaches the peak at `warm`
+    assert vals[-1] == pytest.approx(lo)
+    assert vals[3 + 7 // 2 + 0] == pytest.approx(lo + 0.5 * (lr - lo) * (1 + math.cos(math.pi * 3 / 7)))
+    assert all(a > b for a, b in zip(vals[3:], vals[4:]))  # strictly decreasing after warm-up
+    assert warmup_cosine(0, 1, 0.5) == 0.5
+    with pytest.raises(ValueError):
+        warmup_cosine(5, 5, 1.0)
+
+
+# -- loss ---------------------------------------------------------------------------------------------
+def test_loss_weights_rows_and_channels_and_splits_over_windows():
+    lat = 90.0 - 180.0 * np.arange(8) / 8  # model rows of a 9-row grid
+    lw = latitude_weights(lat, "area")
+    assert lw.mean() == pytest.approx(1.0) and lw[0] < lw[3]  # polar rows weigh less
+    cw = channel_weights(["a", "b"], {"b": 3.0})
+    assert cw.tolist() == pytest.approx([0.5, 1.5])
+    with pytest.raises(ValueError, match="unknown channel"):
+        channel_weights(["a"], {"zz": 1.0})
+    full = WeightedMSE(lw, cw, slice(0, 8), slice(0, 6), 6)
+    pred, target = torch.zeros(1, 2, 8, 6), torch.zeros(1, 2, 8, 6)
+    pred[0, 1, 2, 4] = 2.0  # one error of 2 in channel b, row 2
+    assert float(full(pred, target)) == pytest.approx(cw[1] * lw[2] * 4.0 / (2 * 8 * 6))
+    pred, target = torch.randn(3, 2, 8, 6), torch.zeros(3, 2, 8, 6)
+    parts = sum(float(WeightedMSE(lw, cw, r, c, 6)(pred[..., r, c], target[..., r, c]))
+                for r in (slice(0, 3), slice(3, 8)) for c in (slice(0, 4), slice(4, 6)))
+    assert parts == pytest.approx(float(full(pred, target)), rel=1e-6)
+    uniform = WeightedMSE(np.ones(8), np.ones(2), slice(0, 8), slice(0, 6), 6)
+    assert float(uniform(pred, target)) == pytest.approx(float((pred ** 2).mean()) * 3, rel=1e-6)
+
+
+# -- sampling -----------------------------------------------------------------------------------------
+def test_sampler_is_deterministic_and_shards_disjointly():
+    times = np.datetime64("2000-01-01T00", "h") + np.timedelta64(6, "h") * np.arange(40)
+    times = np.concatenate([times[:20], times[25:]])  # a gap: starts that would cross it are unusable
+    starts = usable_starts(times, 2)
+    assert 18 not in starts and 19 not in starts and 17 in starts and len(starts) == 31
+    serial = EpochSampler(starts, 6, None, seed=5, phase=1)
+    again = EpochSampler(starts, 6, None, seed=5, phase=1)
+    assert np.array_equal(serial.order(2), again.order(2)) and not np.array_equal(serial.order(2), serial.order(3))
+    for n in (2, 4):
+        shards = [EpochSampler(starts, 6, None, seed=5, phase=1, data_rank=r, data_size=n) for r in range(n)]
+        for step, batch in serial.local_batches(2):
+            got = np.concatenate([dict(s.local_batches(2))[step] for s in shards])
+            assert np.array_equal(got, batch)
+    with pytest.raises(ValueError, match="smaller than"):
+        EpochSampler(starts, 2, None, 0, 0, 0, 4)
+
+
+# -- config -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("override, message", [
+    ("phases.pretrain.epochs=0", "phases.pretrain.epochs"),
+    ("phases.finetune.min_lr=1.0", "phases.finetune.min_lr"),
+    ("phases.pretrain.batchsize=3", "did you mean 'batch_size'"),
+    ("optim.grad_clip=-1", "optim.grad_clip"),
+    ("validation.leads=[0]", "validation.leads"),
+    ("precision=fp8", "precision"),
+    ("model.checkpoint=builtin", "model.checkpoint"),
+    ("phases={}", "phases"),
+])
+def test_config_errors_name_the_key(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        tiny_config(tmp_path, tmp_path, [override])
+
+
+def test_builtin_config_is_valid():
+    cfg = load_config(TrainConfig, REPO / "config" / "train_builtin.yaml")
+    assert list(cfg.phases)[:2] == ["pretrain", "finetune"]  # FourCastNet's recipe first
+    steps = [p.rollout_steps for p in cfg.phases.values()]
+    assert steps[:2] == [1, 2] and steps == sorted(steps)
+
+
+# -- learning and checkpoints ------------------------------------------------------------------------
+def _fixed_batch_loss(trainer, starts=(0, 5, 9, 13)):
+    seq = trainer.reader.sequences(list(starts), 1)
+    with torch.no_grad():
+        return float(trainer.rollout_loss(seq, len(starts)))
+
+
+def test_a_few_steps_reduce_the_loss(data_root, tmp_path):
+    cfg = tiny_config(data_root, tmp_path, ["phases.pretrain.epochs=3", "phases.finetune.epochs=1"])
+    trainer = trainer_for(cfg)
+    before = _fixed_batch_loss(trainer)
+    result = trainer.run(max_steps=18)
+    assert result["iters"] == 18
+    after = _fixed_batch_loss(trainer)
+    assert after < 0.5 * before, (before, after)
+    assert all(np.isfinite(h["grad_norm"]) for h in result["history"])
+
+
+def test_checkpoint_layout_and_resume_continue_the_same_run(data_root, tmp_path):
+    overrides = ["phases.pretrain.epochs=2", "validation.enabled=true"]
+    full = trainer_for(tiny_config(data_root, tmp_path / "full", overrides + ["output.plot=true"])).run()
+    losses = [h["loss"] for h in full["history"]]
+    assert len(losses) == 3 * 7 and len(full["validation"]) == 3  # 30 and 28 usable starts, batch 4
+
+    out = tmp_path / "split"
+    first = trainer_for(tiny_config(data_root, out, overrides))
+    first.run(max_steps=10)  # stops inside pretrain's second epoch
+    first.save()
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["model_state"] and all(k.startswith("module.") for k in ckpt["model_state"])
+    assert ckpt["iters"] == 10 and ckpt["epoch"] == 1
+    assert ckpt["optimizer_state_dict"]["format"].startswith("hpc_fcn.adamw-by-name")
+    assert set(ckpt["optimizer_state_dict"]["state"]) <= {k[len("module."):] for k in ckpt["model_state"]}
+    assert ckpt["train_state"]["step"] == 3 and ckpt["train_state"]["phase"] == 0
+    assert isinstance(load_checkpoint(out / "checkpoints" / "last.ckpt"), torch.nn.Module)
+    for name in ("config.resolved.yaml", "history.json"):
+        assert (out / name).is_file(), name
+    assert (tmp_path / "full" / "loss.png").stat().st_size > 1000
+
+    resumed = trainer_for(tiny_config(data_root, out, overrides + ["resume=true"])).run()
+    got = [h["loss"] for h in resumed["history"]]
+    assert got[:10] == losses[:10]
+    np.testing.assert_allclose(got[10:], losses[10:], rtol=1e-5)
+    np.testing.assert_allclose(resumed["validation"][-1]["loss"], full["validation"][-1]["loss"], rtol=1e-5)
+    assert (out / "checkpoints" / "pretrain.ckpt").is_file() and (out / "checkpoints" / "finetune.ckpt").is_file()
+
+
+def test_asset_holds_weights_only_and_its_config(data_root, tmp_path):
+    asset = tmp_path / "asset" / "m.ckpt"
+    cfg = tiny_config(data_root, tmp_path / "run", ["phases.pretrain.samples_per_epoch=4",
+                                                    "phases.finetune.samples_per_epoch=4", f"output.asset={asset}"])
+    trainer_for(cfg).run()
+    ckpt = torch.load(asset, weights_only=True)
+    assert ckpt["optimizer_state_dict"] == {} and "train_state" not in ckpt
+    model = load_checkpoint(asset)
+    assert model.img_size == (16, 32) and model.in_chans == 4
+    assert load_config(TrainConfig, asset.with_suffix(".yaml")).model.embed_dim == 16
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision training needs a GPU")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_steps_on_gpu(data_root, tmp_path, precision):
+    cfg = tiny_config(data_root, tmp_path, [f"precision={precision}", "device=cuda"])
+    trainer = trainer_for(cfg)
+    assert (trainer.scaler is not None) == (precision == "fp16")
+    before = _fixed_batch_loss(trainer)
+    trainer.run(max_steps=12)
+    assert _fixed_batch_loss(trainer) < before
+
+
+# -- the committed built-in model ---------------------------------------------------------------------
+def test_builtin_checkpoint_beats_persistence_at_day_one():
+    asset = REPO / "hpc_fcn" / "assets" / "builtin_model.ckpt"
+    if not asset.is_file():
+        pytest.skip("no committed built-in model yet")
+    model = load_checkpoint(asset).eval()
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+    from hpc_fcn.data.builtin import builtin_root, is_complete
+    root = builtin_root()
+    if not is_complete(root):
+        pytest.skip(f"the built-in dataset is not generated at {root} (python -m hpc_fcn.data.synth --builtin)")
+    from hpc_fcn.data.era5 import open_split
+    from hpc_fcn.schema import DataConfig
+    ds = open_split(DataConfig(root=str(root)), "test")
+    w = torch.as_tensor(latitude_weights(ds.lat, "area"), dtype=torch.float64)[:, None]
+    err_model, err_persist = 0.0, 0.0
+    with torch.no_grad():
+        for start in (0, 150, 300, 450):
+            seq = torch.from_numpy(ds.read_sequence(start, 5, normalise=True)).double()
+            x = seq[0:1].float()
+            for _ in range(4):
+                x = model(x)
+            err_model += float(((x[0].double() - seq[4]) ** 2 * w).mean())
+            err_persist += float(((seq[0] - seq[4]) ** 2 * w).mean())
+    assert err_model < 0.8 * err_persist, (err_model, err_persist)
