@@ -294,7 +294,7 @@ class EnsembleRun:
                     standard_names={v: ds.standard_names.get(v) for v in self.out_vars},
                     long_names={v: ds.long_names[v] for v in self.out_vars}, lat=ds.lat, lon=ds.lon,
                     init_time=init_time, lead_hours=self.plan.lead_hours, product=p,
-                    n_members=self.M if p == "members" else None, attrs=attrs)
+                    n_members=self.M, attrs=attrs)
         return out
 
     def run_initial_time(self, k: int, store: ResumeStore, bar, payload) -> None:
@@ -352,10 +352,11 @@ class EnsembleRun:
                         files[name].write(li, full)
             if self.cfg.output.members and self.scorer:
                 mine = self.my_members
-                full = gather_window_to_root(self.member_comm, phys[:, oi], (M,) + full2, rows=self.rows,
-                                             cols=self.cols, members=slice(mine.start, mine.stop))
-                if full is not None:
-                    files["members"].write(li, full)
+                for m in range(M):  # one member at a time bounds the writer's memory to one field
+                    own = phys[m - mine.start, oi][None] if m in mine else None
+                    full = gather_window_to_root(self.member_comm, own, (1,) + full2, rows=self.rows, cols=self.cols)
+                    if full is not None:
+                        files["members"].write(li, full, members=slice(m, m + 1))
             for f in files.values():
                 f.flush()
         if not (self.cfg.scoring.enabled and self.scorer):
