@@ -6,6 +6,7 @@ changes whenever the generator's output does, so a stale cache is never mistaken
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -57,6 +58,10 @@ def ensure_builtin(comm=None, log: Callable[[str], None] = print) -> Path:
             _generate_if_missing(root, log)
         except Exception as exc:  # noqa: BLE001 - reported on every rank below
             error = f"{type(exc).__name__}: {exc}"
+    # Sleep while rank 0 works: a blocking collective would busy-poll and take its cores.
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(0.05)
     error = comm.bcast(error, root=0)
     if error is not None:
         raise RuntimeError(f"generating the built-in dataset on rank 0 failed: {error}")

@@ -24,7 +24,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -63,7 +63,7 @@ class SynthOptions:
     steps_per_year: int = 730
     resolution_factor: float = 1.25
     spinup_days: float = 25.0
-    threads: int = 1
+    threads: int = field(default_factory=lambda: min(os.cpu_count() or 1, 8))  # the output does not depend on it
     # physics
     mean_depth_m: float = 5500.0
     relax_days: float = 6.0
