@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -27,3 +29,15 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     scale = ref.abs().max().item()
     diff = (got - ref).abs().max().item()
     return diff / scale if scale > 0 else diff
+
+
+def shared_tempdir(prefix: str, populate: Callable[[Path], object] | None = None, comm=None) -> Path:
+    """A temporary directory made (and filled by ``populate``) on rank 0, the same path on every rank."""
+    from mpi4py import MPI
+    comm = comm if comm is not None else MPI.COMM_WORLD
+    path = tempfile.mkdtemp(prefix=prefix) if comm.Get_rank() == 0 else None
+    path = Path(comm.bcast(path, root=0))
+    if comm.Get_rank() == 0 and populate is not None:
+        populate(path)
+    comm.Barrier()
+    return path

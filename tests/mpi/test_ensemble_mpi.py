@@ -1,7 +1,6 @@
 """Ensemble runs on 4 ranks: member k and the scores do not depend on the layout or the batch size."""
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import netCDF4
@@ -13,19 +12,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ensemble_setup import tiny_config, tiny_dataset  # noqa: E402
 
 from hpc_fcn.ensemble.app import EnsembleRun  # noqa: E402
+from hpc_fcn.parallel.testing import shared_tempdir  # noqa: E402
 
 pytestmark = pytest.mark.skipif(MPI.COMM_WORLD.size != 4, reason="layouts are laid out for 4 ranks")
 
 
 @pytest.fixture(scope="module")
 def shared_tmp():
-    comm = MPI.COMM_WORLD
-    path = tempfile.mkdtemp(prefix="hpc_fcn_ens_") if comm.rank == 0 else None
-    path = Path(comm.bcast(path, root=0))
-    if comm.rank == 0:
-        tiny_dataset(path / "data")
-    comm.Barrier()
-    return path
+    return shared_tempdir("hpc_fcn_ens_", lambda p: tiny_dataset(p / "data"))
 
 
 def run(comm, tmp, name, overrides):

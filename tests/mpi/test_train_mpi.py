@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from mpi4py import MPI
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_train import tiny_config, tiny_data  # noqa: E402
 
+from hpc_fcn.parallel.testing import shared_tempdir  # noqa: E402
 from hpc_fcn.train.app import build_trainer as _build  # noqa: E402
 
 pytestmark = pytest.mark.skipif(MPI.COMM_WORLD.size != 4, reason="layouts are laid out for 4 ranks")
@@ -35,13 +35,7 @@ def build_trainer(cfg, comm):
 
 @pytest.fixture(scope="module")
 def shared():
-    comm = MPI.COMM_WORLD
-    path = tempfile.mkdtemp(prefix="hpc_fcn_train_") if comm.rank == 0 else None
-    path = Path(comm.bcast(path, root=0))
-    if comm.rank == 0:
-        tiny_data(path / "data")
-    comm.Barrier()
-    return path
+    return shared_tempdir("hpc_fcn_train_", lambda p: tiny_data(p / "data"))
 
 
 @pytest.fixture(scope="module")
