@@ -152,7 +152,6 @@ class EnsembleRun:
         self.outdir = Path(cfg.output.dir)
         # ranks that own a distinct window (matmul replicas hold copies)
         self.scorer = g.coords["matmul"] == 0
-        self.lat = ds.lat
         self.means = torch.as_tensor(ds.means).view(-1, 1, 1).to(self.device)
         self.stds = torch.as_tensor(ds.stds).view(-1, 1, 1).to(self.device)
 
@@ -256,6 +255,7 @@ class EnsembleRun:
         scores = self.finish(wall)
         if self.score_comm != MPI.COMM_NULL:
             self.score_comm.Free()
+        self.grid.close()  # releases the axis communicators and any torch.distributed groups
         return scores
 
     def _progress_bar(self, start_init: int, payload):

@@ -44,7 +44,8 @@ def test_member_identical_across_layouts_and_batches(shared_tmp, method):
     extra = [f"perturbation.method={method}", "initial_conditions.start=2002-01-03T00"]
     layouts = {"serial": (solo, []), "ens4": (world, ["parallel.ensemble=4"]),
                "h2e2": (world, ["parallel.h=2", "inference.members_per_pass=1"]),
-               "w2m2": (world, ["parallel.w=2", "parallel.matmul=2", "parallel.ensemble=1"])}
+               "w2m2": (world, ["parallel.w=2", "parallel.matmul=2", "parallel.ensemble=1"]),
+               "h2e2_gloo": (world, ["parallel.h=2", "parallel.backend=torch"])}
     if method != "gaussian":  # the noise path is layout-independent by construction; check two layouts
         layouts = {k: layouts[k] for k in ("serial", "h2e2")}
         extra.append("initial_conditions.count=1")
