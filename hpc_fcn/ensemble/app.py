@@ -21,7 +21,7 @@ from ..tracing import Tracer
 from .config import EnsembleConfig
 from .exchange import members_for_rows
 from .perturb import Perturber, breed
-from .plan import RunPlan, _as_hours, make_plan, member_split, time_tag
+from .plan import RunPlan, as_hours, make_plan, member_split, time_tag
 from .resume import ResumeStore
 
 log = logging.getLogger("hpc_fcn")
@@ -152,13 +152,8 @@ class EnsembleRun:
         self.outdir = Path(cfg.output.dir)
         # ranks that own a distinct window (matmul replicas hold copies)
         self.scorer = g.coords["matmul"] == 0
-        self.means = torch.as_tensor(ds.means).view(-1, 1, 1).to(self.device)
-        self.stds = torch.as_tensor(ds.stds).view(-1, 1, 1).to(self.device)
 
     # ---- helpers ------------------------------------------------------------------------------
-    def denorm(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.stds + self.means
-
     def step(self, x: torch.Tensor) -> torch.Tensor:
         return self.forecaster.step(x)
 
@@ -170,12 +165,11 @@ class EnsembleRun:
         raise RuntimeError(f"the forecast became non-finite (NaN/Inf): initial time {init_tag}, member {member}, "
                            f"step {step} (lead {step * self.plan.dt_hours} h), variable {self.channels[bad[1]]}")
 
-    def initial_state(self, init_index: int) -> torch.Tensor:
+    def initial_state(self, init_index: int, x0_phys: np.ndarray) -> torch.Tensor:
         """(m_local, C, r, c) perturbed members of this rank's group, normalised units."""
         cfg, ds = self.cfg, self.ds
-        init_hours = _as_hours(ds.times[init_index])
-        with self.tracer.region("io.read", "io"):
-            x0 = torch.from_numpy(ds.read(init_index, self.rows, self.cols, normalise=True)).to(self.device)
+        init_hours = as_hours(ds.times[init_index])
+        x0 = ds.normalise(torch.from_numpy(x0_phys).to(self.device))
         with self.tracer.region("perturbation", "compute"):
             if cfg.perturbation.method != "bred":
                 return self.perturber.perturb(x0, init_hours, self.my_members)  # noise moves to x0's device
@@ -308,7 +302,7 @@ class EnsembleRun:
             state, first = payload["state"].to(self.device), payload["step"] + 1
             lead_done = plan.output_steps.index(payload["step"]) + 1
         else:
-            state, first, lead_done = self.initial_state(init_index), 0, None
+            state, first, lead_done = self.initial_state(init_index, self.x0), 0, None
         files = self.writers(init_time, lead_done)
         try:
             for s in range(first, plan.lead_steps + 1):
@@ -331,7 +325,7 @@ class EnsembleRun:
         from mpi4py import MPI
         from ..io.netcdf import gather_window_to_root
         g, tr, M = self.grid, self.tracer, self.M
-        phys = self.denorm(state).cpu().numpy()
+        phys = self.ds.denormalise(state).cpu().numpy()
         with tr.region("ensemble_stats", "compute"):
             s1 = phys.astype(np.float64).sum(axis=0)
             with tr.comm("allreduce.ens_mean", s1.nbytes):

@@ -9,7 +9,7 @@ from ..config import fail
 from .config import EnsembleConfig, InitialConditions, parse_lead
 
 
-def _as_hours(t) -> int:
+def as_hours(t) -> int:
     return int(np.datetime64(t, "h").astype("int64"))
 
 
@@ -79,4 +79,4 @@ def time_tag(t) -> str:
     return str(np.datetime64(t, "h")).replace("-", "").replace(":", "")[:11]
 
 
-__all__ = ["RunPlan", "make_plan", "member_split", "select_initial_times", "time_tag", "_as_hours"]
+__all__ = ["RunPlan", "as_hours", "make_plan", "member_split", "select_initial_times", "time_tag"]
