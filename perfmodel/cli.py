@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .hardware import load_hardware
+from .layout import Layout
 from .predict import Prediction, predict, suggest
 
 
@@ -23,7 +24,7 @@ def channels_of(cfg, override: int | None) -> int:
     root = cfg.data.root
     if root == "builtin":
         try:
-            from hpc_fcn.data.synth import builtin_root  # type: ignore[attr-defined]
+            from hpc_fcn.data.builtin import builtin_root
             root = str(builtin_root())
         except Exception:  # noqa: BLE001 - no built-in data on this install
             root = None
@@ -47,8 +48,8 @@ def load_case(path: str, overrides: list[str], channels: int | None):
 
 def _layout_from(cfg, ranks: int | None, layout: str | None) -> tuple[dict | None, int]:
     if layout:
-        e, h, w, m = (int(v) for v in layout.split(","))
-        return dict(ensemble=e, h=h, w=w, matmul=m), e * h * w * m
+        lay = Layout.of(layout)
+        return lay.as_dict(), lay.ranks
     p = cfg.parallel
     model = p.h * p.w * p.matmul
     if ranks is None:
@@ -84,14 +85,14 @@ def print_prediction(pred: Prediction, out=None) -> None:
         print(f"note: {n}", file=out)
 
 
-def _auto_batch(kw, layout, hw, members, precision, lead):
+def _auto_batch(kw, layout, hw, members, precision, lead, training):
     """members_per_pass = 0: the batch with the lowest time to solution that fits in memory."""
     best = None
     b = 1
     local = -(-members // layout["ensemble"])
     while True:
         p = predict(kw, layout=layout, hardware=hw, members=members, members_per_pass=b, precision=precision,
-                    lead_steps=lead)
+                    lead_steps=lead, training=training)
         if p.memory_bytes <= hw.mem_capacity_bytes and (best is None or p.time_to_solution_s < best.time_to_solution_s):
             best = p
         if b >= local:
@@ -105,13 +106,15 @@ def cmd_predict(a) -> int:
     hw = load_hardware(a.hardware)
     layout, ranks = _layout_from(cfg, a.ranks, a.layout)
     mpp = cfg.inference.members_per_pass
+    pred = None
     if layout is None:
-        layout, _ = suggest(kw, ranks=ranks, hardware=hw, members=cfg.ensemble.members, members_per_pass=max(mpp, 1),
-                            precision=cfg.inference.precision, lead_steps=lead)
+        layout, pred = suggest(kw, ranks=ranks, hardware=hw, members=cfg.ensemble.members,
+                               members_per_pass=max(mpp, 1), precision=cfg.inference.precision, lead_steps=lead,
+                               training=a.training)
         print(f"parallel.layout=auto: the model suggests {layout}")
     if mpp == 0:
-        pred = _auto_batch(kw, layout, hw, cfg.ensemble.members, cfg.inference.precision, lead)
-    else:
+        pred = _auto_batch(kw, layout, hw, cfg.ensemble.members, cfg.inference.precision, lead, a.training)
+    elif pred is None:  # suggest() already predicted the layout it picked
         pred = predict(kw, layout=layout, hardware=hw, members=cfg.ensemble.members, members_per_pass=mpp,
                        precision=cfg.inference.precision, lead_steps=lead, training=a.training)
     if a.json:
