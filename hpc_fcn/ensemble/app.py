@@ -383,7 +383,7 @@ class EnsembleRun:
             scores = {k: a.reduce(self.score_comm) for k, a in self.acc.items()}
         scores = self.comm.bcast(scores, root=0)
         doc = metrics_document(scores, self.channels, self.plan.lead_hours, self.M,
-                               [self.ds.times[i] for i in self.plan.init_indices])
+                               [self.ds.times[i] for i in self.plan.init_indices], self.cfg.scoring.lat_weights)
         timings = self.comm.gather(dict(rank_timings(self.tracer), wall=wall, group=self.grid.coords["ensemble"]),
                                    root=0)
         if self.comm.rank == 0:

@@ -36,7 +36,7 @@ class InitialConditions:
     start: str | None = None
     end: str | None = None
     every: str = "24h"
-    count: int | None = 1  # at most this many initial times (null = all in the range)
+    count: int | None = 1  # at most this many initial times of the range (null = all); a list is taken whole
 
     def validate(self, prefix: str) -> None:
         if self.times is not None and (self.start is not None or self.end is not None):
@@ -100,6 +100,10 @@ class ScoringConfig:
     enabled: bool = True  # scores against the truth when the data has it
     lat_weights: Literal["area", "fourcastnet"] = "area"
     table_leads: list[str] = field(default_factory=lambda: ["1d", "3d", "5d", "10d"])
+
+    def validate(self, prefix: str) -> None:
+        for i, lead in enumerate(self.table_leads):  # here, not after the run when the table is written
+            parse_lead(lead, 1, f"{prefix}.table_leads[{i}]")
 
 
 @dataclass

@@ -39,8 +39,8 @@ def select_initial_times(ic: InitialConditions, times: np.ndarray, lead_steps: i
         idx = [int(i) for i in np.nonzero(sel)[0]]
         if not idx:
             fail(f"{key}.start", f"no initial time of the '{ic.split}' split lies in {start} .. {end}")
-    if ic.count is not None:
-        idx = idx[: ic.count]
+        if ic.count is not None:
+            idx = idx[: ic.count]
     return idx
 
 

@@ -10,7 +10,8 @@ def _per_var(arr: np.ndarray, channels: list[str]) -> dict[str, list]:
     return {c: [None if not np.isfinite(v) else float(v) for v in arr[:, i]] for i, c in enumerate(channels)}
 
 
-def metrics_document(scores: dict, channels: list[str], lead_hours: list[int], members: int, init_times) -> dict:
+def metrics_document(scores: dict, channels: list[str], lead_hours: list[int], members: int, init_times,
+                     lat_weights: str) -> dict:
     """Scores per variable and lead, in the layout ``python -m hpc_fcn.plot`` reads."""
     ens, pers, clim = scores["ensemble"], scores["persistence"], scores["climatology"]
     doc = {"variables": channels, "lead_hours": list(lead_hours), "members": members,
@@ -23,7 +24,8 @@ def metrics_document(scores: dict, channels: list[str], lead_hours: list[int], m
     if np.isfinite(ens["mae_control"]).any():
         doc["control"] = {k: _per_var(ens[k + "_control"], channels) for k in ("mae", "rmse")}
     doc["notes"] = ("rmse/acc: of the ensemble mean, per forecast then averaged over initial times; acc uncentred "
-                    "against the dataset climatology; crps: fair CRPS; ssr: spread / rmse; area latitude weights")
+                    f"against the dataset climatology; crps: fair CRPS; ssr: spread / rmse; "
+                    f"{lat_weights} latitude weights")
     return doc
 
 
