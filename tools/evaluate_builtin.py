@@ -26,7 +26,7 @@ from hpc_fcn.data.builtin import ensure_builtin  # noqa: E402
 from hpc_fcn.data.era5 import open_split  # noqa: E402
 from hpc_fcn.model import load_checkpoint  # noqa: E402
 from hpc_fcn.schema import DataConfig  # noqa: E402
-from hpc_fcn.train.sampler import usable_starts  # noqa: E402
+from hpc_fcn.train.sampler import spread_starts  # noqa: E402
 
 DAYS = (1, 3, 5, 10)
 
@@ -35,8 +35,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=str(REPO / "hpc_fcn" / "assets" / "builtin_model.ckpt"))
     p.add_argument("--data", default=None, help="dataset root (default: the built-in dataset)")
-    p.add_argument("--inits", type=int, default=86,
-                   help="initial times for the deterministic scores, evenly spread (86: every 2 days of the test split)")
+    p.add_argument("--inits", type=int, default=86, help="initial times for the deterministic scores, "
+                   "evenly spread (86: every 2 days of the test split)")
     p.add_argument("--ens-inits", type=int, default=4, help="initial times for the ensemble scores")
     p.add_argument("--members", type=int, default=100)
     p.add_argument("--amplitude", type=float, default=0.3, help="Gaussian noise std in normalised units")
@@ -45,11 +45,6 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--out", default=None, help="markdown file to write (default: print only)")
     return p.parse_args(argv)
-
-
-def spread(starts: np.ndarray, n: int) -> np.ndarray:
-    """``n`` entries of ``starts`` evenly spread over it."""
-    return starts[np.unique(np.round(np.linspace(0, len(starts) - 1, min(n, len(starts)))).astype(int))]
 
 
 @torch.no_grad()
@@ -65,6 +60,30 @@ def rollout(model, x: torch.Tensor, steps: int, keep: set[int], batch: int = 50)
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def deterministic_scores(model, ds, inits, leads: dict[int, int]) -> dict:
+    """Mean over ``inits`` of RMSE and ACC per channel: {kind: {"rmse"|"acc": {day: (C,)}}}.
+
+    Kinds: model, persistence and climatology (no ACC: its anomaly is zero). ``leads`` maps day -> steps.
+    """
+    w, clim = metrics.lat_weights(ds.lat, "area"), ds.climatology()
+    kinds = ("model", "persistence", "climatology")
+    rmse = {k: {d: [] for d in leads} for k in kinds}
+    acc = {k: {d: [] for d in leads} for k in kinds}
+    x0 = np.stack([ds.read(int(i), normalise=True) for i in inits])
+    fc = rollout(model, torch.from_numpy(x0), max(leads.values()), set(leads.values()))  # all at once
+    for j, i in enumerate(inits):
+        phys0 = ds.denormalise(x0[j])
+        for d, k in leads.items():
+            truth = ds.read(int(i) + k)
+            for kind, f in (("model", ds.denormalise(fc[k][j])), ("persistence", phys0), ("climatology", clim)):
+                rmse[kind][d].append(metrics.rmse(f, truth, w))
+                if kind != "climatology":
+                    acc[kind][d].append(metrics.acc(f, truth, clim, w))
+    return {kind: {"rmse": {d: np.mean(rmse[kind][d], axis=0) for d in leads},
+                   "acc": {d: np.mean(acc[kind][d], axis=0) if acc[kind][d] else None for d in leads}}
+            for kind in kinds}
+
+
 def evaluate(args) -> tuple[str, dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,41 +92,25 @@ def evaluate(args) -> tuple[str, dict]:
     model = load_checkpoint(args.checkpoint).eval()
     steps_per_day = 24 // ds.dt_hours
     leads = {d: d * steps_per_day for d in DAYS}
-    max_steps = max(leads.values())
-    starts = usable_starts(ds.times, max_steps)
-    inits = spread(starts, args.inits)
+    inits = spread_starts(ds.times, max(leads.values()), args.inits)
     w = metrics.lat_weights(ds.lat, "area")
-    clim = ds.climatology()
     names = ds.channels
-    kinds = ("model", "persistence", "climatology")
-    rmse = {k: {d: [] for d in DAYS} for k in kinds}
-    acc = {k: {d: [] for d in DAYS} for k in kinds}
     t0 = time.perf_counter()
-    x0 = np.stack([ds.read(int(i), normalise=True) for i in inits])
-    fc = rollout(model, torch.from_numpy(x0), max_steps, set(leads.values()))  # all initial times at once
-    for j, i in enumerate(inits):
-        phys0 = ds.denormalise(x0[j])
-        for d, k in leads.items():
-            truth = ds.read(int(i) + k)
-            for kind, f in (("model", ds.denormalise(fc[k][j])), ("persistence", phys0), ("climatology", clim)):
-                rmse[kind][d].append(metrics.rmse(f, truth, w))
-                if kind != "climatology":  # its anomaly is zero: ACC undefined
-                    acc[kind][d].append(metrics.acc(f, truth, clim, w))
+    table = deterministic_scores(model, ds, inits, leads)
     t_det = time.perf_counter() - t0
 
     # ensemble at one lead: fair CRPS of the members vs MAE of the deterministic forecast
     k = args.ens_day * steps_per_day
-    ens_inits = spread(usable_starts(ds.times, k), args.ens_inits)
+    ens_inits = spread_starts(ds.times, k, args.ens_inits)
     rng = torch.Generator().manual_seed(args.seed)
     crps, mae, ens_rmse, det_rmse, ssr = [], [], [], [], []
     t0 = time.perf_counter()
     for i in ens_inits:
-        seq = ds.read_sequence(int(i), k + 1, normalise=True)
-        x0 = torch.from_numpy(seq[0:1])
+        x0 = torch.from_numpy(ds.read(int(i), normalise=True)[None])
         members = x0 + args.amplitude * torch.randn((args.members,) + tuple(x0.shape[1:]), generator=rng)
         ens = ds.denormalise(rollout(model, members, k, {k})[k])
         det = ds.denormalise(rollout(model, x0, k, {k})[k][0])
-        truth = ds.denormalise(seq[k])
+        truth = ds.read(int(i) + k)
         crps.append(metrics.weighted_mean(metrics.crps_fair(ens, truth), w))
         mae.append(metrics.weighted_mean(np.abs(det - truth), w))
         ens_rmse.append(metrics.rmse(ens.mean(0), truth, w))
@@ -115,9 +118,6 @@ def evaluate(args) -> tuple[str, dict]:
         ssr.append(metrics.spread_skill_ratio(ens, truth, w))
     t_ens = time.perf_counter() - t0
 
-    table = {kind: {"rmse": {d: np.mean(rmse[kind][d], axis=0) for d in DAYS},
-                    "acc": {d: np.mean(acc[kind][d], axis=0) if acc[kind][d] else None for d in DAYS}}
-             for kind in kinds}
     ens = {"crps": np.mean(crps, 0), "mae": np.mean(mae, 0), "ens_rmse": np.mean(ens_rmse, 0),
            "det_rmse": np.mean(det_rmse, 0), "ssr": np.mean(ssr, 0)}
     checks = skill_checks(table, ens, names)

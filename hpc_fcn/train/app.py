@@ -18,12 +18,15 @@ from .trainer import Trainer
 log = logging.getLogger("hpc_fcn.train")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(name: str, comm) -> torch.device:
+    """The CPU, or this rank's GPU (local rank modulo the GPUs it sees), as the ensemble app picks it."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device: cuda was asked for but no GPU is visible; use device=auto or cpu")
-    return torch.device(name)
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    from ..accel.device import select_device
+    from ..runtime import local_rank
+    return select_device("cuda", local_rank(comm))
 
 
 def data_root(cfg: TrainConfig, comm) -> Path:
@@ -45,7 +48,7 @@ def build_model(cfg: TrainConfig, nchan: int) -> AFNONet:
 
 def build_trainer(cfg: TrainConfig, comm, out_dir: str | Path | None = None) -> Trainer:
     """Everything a run needs, on every rank of ``comm``; resumes when ``cfg.resume`` and a checkpoint exists."""
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, comm)
     root = data_root(cfg, comm)
     train_ds = open_split(cfg.data, "train", root)
     valid_ds = open_split(cfg.data, "valid", root) if cfg.validation.enabled else None

@@ -21,6 +21,15 @@ def usable_starts(times: np.ndarray, steps: int) -> np.ndarray:
     return np.nonzero(ok)[0].astype(np.int64)
 
 
+def spread_starts(times: np.ndarray, max_lead: int, samples: int, what: str = "the split") -> np.ndarray:
+    """``samples`` initial indices with ``max_lead`` steps after them, evenly spread over the split."""
+    starts = usable_starts(times, max_lead)
+    if len(starts) == 0:
+        raise ValueError(f"{what} has {len(times)} samples: too few for a {max_lead}-step lead")
+    pick = np.unique(np.round(np.linspace(0, len(starts) - 1, min(samples, len(starts)))).astype(int))
+    return starts[pick]
+
+
 class EpochSampler:
     """Global batches of one phase's epochs, and this data-parallel rank's share of each."""
 

@@ -11,6 +11,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,10 +213,10 @@ class Trainer:
             path = self.ckpt_dir / "last.ckpt"
             ckpt_io.write(path, weights, self.shards.model_config, optimizer=optim, train_state=self.train_state(),
                           epoch=self.epochs_done, iters=self.iters, config=to_dict(self.cfg))
-            if also is not None:
-                ckpt_io.write(also, weights, self.shards.model_config, optimizer=optim,
-                              train_state=self.train_state(), epoch=self.epochs_done, iters=self.iters,
-                              config=to_dict(self.cfg))
+            if also is not None:  # the same bytes: copy rather than serialise twice (tmp + rename: never torn)
+                tmp = also.with_name(also.name + ".tmp")
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, also)
             (self.out_dir / "history.json").write_text(json.dumps(
                 {"train": self.history, "validation": self.val_history}, indent=1))
             if self.cfg.output.plot and self.pos.step == 0:  # epoch ends only: plotting takes seconds

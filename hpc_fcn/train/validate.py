@@ -14,19 +14,10 @@ from mpi4py import MPI
 
 from .data import WindowReader
 from .loss import latitude_weights
-from .sampler import usable_starts
+from .sampler import spread_starts
 
 # per (initial time, lead, channel): sum w e^2, sum w f'o', sum w f'^2, sum w o'^2, sum w
 _NSUMS = 5
-
-
-def validation_starts(times: np.ndarray, max_lead: int, samples: int) -> np.ndarray:
-    """``samples`` initial indices evenly spread over the split (fewer if it is short)."""
-    starts = usable_starts(times, max_lead)
-    if len(starts) == 0:
-        raise ValueError(f"the validation split has {len(times)} samples: too few for a {max_lead}-step lead")
-    pick = np.unique(np.round(np.linspace(0, len(starts) - 1, min(samples, len(starts)))).astype(int))
-    return starts[pick]
 
 
 class Validator:
@@ -34,7 +25,7 @@ class Validator:
         ds = reader.dataset
         self.reader, self.topo = reader, topo
         self.leads = sorted(set(int(k) for k in leads))
-        self.starts = validation_starts(ds.times, max(self.leads), samples)
+        self.starts = spread_starts(ds.times, max(self.leads), samples, "the validation split")
         w = latitude_weights(ds.lat, lat_mode)[reader.rows]
         self.weight = torch.as_tensor(w, dtype=torch.float64, device=reader.device)[:, None]
         self.clim = reader.climatology().double()
