@@ -122,7 +122,7 @@ def test_killed_run_resumes_to_identical_outputs(setup, tmp_path):
 
 
 def test_output_is_cf_and_decodes_with_xarray(setup):
-    xr = pytest.importorskip("xarray")
+    import xarray as xr
     tmp, cfg = setup
     proc = run_cli(1, cfg, f"output.dir={tmp / 'cf'}", "initial_conditions.count=1")
     assert proc.returncode == 0, proc.stderr

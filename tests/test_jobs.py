@@ -98,7 +98,7 @@ def test_example_runs_with_layout_and_extra_overrides(tmp_path):
 
 # ---- generated scripts -------------------------------------------------------------------------------
 def test_generated_slurm_script_carries_the_perfmodel_layout(tmp_path, capsys):
-    perfmodel = pytest.importorskip("perfmodel")
+    import perfmodel
     rc, out = generate(tmp_path, PROD, "--scheduler", "slurm", "--nodes", 2, "--gpus-per-node", 4,
                        "--hardware", "a100", "--account", "proj1", "--partition", "gpu", "ensemble.members=50")
     assert rc == 0
@@ -126,7 +126,6 @@ def test_generated_slurm_script_carries_the_perfmodel_layout(tmp_path, capsys):
 
 
 def test_generated_pbs_training_script(tmp_path, capsys):
-    pytest.importorskip("perfmodel")
     rc, out = generate(tmp_path, TRAIN, "--scheduler", "pbs", "--nodes", 2, "--gpus-per-node", 4, "--hardware",
                        "h100", "--time", "04:00:00", "--partition", "workq")
     assert rc == 0
@@ -144,7 +143,6 @@ def test_generated_pbs_training_script(tmp_path, capsys):
 
 
 def test_mpirun_under_slurm_and_stdout(tmp_path, capsys):
-    pytest.importorskip("perfmodel")
     assert jobs.main([PROD, "--scheduler", "slurm", "--nodes", "1", "--gpus-per-node", "8", "--launcher", "mpirun",
                       "--hardware", "h100", "--out", "-"]) == 0
     captured = capsys.readouterr()

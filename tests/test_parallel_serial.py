@@ -90,4 +90,4 @@ def test_a_failing_rank_does_not_hang_the_others(tmp_path, backend="mpi"):
                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode != 0
     assert "rank 1 fails on purpose" in proc.stderr + proc.stdout
-    assert time.monotonic() - start < 120
+    assert time.monotonic() - start < 60  # the subprocess timeout (120 s) would hide a slow abort

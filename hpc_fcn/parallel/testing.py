@@ -37,7 +37,13 @@ def shared_tempdir(prefix: str, populate: Callable[[Path], object] | None = None
     comm = comm if comm is not None else MPI.COMM_WORLD
     path = tempfile.mkdtemp(prefix=prefix) if comm.Get_rank() == 0 else None
     path = Path(comm.bcast(path, root=0))
+    error = None
     if comm.Get_rank() == 0 and populate is not None:
-        populate(path)
-    comm.Barrier()
+        try:
+            populate(path)
+        except Exception as exc:  # noqa: BLE001 - raised on every rank below, so none waits forever
+            error = f"{type(exc).__name__}: {exc}"
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise RuntimeError(f"filling the shared directory {path} on rank 0 failed: {error}")
     return path

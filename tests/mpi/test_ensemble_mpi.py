@@ -58,7 +58,7 @@ def test_member_identical_across_layouts_and_batches(shared_tmp, method):
     if world.rank == 0:
         ref = members_of(shared_tmp / f"{method}_serial")
         assert len(ref) == (2 if method == "gaussian" else 1)
-        for name in layouts:
+        for name in layouts.keys() - {"serial"}:  # each layout against the serial run
             got = members_of(shared_tmp / f"{method}_{name}")
             assert got.keys() == ref.keys()
             for f in ref:
