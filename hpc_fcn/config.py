@@ -7,6 +7,7 @@ section check values that types cannot (they raise ``ConfigError`` via :func:`fa
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,6 +24,15 @@ class ConfigError(ValueError):
 
 def fail(key: str, message: str) -> typing.NoReturn:
     raise ConfigError(f"config key '{key}': {message}")
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([dh])\s*$")
+
+
+def duration_hours(text: Any) -> int | None:
+    """A duration written as '5d' or '120h', in hours; None when ``text`` is not one."""
+    m = _DURATION.match(str(text))
+    return None if m is None else int(m.group(1)) * (24 if m.group(2) == "d" else 1)
 
 
 def _type_name(tp: Any) -> str:

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .config import fail
-from .data.era5 import STATS_FILES  # the reader needs exactly these
+from .data.era5 import SPLITS, STATS_FILES  # the reader needs exactly these
 
 SKIP = ("builtin", None)
-_SPLIT_KEYS = {"train": "train_dir", "valid": "valid_dir", "test": "test_dir"}
 _PLACEHOLDER = "/path/to/"
 
 
@@ -54,10 +53,9 @@ def check_data(data: Any, splits: Iterable[str], prefix: str = "data") -> None:
                                "FourCastNet-layout data there (train/, test/, out_of_sample/, stats/; "
                                "tools/era5_to_fcn.py writes it)")
     for split in splits:
-        key = _SPLIT_KEYS.get(split)
-        if key is None:
-            fail(f"{prefix}.{split}", f"unknown split {split!r}: use one of {', '.join(_SPLIT_KEYS)}")
-        name = getattr(data, key)
+        if split not in SPLITS:
+            fail(f"{prefix}.{split}", f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+        key, name = f"{split}_dir", data.split_dir(split)
         folder = root / name
         if not folder.is_dir():
             fail(f"{prefix}.{key}", f"{folder} does not exist; set {prefix}.{key} to the sub-folder of {root} "

@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import netCDF4  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .config import duration_hours  # noqa: E402
+
 DPI = 100
 MAP_SIZE = (12.0, 4.0)  # inches: mean and spread side by side
 PANEL_SIZE = (4.0, 3.0)  # inches per variable in the skill and rank-histogram grids
@@ -30,16 +32,15 @@ SKILL = {  # metric -> (axis label, reference line)
     "crps": ("CRPS", None),
     "ssr": ("spread / RMSE of the mean", 1.0),
 }
-_LEAD = re.compile(r"^\s*(\d+)\s*([dh])\s*$")
 _FILE = re.compile(r"^forecast_(\d{8}T\d{2})_mean\.nc$")
 
 
 def parse_lead_hours(text: str) -> int:
     """'5d' or '120h' as hours."""
-    m = _LEAD.match(text)
-    if not m:
+    hours = duration_hours(text)
+    if hours is None:
         raise ValueError(f"lead '{text}' is not a duration: use e.g. 5d or 120h")
-    return int(m.group(1)) * (24 if m.group(2) == "d" else 1)
+    return hours
 
 
 def _lead_label(hours: float) -> str:

@@ -54,6 +54,10 @@ class DataConfig:
     test_dir: str = "out_of_sample"
     stats_dir: str = "stats"
 
+    def split_dir(self, split: str) -> str:
+        """The sub-folder of ``root`` that holds ``split`` ('train' | 'valid' | 'test'): its ``<split>_dir``."""
+        return getattr(self, f"{split}_dir")
+
 
 @dataclass
 class ParallelConfig:

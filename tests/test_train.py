@@ -131,6 +131,22 @@ def test_config_errors_name_the_key(tmp_path, override, message):
         tiny_config(tmp_path, tmp_path, [override])
 
 
+def test_cli_checks_paths_first_and_expands_home(tmp_path, data_root, monkeypatch):
+    """A missing data folder is one error naming data.root before any work; '~' in data.root is the home folder."""
+    from hpc_fcn.train.__main__ import main
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"data: {{root: {tmp_path / 'nowhere'}}}\nphases: {{pretrain: {{epochs: 1}}}}\n"
+                   f"output: {{dir: {tmp_path / 'out'}}}\n")
+    with pytest.raises(ConfigError, match=r"'data\.root': .*nowhere is not a directory"):
+        main([str(cfg)])
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setenv("HOME", str(data_root.parent))
+    from hpc_fcn.train.app import data_root as resolve
+    c = tiny_config(Path("~") / data_root.name, tmp_path)
+    assert resolve(c, None) == data_root
+    assert trainer_for(c, tmp_path / "run") is not None
+
+
 def test_builtin_config_is_valid():
     cfg = load_config(TrainConfig, REPO / "config" / "train_builtin.yaml")
     assert list(cfg.phases)[:2] == ["pretrain", "finetune"]  # FourCastNet's recipe first

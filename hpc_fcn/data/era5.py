@@ -67,8 +67,7 @@ def open_split(data_cfg, split: str, root: str | Path | None = None) -> "FCNData
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     root = data_cfg.root if root is None else root
-    split_dir = {"train": data_cfg.train_dir, "valid": data_cfg.valid_dir, "test": data_cfg.test_dir}[split]
-    return FCNDataset(root, split_dir, channels=data_cfg.channels, stats_dir=data_cfg.stats_dir)
+    return FCNDataset(root, data_cfg.split_dir(split), channels=data_cfg.channels, stats_dir=data_cfg.stats_dir)
 
 
 def _as_hour(time: Any) -> np.datetime64:
@@ -105,7 +104,7 @@ class FCNDataset:
 
     def __init__(self, root: str | Path, split_dir: str, channels: Sequence[str] | None = None,
                  stats_dir: str = "stats"):
-        self.root = Path(root)
+        self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(f"data root {str(root)!r} is not a directory: set data.root to the dataset folder")
         self.split_path = self.root / split_dir

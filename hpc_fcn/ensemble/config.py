@@ -1,25 +1,20 @@
 """The ensemble application's config: every key of config/ens100.yaml and its validation."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import fail
+from ..config import duration_hours, fail
 from ..schema import DataConfig, InferenceConfig, ModelConfig, ParallelConfig
-
-_DURATION = re.compile(r"^\s*(\d+)\s*([dh])\s*$")
-
 
 def parse_lead(value: str | int, dt_hours: int, key: str) -> int:
     """A lead time ('10d', '240h' or a step count) as a number of model steps."""
     if isinstance(value, int):
         steps = value
     else:
-        m = _DURATION.match(str(value))
-        if not m:
+        hours = duration_hours(value)
+        if hours is None:
             fail(key, f"'{value}' is not a lead time: use e.g. 10d, 240h or a number of steps")
-        hours = int(m.group(1)) * (24 if m.group(2) == "d" else 1)
         if hours % dt_hours:
             fail(key, f"{value} is not a multiple of the {dt_hours} h model step")
         steps = hours // dt_hours
@@ -43,7 +38,7 @@ class InitialConditions:
             fail(f"{prefix}.times", "give either a list of times or a range (start/end/every), not both")
         if self.count is not None and self.count < 1:
             fail(f"{prefix}.count", f"must be >= 1 or null, got {self.count}")
-        if not _DURATION.match(self.every):
+        if duration_hours(self.every) is None:
             fail(f"{prefix}.every", f"'{self.every}' is not a duration: use e.g. 24h or 5d")
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import fail
+from ..parallel.split import shard_range
 from .config import EnsembleConfig, InitialConditions, parse_lead
 
 
@@ -49,9 +50,7 @@ def member_split(n_members: int, n_groups: int, group: int) -> range:
     if n_members < n_groups:
         fail("ensemble.members", f"{n_members} members cannot be spread over {n_groups} ensemble groups: "
                                  f"use at least {n_groups} members or fewer ranks on the ensemble axis")
-    base, extra = divmod(n_members, n_groups)
-    start = group * base + min(group, extra)
-    return range(start, start + base + (1 if group < extra else 0))
+    return range(*shard_range(n_members, n_groups, group, "ensemble"))
 
 
 @dataclass

@@ -19,7 +19,7 @@ class CheckpointError(ValueError):
 def _read(path_or_dict: str | os.PathLike | Mapping) -> Mapping:
     if isinstance(path_or_dict, Mapping):
         return path_or_dict
-    path = Path(path_or_dict)
+    path = Path(path_or_dict).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: set model.checkpoint to a .ckpt/.pt file")
     try:

@@ -75,6 +75,22 @@ class Communicator:
             buf = torch.view_as_complex(buf)
         return buf.to(x.dtype).reshape(x.shape)
 
+    def all_reduce_grads(self, params: Sequence[torch.nn.Parameter], scale: float = 1.0, tag: str = "grad") -> None:
+        """Sum the gradients of ``params`` over the ranks, times ``scale``, in one flat bucket (one message
+        instead of one per parameter); a missing gradient counts as zeros."""
+        if self.size == 1 or not params:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = self.all_reduce(torch.cat([p.grad.detach().reshape(-1) for p in params]), tag=tag)
+        if scale != 1.0:
+            flat = flat * scale
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+
     def all_gather(self, x: torch.Tensor, dim: int, sizes: Sequence[int] | None = None,
                    tag: str | None = None) -> torch.Tensor:
         """Concatenate every rank's ``x`` along ``dim``; ``sizes[r]`` is rank r's length there."""

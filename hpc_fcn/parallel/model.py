@@ -151,24 +151,10 @@ class DistributedAFNONet(nn.Module):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         spatial = [p for k, p in params if k != "pos_embed"]
-        self._allreduce_grads(self.grid.spatial, spatial, 1.0)
+        self.grid.spatial.all_reduce_grads(spatial)
         if data_parallel:
             ens = self.grid.ensemble
-            self._allreduce_grads(ens, [p for _, p in params], 1.0 / ens.size if average_data else 1.0)
-
-    @staticmethod
-    def _allreduce_grads(axis, params, scale: float) -> None:
-        if axis.size == 1 or not params:
-            return
-        grads = [p.grad for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        flat = axis.all_reduce(flat, tag="grad")
-        if scale != 1.0:
-            flat = flat * scale
-        off = 0
-        for g in grads:
-            g.copy_(flat[off:off + g.numel()].view_as(g))
-            off += g.numel()
+            ens.all_reduce_grads([p for _, p in params], 1.0 / ens.size if average_data else 1.0)
 
     # ---- forward -----------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import load_config
+from ..paths import check_paths
 from ..runtime import main_guard, set_threads, setup_logging, world
 from .config import TrainConfig
 
@@ -23,6 +24,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     cfg = load_config(TrainConfig, args.config, args.overrides)
+    check_paths(cfg)  # a missing data folder or checkpoint fails here, on every rank, before any work
     comm = world()
     logger = setup_logging(comm.rank, cfg.log_level)
     set_threads(comm, cfg.parallel.threads)

@@ -34,7 +34,7 @@ def data_root(cfg: TrainConfig, comm) -> Path:
     if cfg.data.root == "builtin":
         from ..data.builtin import ensure_builtin
         return Path(ensure_builtin(comm))
-    return Path(cfg.data.root)
+    return Path(cfg.data.root).expanduser()
 
 
 def build_model(cfg: TrainConfig, nchan: int) -> AFNONet:

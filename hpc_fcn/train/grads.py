@@ -1,4 +1,4 @@
-"""Gradient reductions: a sum over the data-parallel ranks and the global norm over every shard."""
+"""Gradient checks and clipping: the global norm over every shard, non-finite detection, scaling."""
 from __future__ import annotations
 
 import math
@@ -8,28 +8,11 @@ import torch
 from mpi4py import MPI
 
 
-def sum_gradients(params: Sequence[torch.nn.Parameter], comm) -> None:
-    """Sum gradients over ``comm`` (a grid Communicator) in one flat fp32 buffer; a missing gradient is 0."""
-    if comm.size == 1:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = comm.all_reduce(torch.cat([p.grad.detach().reshape(-1).float() for p in params]), tag="grad_sum")
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-        offset += n
-
-
 def global_grad_norm(named: Sequence[tuple[str, torch.nn.Parameter]], copies: dict[str, int], comm) -> float:
     """L2 norm of the whole model's gradient: each shard's square sum over its number of copies in
     ``comm`` (so a parameter replicated on k ranks counts once), summed over ``comm``. In fp64."""
-    local = 0.0
-    for name, p in named:
-        if p.grad is not None:
-            local += float(p.grad.detach().double().pow(2).sum()) / copies[name]
+    squares = [p.grad.detach().double().pow(2).sum() / copies[name] for name, p in named if p.grad is not None]
+    local = float(torch.stack(squares).sum()) if squares else 0.0  # one device-to-host copy
     total = comm.allreduce(local, op=MPI.SUM) if comm.size > 1 else local
     return math.sqrt(total) if total >= 0 and math.isfinite(total) else float("inf")
 

@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 
 from ..parallel.split import shard_range, split_sizes
-from .grads import sum_gradients
 
 
 class SerialShards:
@@ -35,7 +34,7 @@ class SerialShards:
     def reduce_gradients(self) -> None:
         """Sum gradients over the data-parallel ranks (each rank's loss is its share of the batch mean)."""
         if self.data is not None:
-            sum_gradients([p for _, p in self.named_parameters()], self.data)
+            self.data.all_reduce_grads([p for _, p in self.named_parameters()], tag="grad_sum")
 
     def gather(self, local: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Full tensors from per-parameter shards (here: the tensors themselves, on the CPU)."""

@@ -12,11 +12,13 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
+from ..metrics import acc_from_sums
 from .data import WindowReader
 from .loss import latitude_weights
 from .sampler import spread_starts
 
-# per (initial time, lead, channel): sum w e^2, sum w f'o', sum w f'^2, sum w o'^2, sum w
+# per (initial time, lead, channel): sum w e^2, then metrics.acc_sums' three (sum w f'o', sum w f'^2,
+# sum w o'^2), then sum w
 _NSUMS = 5
 
 
@@ -60,7 +62,7 @@ class Validator:
         sums /= topo.loss_copies
         mse = sums[..., 0] / sums[..., 4]
         rmse = np.sqrt(mse).mean(0) * self.stds[None, :]
-        acc = (sums[..., 1] / np.sqrt(sums[..., 2] * sums[..., 3])).mean(0)
+        acc = acc_from_sums(np.moveaxis(sums[..., 1:4], -1, 0)).mean(0)
         out = {"loss": float(mse[:, 0].mean()), "leads": list(self.leads), "initial_times": len(self.starts),
                "rmse": {}, "acc": {}}
         for j, lead in enumerate(self.leads):
