@@ -227,7 +227,9 @@ def test_mixed_precision_steps_on_gpu(data_root, tmp_path, precision):
 # -- the committed built-in model ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_builtin_checkpoint_skill_on_the_test_period():
-    """The committed model beats persistence in RMSE at days 1-10 and in ACC at days 1 and 3 (u, v, z)."""
+    """The committed model beats persistence in RMSE and ACC at days 1-10 and climatology's RMSE at days 1 and 3
+    (u, v, z). Measured on these initial times: RMSE 0.48-0.73 of persistence's, 0.82-0.85 of climatology's at
+    day 3; ACC 0.10-0.45 above persistence's."""
     spec = importlib.util.spec_from_file_location("evaluate_builtin", REPO / "tools" / "evaluate_builtin.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
@@ -239,9 +241,10 @@ def test_builtin_checkpoint_skill_on_the_test_period():
     ds = open_split(DataConfig(root=str(ensure_builtin())), "test")  # generated on first use
     leads = {1: 4, 3: 12, 5: 20, 10: 40}  # day: 6-hourly steps
     scores = tool.deterministic_scores(model, ds, usable_starts(ds.times, 40)[::32], leads)  # every 8 days
-    m, p = scores["model"], scores["persistence"]
+    m, p, c = scores["model"], scores["persistence"], scores["climatology"]
     main = [ds.channels.index(n) for n in ("u", "v", "z")]
     for day in leads:
-        assert (m["rmse"][day][main] < 0.95 * p["rmse"][day][main]).all(), (day, m["rmse"][day], p["rmse"][day])
+        assert (m["rmse"][day][main] < 0.9 * p["rmse"][day][main]).all(), (day, m["rmse"][day], p["rmse"][day])
+        assert (m["acc"][day][main] > p["acc"][day][main] + 0.05).all(), (day, m["acc"][day], p["acc"][day])
         if day <= 3:
-            assert (m["acc"][day][main] > p["acc"][day][main] + 0.02).all(), (day, m["acc"][day], p["acc"][day])
+            assert (m["rmse"][day][main] < 0.95 * c["rmse"][day][main]).all(), (day, m["rmse"][day], c["rmse"][day])
