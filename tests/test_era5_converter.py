@@ -7,9 +7,7 @@ second day with an ``expver`` axis), hourly, on a 17 x 32 grid from 90 to -90.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import netCDF4
@@ -17,8 +15,8 @@ import numpy as np
 import pytest
 
 from hpc_fcn.data.era5 import ERA5_CHANNELS, FCNDataset
+from tool_module import load_tool
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "era5_to_fcn.py"
 ROWS, COLS = 17, 32
 LAT = np.linspace(90.0, -90.0, ROWS)
 LON = np.arange(COLS) * 360.0 / COLS
@@ -29,14 +27,6 @@ EPOCH = np.datetime64("1970-01-01T00", "h")
 OLD_EPOCH = np.datetime64("1900-01-01T00", "h")
 SCALE = {"sp": 2.0, "msl": 2.0, "z": 4.0}  # packing step per variable (others 0.01)
 OFFSET = {"sp": 90000.0, "msl": 100000.0, "z": 40000.0}
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("era5_to_fcn", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("era5_to_fcn", mod)
-    spec.loader.exec_module(mod)
-    return sys.modules["era5_to_fcn"] if sys.modules["era5_to_fcn"] is not mod else mod
 
 
 def truth(var: str, level: int | None, hours: np.ndarray) -> np.ndarray:
@@ -147,7 +137,7 @@ def write_cds(root: Path, *, days_2000: int = 2, levels_new=LEVELS, include_2001
 
 def expected_year(year: int, steps: int) -> np.ndarray:
     """(steps, 21, ROWS, COLS) the converter must write, from the closed form (packed for 2001)."""
-    tool = load_tool()
+    tool = load_tool("era5_to_fcn")
     hours = np.datetime64(f"{year}-01-01T00", "h") + np.arange(steps) * np.timedelta64(6, "h")
     out = np.zeros((steps, len(ERA5_CHANNELS), ROWS, COLS))
     for c, name in enumerate(ERA5_CHANNELS):
@@ -158,7 +148,7 @@ def expected_year(year: int, steps: int) -> np.ndarray:
 
 
 def convert(*argv: str) -> int:
-    return load_tool().main([str(a) for a in argv])
+    return load_tool("era5_to_fcn").main([str(a) for a in argv])
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """tools/inspect_checkpoint.py: layouts recognised, entries and sizes reported, configuration inferred."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -11,21 +10,15 @@ import pytest
 import torch
 
 from hpc_fcn.model import AFNONet, PrecipNet, count_parameters, save_checkpoint
+from tool_module import load_tool
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "inspect_checkpoint.py"
 SMALL = dict(img_size=(16, 32), patch_size=4, in_chans=3, out_chans=3, embed_dim=16, depth=2, num_blocks=4)
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("inspect_checkpoint", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def tool():
-    return load_tool()
+    return load_tool("inspect_checkpoint")
 
 
 @pytest.fixture(scope="module")

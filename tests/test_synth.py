@@ -12,6 +12,7 @@ import torch
 
 from hpc_fcn.data import builtin
 from hpc_fcn.data.synth import CHANNELS, FastTransforms, ForcedShallowWater, SynthError, SynthOptions, generate, main
+from tool_module import load_tool
 
 TINY = SynthOptions(seed=7, nlat=17, nlon=32, train_years=(2000, 2001), valid_years=(2002,), test_years=(2003,),
                     steps_per_year=10, spinup_days=2.0, threads=1)
@@ -164,13 +165,7 @@ def test_default_dataset_behaves_like_weather():
 def test_perfect_model_forecasts_beat_persistence_at_short_leads():
     """tools/synth_predictability.py: re-running the equations from the truncated state, without the unknowable
     stirring, tracks the truth better than persistence at one day, and is near-perfect there."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "tools" / "synth_predictability.py"
-    spec = importlib.util.spec_from_file_location("synth_predictability", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("synth_predictability")
     opts = dataclasses.replace(TINY, nlat=33, nlon=64)
     r = tool.predictability(opts, members=2, spinup_days=5.0, record_days=13.0, every_days=1.0)
     assert r["initial_times"] == 3 and r["perfect"].shape == r["persistence"].shape == (len(tool.DAYS), 3)

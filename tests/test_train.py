@@ -4,7 +4,6 @@ The tiny setups here (``tiny_data``, ``tiny_config``) are also used by tests/mpi
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers_layout import write_layout  # noqa: E402
+from tool_module import load_tool  # noqa: E402
 
 from hpc_fcn.config import ConfigError, from_dict, load_config  # noqa: E402
 from hpc_fcn.model import load_checkpoint  # noqa: E402
@@ -230,9 +230,7 @@ def test_builtin_checkpoint_skill_on_the_test_period():
     """The committed model beats persistence in RMSE and ACC at days 1-10 and climatology's RMSE at days 1 and 3
     (u, v, z). Measured on these initial times: RMSE 0.48-0.73 of persistence's, 0.82-0.85 of climatology's at
     day 3; ACC 0.10-0.45 above persistence's."""
-    spec = importlib.util.spec_from_file_location("evaluate_builtin", REPO / "tools" / "evaluate_builtin.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("evaluate_builtin")
     model = load_checkpoint(REPO / "hpc_fcn" / "assets" / "builtin_model.ckpt").eval()
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
     from hpc_fcn.data.builtin import ensure_builtin

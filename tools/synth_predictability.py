@@ -88,8 +88,7 @@ def predictability(opts: synth.SynthOptions, members: int, spinup_days: float, r
             inits.append((t, state.clone()))
     truth = np.stack(truth, 1)                               # (member, time, channel, lat, lon)
     clim = truth.mean(axis=(0, 1))
-    lat = 90.0 - 180.0 * np.arange(opts.nlat) / (opts.nlat - 1)
-    w = metrics.lat_weights(lat, "area")
+    w = metrics.lat_weights(synth.stored_latitudes(opts.nlat), "area")
 
     L = model.lmax_out
     x = torch.cat([s for _, s in inits])

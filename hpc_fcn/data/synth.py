@@ -397,6 +397,11 @@ class _Stats:
                 "time_means.npy": tmean[None].astype(np.float32)}
 
 
+def stored_latitudes(nlat: int) -> np.ndarray:
+    """Latitudes (degrees) of the stored equiangular rows, 90 N to 90 S, both poles included."""
+    return 90.0 - 180.0 * np.arange(nlat) / (nlat - 1)
+
+
 def _split_dir(opts: SynthOptions, year: int) -> str:
     if year in opts.train_years:
         return "train"
@@ -407,7 +412,7 @@ def _metadata(opts: SynthOptions, model: ForcedShallowWater) -> dict:
     import h5py
     import torch_harmonics
 
-    lat = (90.0 - 180.0 * np.arange(opts.nlat) / (opts.nlat - 1)).tolist()
+    lat = stored_latitudes(opts.nlat).tolist()
     lon = (360.0 * np.arange(opts.nlon) / opts.nlon).tolist()
     gen = dataclasses.asdict(opts)
     gen.update(version=GENERATOR_VERSION, simulation_grid=f"{model.fine.nlat}x{model.fine.nlon} legendre-gauss",
