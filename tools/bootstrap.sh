@@ -3,14 +3,26 @@
 # venv is newer than setup.cfg and this script it returns at once.
 #  - PyTorch: reuses the interpreter's torch if it has one, else installs torch==2.13.0 (CPU build
 #    where the local wheel store has it). A constraints file stops any dependency from upgrading it.
-#  - MPI: uses the machine's mpirun/mpicc if there is one, else the MPICH runtime from PyPI.
+#  - MPI (tools/mpi_choice.py decides by trying): an mpi4py already there is kept if it runs a 2-rank
+#    hello under its own mpirun; else the machine's MPI if its mpicc compiles, links and runs a 2-rank
+#    test program (mpi4py is then built against it); else MPICH from PyPI. MPI=system|pypi forces one
+#    (MPI=system fails rather than falling back). The choice is recorded in $VENV/.hpc_fcn-mpi for
+#    tools/mpirun.sh.
 set -euo pipefail
 VENV=${1:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 TH_VERSION=${TORCH_HARMONICS_VERSION:-0.9.3}
+MPI_MODE=${MPI:-auto}
 stamp="$VENV/.hpc_fcn-setup"
-if [ -f "$stamp" ] && [ "$stamp" -nt setup.cfg ] && [ "$stamp" -nt tools/bootstrap.sh ]; then
+record="$VENV/.hpc_fcn-mpi"
+case "$MPI_MODE" in
+  auto|system|pypi) ;;
+  *) echo "error: MPI=$MPI_MODE is not a choice: use MPI=system, MPI=pypi or leave MPI unset" >&2; exit 2 ;;
+esac
+if [ -f "$stamp" ] && [ "$stamp" -nt setup.cfg ] && [ "$stamp" -nt tools/bootstrap.sh ] \
+   && [ "$stamp" -nt tools/mpi_choice.py ] \
+   && { [ "$MPI_MODE" = auto ] || grep -qx "MPI_SOURCE=$MPI_MODE" "$record" 2>/dev/null; }; then
   exit 0
 fi
 say() { echo "[setup] $*"; }
@@ -32,20 +44,57 @@ fi
 TORCH_VERSION=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
 echo "torch==$TORCH_VERSION" > "$VENV/constraints.txt"
 export PIP_CONSTRAINT="$PWD/$VENV/constraints.txt"
-mpi_pkgs=(mpi4py)
-if [ ! -x "$VENV/bin/mpirun" ] && ! command -v mpicc >/dev/null 2>&1 && ! command -v mpirun >/dev/null 2>&1; then
-  say "no MPI on this machine: installing MPICH from PyPI into $VENV"
-  mpi_pkgs+=(mpich)
-elif command -v mpicc >/dev/null 2>&1 && [ ! -x "$VENV/bin/mpirun" ]; then
-  say "building mpi4py against the machine's MPI ($(command -v mpicc))"
-  "${PIP[@]}" install --no-binary mpi4py mpi4py
-  mpi_pkgs=()
+
+# --- MPI -------------------------------------------------------------------------------------------
+probe() {  # probe MODE [--write FILE]: mpi4py imports and runs a 2-rank hello under its own mpirun
+  "$VENV/bin/python" tools/mpi_choice.py probe --python "$VENV/bin/python" --require "$@" >/dev/null
+}
+install_pypi() {
+  "${PIP[@]}" install --force-reinstall --no-deps --only-binary mpi4py mpi4py mpich
+}
+install_system() {  # built from source against this mpicc; not from pip's cache (it may hold another MPI's build)
+  "${PIP[@]}" uninstall -y mpich >/dev/null 2>&1 || true
+  MPICC="$1" "${PIP[@]}" install --force-reinstall --no-deps --no-cache-dir --no-binary mpi4py mpi4py
+}
+rm -f "$record"
+kept=""
+if "$VENV/bin/python" -c "import mpi4py" 2>/dev/null; then
+  if why=$(probe "$MPI_MODE" 2>&1); then
+    kept=1
+    say "mpi: the installed mpi4py runs a 2-rank hello under its own mpirun: keeping it"
+  else
+    say "mpi: the installed mpi4py is not usable (${why#error: }): choosing again"
+  fi
 fi
+if [ -z "$kept" ]; then
+  decision=$("$PYTHON" tools/mpi_choice.py decide --mode "$MPI_MODE" --venv "$VENV") || exit 1
+  eval "$decision"
+  say "mpi: $MPI_REASON"
+  if [ "$MPI_CHOICE" = system ]; then
+    say "building mpi4py against $MPI_MPICC (a minute or two)"
+    if install_system "$MPI_MPICC" && probe system; then
+      :
+    elif [ "$MPI_MODE" = system ]; then
+      echo "error: MPI=system but mpi4py does not build or run against $MPI_MPICC (see above): fix that MPI, or use MPI=pypi" >&2
+      exit 1
+    else
+      say "mpi: mpi4py does not build or run against $MPI_MPICC (see above): using MPICH from PyPI instead"
+      MPI_CHOICE=pypi
+    fi
+  fi
+  if [ "$MPI_CHOICE" = pypi ]; then
+    say "installing mpi4py and MPICH from PyPI into $VENV"
+    install_pypi
+    probe pypi || { echo "error: mpi4py with MPICH from PyPI does not run a 2-rank hello (see above)" >&2; exit 1; }
+  fi
+fi
+
 say "installing hpc_fcn and its dependencies"
-"${PIP[@]}" install "${mpi_pkgs[@]}" -e ".[test]"
+"${PIP[@]}" install -e ".[test]"
 # torch-harmonics pins a newer torch in its metadata; it works with ours, so skip its dependencies.
 "${PIP[@]}" install --no-deps "torch-harmonics==$TH_VERSION"
 "$VENV/bin/python" -c "import torch, torch_harmonics, mpi4py.MPI, h5py, netCDF4, hpc_fcn" \
   || { echo "[setup] the environment in $VENV does not import; see the messages above" >&2; exit 1; }
+probe "$MPI_MODE" --write "$record" || { echo "error: the MPI set-up above does not launch mpi4py" >&2; exit 1; }
 touch "$stamp"
-say "ready: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'), mpirun: $(tools/mpirun.sh --which)"
+say "ready: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'), $(VENV=$VENV tools/mpirun.sh --describe)"
