@@ -97,4 +97,5 @@ say "installing hpc_fcn and its dependencies"
   || { echo "[setup] the environment in $VENV does not import; see the messages above" >&2; exit 1; }
 probe "$MPI_MODE" --write "$record" || { echo "error: the MPI set-up above does not launch mpi4py" >&2; exit 1; }
 touch "$stamp"
-say "ready: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'), $(VENV=$VENV tools/mpirun.sh --describe)"
+mpi=$(VENV=$VENV tools/mpirun.sh --describe)
+say "ready: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'), MPI: ${mpi#"[mpi] "}"

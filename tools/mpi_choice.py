@@ -276,7 +276,7 @@ def record_for(python: str, hello: bool) -> dict:
             why = "runs 2 separate 1-rank jobs" if "hello 0/1" in out else first_line(out)
             raise Unusable(f"mpi4py ({label}) fails a 2-rank hello under {mpirun}: {why}")
     return {"MPI_SOURCE": "pypi" if pypi else "system", "MPI_FAMILY": family,
-            "MPI_LABEL": f"{label} {'from PyPI' if pypi else '(system)'}", "MPI_MPIRUN": mpirun,
+            "MPI_LABEL": f"{label} {'from PyPI' if pypi else 'of the machine'}", "MPI_MPIRUN": mpirun,
             "MPI_LIBMPI": lib, "MPI_MPI4PY": info["mpi4py"]}
 
 
