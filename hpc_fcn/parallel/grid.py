@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
+
 from ..config import ConfigError
 from ..tracing import Tracer
-from .comm import Communicator, make_communicator
+from .comm import Communicator, cuda_device, make_communicator
 from .split import shard_range, split_sizes
 
 AXES = ("ensemble", "h", "w", "matmul")
@@ -78,7 +80,10 @@ class ProcessGrid:
 
     def __init__(self, comm=None, *, ensemble: int | Literal["auto"] = "auto", h: int = 1, w: int = 1,
                  matmul: int = 1, backend: Literal["mpi", "torch"] = "mpi", tracer: Tracer | None = None,
-                 device: str | None = None):
+                 device=None, timeout_s: float = 600.0):
+        """``device``: this rank's device (``torch.device("cuda:N")``, never bare "cuda"); None = the
+        current CUDA device for the torch backend when a GPU is visible, else the CPU. ``timeout_s``
+        bounds the torch backend's set-up and each of its collectives (a lost rank fails, never hangs)."""
         from mpi4py import MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.backend = backend
@@ -92,9 +97,9 @@ class ProcessGrid:
                        "matmul": r % matmul}
         self._tracer = tracer if tracer is not None else Tracer(enabled=False, rank=r)
         if device is None:
-            import torch
-            device = "cuda" if backend == "torch" and torch.cuda.is_available() else "cpu"
-        self.device = device
+            device = (torch.device("cuda", torch.cuda.current_device())
+                      if backend == "torch" and torch.cuda.is_available() else torch.device("cpu"))
+        self.device = cuda_device(device)
         c = self.coords
         stride = {"ensemble": model, "h": w * matmul, "w": matmul, "matmul": 1}
         self._mpi_comms = []
@@ -107,14 +112,16 @@ class ProcessGrid:
         for name, (color, key) in groups.items():
             sub = self.comm.Split(color, key)
             self._mpi_comms.append(sub)
-            self._axes[name] = make_communicator(backend, sub, name, lambda: self._tracer, device=device)
+            self._axes[name] = make_communicator(backend, sub, name, lambda: self._tracer, device=self.device,
+                                                 timeout_s=timeout_s)
         self.world = make_communicator("mpi", self.comm, "world", lambda: self._tracer)
 
     @classmethod
-    def from_config(cls, cfg, comm=None, tracer: Tracer | None = None, device: str | None = None) -> "ProcessGrid":
+    def from_config(cls, cfg, comm=None, tracer: Tracer | None = None, device=None,
+                    timeout_s: float = 600.0) -> "ProcessGrid":
         """Build from a :class:`hpc_fcn.schema.ParallelConfig`."""
         return cls(comm, ensemble=cfg.ensemble, h=cfg.h, w=cfg.w, matmul=cfg.matmul, backend=cfg.backend,
-                   tracer=tracer, device=device)
+                   tracer=tracer, device=device, timeout_s=timeout_s)
 
     # ---- axes ---------------------------------------------------------------------------------
     @property
