@@ -58,6 +58,9 @@ class Communicator:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}: rank {self.rank} of {self.size})"
 
+    def __deepcopy__(self, memo) -> "Communicator":
+        return self  # a handle on ranks, not data: a copied model talks over the same communicator
+
     def _trace(self, op: str, tag: str | None, nbytes: int):
         return self.tracer.comm(f"{tag or 'comm'}/{op}@{self.name}", nbytes)
 

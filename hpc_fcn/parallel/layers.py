@@ -21,9 +21,11 @@ from .sharding import ShardSpec, attach
 from .sharding import split as split_spec
 
 
-def _param(spec: ShardSpec, local_shape, dtype: torch.dtype) -> nn.Parameter:
-    """A zero parameter of this rank's ``local_shape`` (weights are loaded from the serial model)."""
-    return attach(nn.Parameter(torch.zeros(*local_shape, dtype=dtype)), spec)
+def _param(module: nn.Module, name: str, spec: ShardSpec, local_shape, dtype: torch.dtype) -> None:
+    """A zero parameter ``module.<name>`` of this rank's ``local_shape`` with its spec (weights are
+    loaded from the serial model)."""
+    setattr(module, name, nn.Parameter(torch.zeros(*local_shape, dtype=dtype)))
+    attach(module, name, spec)
 
 
 class _ParallelLinear(nn.Module):
@@ -35,7 +37,7 @@ class _ParallelLinear(nn.Module):
         m = axis.size
         full = (out_features, in_features)
         local = (out_features // m, in_features) if weight_dim == 0 else (out_features, in_features // m)
-        self.weight = _param(split_spec(full, (weight_dim, "matmul")), local, dtype)
+        _param(self, "weight", split_spec(full, (weight_dim, "matmul")), local, dtype)
         self.gemm: nn.Module | None = None
 
     def use_gemm(self, gemm: nn.Module) -> None:
@@ -55,7 +57,7 @@ class ColumnParallelLinear(_ParallelLinear):
 
     def __init__(self, axis, in_features: int, out_features: int, tag: str = "linear", dtype=torch.float32):
         super().__init__(axis, in_features, out_features, 0, tag, dtype)
-        self.bias = _param(split_spec((out_features,), (0, "matmul")), (out_features // axis.size,), dtype)
+        _param(self, "bias", split_spec((out_features,), (0, "matmul")), (out_features // axis.size,), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = gather_to(x, self.axis, dim=-1, n=self.in_features, tag=self.tag)
@@ -68,7 +70,7 @@ class RowParallelLinear(_ParallelLinear):
 
     def __init__(self, axis, in_features: int, out_features: int, tag: str = "linear", dtype=torch.float32):
         super().__init__(axis, in_features, out_features, 1, tag, dtype)
-        self.bias = _param(split_spec((out_features,), (0, "matmul")), (out_features // axis.size,), dtype)
+        _param(self, "bias", split_spec((out_features,), (0, "matmul")), (out_features // axis.size,), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = reduce_scatter_from(self.matmul(x), self.axis, dim=-1, tag=self.tag)
@@ -83,8 +85,8 @@ class DistLayerNorm(nn.Module):
         self.grid, self.dim, self.eps = grid, dim, eps
         self.local_dim = dim // grid.matmul.size
         spec = split_spec((dim,), (0, "matmul"))
-        self.weight = _param(spec, (self.local_dim,), dtype)
-        self.bias = _param(spec, (self.local_dim,), dtype)
+        _param(self, "weight", spec, (self.local_dim,), dtype)
+        _param(self, "bias", spec, (self.local_dim,), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mm = self.grid.matmul
@@ -116,10 +118,10 @@ class DistAFNO2D(nn.Module):
         bs, nb = self.block_size, self.local_blocks
         w_spec = split_spec((2, num_blocks, bs, bs), (1, "matmul"))
         b_spec = split_spec((2, num_blocks, bs), (1, "matmul"))
-        self.w1 = _param(w_spec, (2, nb, bs, bs), dtype)
-        self.b1 = _param(b_spec, (2, nb, bs), dtype)
-        self.w2 = _param(w_spec, (2, nb, bs, bs), dtype)
-        self.b2 = _param(b_spec, (2, nb, bs), dtype)
+        _param(self, "w1", w_spec, (2, nb, bs, bs), dtype)
+        _param(self, "b1", b_spec, (2, nb, bs), dtype)
+        _param(self, "w2", w_spec, (2, nb, bs, bs), dtype)
+        _param(self, "b2", b_spec, (2, nb, bs), dtype)
         rows, cols = mode_window(H, hard_thresholding_fraction)
         c0, c1 = self.fft.mode_cols.start, self.fft.mode_cols.stop
         lo, hi = max(cols.start, c0), min(cols.stop, c1)  # global window clipped to local columns
@@ -183,8 +185,8 @@ class DistPatchEmbed(nn.Module):
         self.grid = grid
         self.proj = nn.Conv2d(in_chans, embed_dim // grid.matmul.size, kernel_size=patch_size,
                               stride=patch_size, dtype=dtype)
-        attach(self.proj.weight, split_spec((embed_dim, in_chans, *patch_size), (0, "matmul")))
-        attach(self.proj.bias, split_spec((embed_dim,), (0, "matmul")))
+        attach(self, "proj.weight", split_spec((embed_dim, in_chans, *patch_size), (0, "matmul")))
+        attach(self, "proj.bias", split_spec((embed_dim,), (0, "matmul")))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, rows, cols) -> (B, h_local, w_local, C_local)."""

@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from ..model import AFNONet, unpatchify
 from ..model.checkpoint import infer_model_config
-from .grid import ProcessGrid, _pair
+from ..model.config import pair
+from .grid import ProcessGrid
 from .layers import DistBlock, DistLayerNorm, DistPatchEmbed
 from . import sharding
 from .primitives import gather, reduce_from
@@ -36,7 +37,7 @@ class DistributedAFNONet(nn.Module):
                  dtype: torch.dtype = torch.float32):
         super().__init__()
         self.grid = grid
-        self.img_size, self.patch_size = _pair(img_size), _pair(patch_size)
+        self.img_size, self.patch_size = pair(img_size), pair(patch_size)
         self.in_chans, self.out_chans, self.embed_dim, self.depth = in_chans, out_chans, embed_dim, depth
         self.mlp_ratio, self.num_blocks = mlp_ratio, num_blocks
         self.sparsity_threshold, self.hard_thresholding_fraction = sparsity_threshold, hard_thresholding_fraction
@@ -51,18 +52,18 @@ class DistributedAFNONet(nn.Module):
         cl = embed_dim // grid.matmul.size
         self.patch_embed = DistPatchEmbed(grid, in_chans, embed_dim, self.patch_size, dtype=dtype)
         # serial (1, H*W, C), held as a (1, H, W, C) grid split over h, w and matmul
-        self.pos_embed = sharding.attach(nn.Parameter(torch.zeros(1, hl, wl, cl, dtype=dtype)), sharding.split(
-            (1, self.H, self.W, embed_dim), (1, "h"), (2, "w"), (3, "matmul"),
-            serial_shape=(1, self.H * self.W, embed_dim)))
+        self.pos_embed = nn.Parameter(torch.zeros(1, hl, wl, cl, dtype=dtype))
+        sharding.attach(self, "pos_embed", sharding.split((1, self.H, self.W, embed_dim), (1, "h"), (2, "w"),
+                                                          (3, "matmul"), serial_shape=(1, self.H * self.W, embed_dim)))
         self.blocks = nn.ModuleList([
             DistBlock(grid, self.H, self.W, embed_dim, self.mlp_hidden, num_blocks, sparsity_threshold,
                       hard_thresholding_fraction, dtype=dtype) for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6, dtype=dtype)  # as in the checkpoint: unused, replicated
-        for p in self.norm.parameters():
-            sharding.attach(p, sharding.replicated(p.shape))
+        for k, p in self.norm.named_parameters():
+            sharding.attach(self, f"norm.{k}", sharding.replicated(p.shape))
         n_out = out_chans * self.patch_size[0] * self.patch_size[1]
         self.head = nn.Linear(cl, n_out, bias=False, dtype=dtype)
-        sharding.attach(self.head.weight, sharding.split((n_out, embed_dim), (1, "matmul")))
+        sharding.attach(self, "head.weight", sharding.split((n_out, embed_dim), (1, "matmul")))
 
     # ---- construction and checkpoints --------------------------------------------------------
     @classmethod
@@ -91,32 +92,34 @@ class DistributedAFNONet(nn.Module):
 
     def load_serial_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load a full serial state dict (same keys and shapes as AFNONet), keeping this rank's shards."""
-        own = dict(self.named_parameters())
+        own, specs = dict(self.named_parameters()), sharding.specs(self)
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise KeyError(f"state dict does not fit DistributedAFNONet: missing {missing[:5]}, unexpected {unexpected[:5]}")
         with torch.no_grad():
             for key, p in own.items():
-                t = sharding.shard(state[key], sharding.spec_of(p, key), self.grid, key)
+                t = sharding.shard(state[key], specs[key], self.grid, key)
                 if tuple(t.shape) != tuple(p.shape):
                     raise ValueError(f"{key}: shard {tuple(t.shape)} does not match the local parameter {tuple(p.shape)}")
                 p.copy_(t)
 
     def gather_state_dict(self) -> dict[str, torch.Tensor]:
         """The full serial state dict on every rank of the model group (collective)."""
-        return {k: sharding.gather(p, sharding.spec_of(p, k), self.grid) for k, p in self.named_parameters()}
+        specs = sharding.specs(self)
+        return {k: sharding.gather(p, specs[k], self.grid) for k, p in self.named_parameters()}
 
     def gather_gradients(self) -> dict[str, torch.Tensor]:
         """Full serial-shaped gradients (collective; call after :meth:`reduce_gradients`)."""
-        return {k: sharding.gather(p.grad if p.grad is not None else torch.zeros_like(p), sharding.spec_of(p, k),
-                                   self.grid) for k, p in self.named_parameters()}
+        specs = sharding.specs(self)
+        return {k: sharding.gather(p.grad if p.grad is not None else torch.zeros_like(p), specs[k], self.grid)
+                for k, p in self.named_parameters()}
 
     # ---- training ----------------------------------------------------------------------------
     def reduce_gradients(self, data_parallel: bool = True, average_data: bool = True) -> None:
         """Complete the gradients after backward (see :func:`hpc_fcn.parallel.sharding.reduce_gradients`),
         then (``data_parallel``) sum or average them over the ensemble axis."""
         ens = self.grid.ensemble
-        sharding.reduce_gradients(self.named_parameters(), self.grid, ens if data_parallel else None,
+        sharding.reduce_gradients(self, self.grid, ens if data_parallel else None,
                                   1.0 / ens.size if average_data else 1.0)
 
     # ---- forward -----------------------------------------------------------------------------
@@ -145,7 +148,7 @@ def scatter_field(grid: ProcessGrid, full: torch.Tensor, img_size, patch_size) -
 
 def gather_field(grid: ProcessGrid, local: torch.Tensor, img_size, patch_size) -> torch.Tensor:
     """The full field from every rank's window (collective over h and w; differentiable)."""
-    (H, W), (p1, p2) = _pair(img_size), _pair(patch_size)
+    (H, W), (p1, p2) = pair(img_size), pair(patch_size)
     rows = [s * p1 for s in split_sizes(H // p1, grid.h.size)]
     cols = [s * p2 for s in split_sizes(W // p2, grid.w.size)]
     x = gather(local, grid.w, dim=-1, n=cols, tag="gather_field")

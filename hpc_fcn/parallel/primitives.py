@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from .comm import Communicator
-from .split import shard_range, split_sizes
+from .split import split_sizes
 
 
 def _sizes(n_or_sizes: int | Sequence[int], axis: Communicator, what: str) -> list[int]:
@@ -204,10 +204,3 @@ def transpose(x: torch.Tensor, axis: Communicator, gather_dim: int, scatter_dim:
     s = _sizes(x.shape[sd] if scatter_sizes is None else scatter_sizes, axis, f"transpose of dimension {sd}")
     return _Transpose.apply(x, axis, gd, sd, g, s, tag)
 
-
-def shard(x: torch.Tensor, axis: Communicator, dim: int) -> torch.Tensor:
-    """This rank's balanced shard of ``x`` along ``dim`` (no autograd semantics; for loading weights)."""
-    if axis.size == 1:
-        return x
-    a, b = shard_range(x.shape[dim], axis.size, axis.rank, f"dimension {dim} of a {tuple(x.shape)} tensor")
-    return x.narrow(dim, a, b - a)

@@ -1,7 +1,8 @@
 """How each parameter of a distributed model relates to its serial tensor, stated on the parameter.
 
 Every layer of :mod:`hpc_fcn.parallel.layers` attaches a :class:`ShardSpec` to each parameter it
-creates (``param.shard_spec``), as Megatron's tensor attributes do. The generic functions here read
+creates, as Megatron's tensor attributes do; the spec is kept on the owning module (``shard_specs``,
+by parameter name) because attributes on a Parameter are lost when a model is deep-copied. The generic functions here read
 the specs, so a new layer needs no edit anywhere else: :func:`shard` cuts a serial tensor (weights,
 optimizer moments) into this rank's piece, :func:`gather` rebuilds the serial tensor (checkpoints),
 :func:`copies` counts the ranks holding the same piece (gradient norm), and :func:`reduce_gradients`
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -51,23 +52,24 @@ def split(shape: Sequence[int], *splits: tuple[int, str], serial_shape: Sequence
     return ShardSpec(tuple(shape), tuple(splits), tuple(serial_shape) if serial_shape is not None else None)
 
 
-def attach(param: nn.Parameter, spec: ShardSpec) -> nn.Parameter:
-    """Record ``spec`` on ``param`` (returned, for use in assignments)."""
-    param.shard_spec = spec
-    return param
-
-
-def spec_of(param: torch.Tensor, name: str = "parameter") -> ShardSpec:
-    spec = getattr(param, "shard_spec", None)
-    if spec is None:
-        raise KeyError(f"{name} has no ShardSpec: the layer that creates it must attach one "
-                       f"(hpc_fcn.parallel.sharding.attach)")
-    return spec
+def attach(module: nn.Module, name: str, spec: ShardSpec) -> None:
+    """Record ``spec`` for the parameter ``name`` (dotted, relative to ``module``)."""
+    module.__dict__.setdefault("shard_specs", {})[name] = spec
 
 
 def specs(module: nn.Module) -> dict[str, ShardSpec]:
-    """Every parameter's spec under its state-dict name."""
-    return {k: spec_of(p, k) for k, p in module.named_parameters()}
+    """Every parameter's spec under its state-dict name; KeyError names a parameter without one."""
+    found = {}
+    for prefix, mod in module.named_modules():
+        for name, spec in mod.__dict__.get("shard_specs", {}).items():
+            found[f"{prefix}.{name}" if prefix else name] = spec
+    out = {}
+    for k, _ in module.named_parameters():
+        if k not in found:
+            raise KeyError(f"{k} has no ShardSpec: the layer that creates it must attach one "
+                           f"(hpc_fcn.parallel.sharding.attach)")
+        out[k] = found[k]
+    return out
 
 
 def shard(full: torch.Tensor, spec: ShardSpec, grid, name: str = "tensor") -> torch.Tensor:
@@ -94,16 +96,17 @@ def copies(spec: ShardSpec, grid) -> int:
     return grid.model.size // math.prod(grid.axis(a).size for a in spec.axes)
 
 
-def reduce_gradients(named: Iterable[tuple[str, nn.Parameter]], grid, data=None, data_scale: float = 1.0) -> None:
-    """Complete gradients after backward: sum each over the spatial axes where it is a partial sum
-    (one bucket per axis set), then over ``data`` (data-parallel ranks) times ``data_scale``."""
-    params = [(k, p) for k, p in named if p.requires_grad]
+def reduce_gradients(module: nn.Module, grid, data=None, data_scale: float = 1.0) -> None:
+    """Complete the gradients of ``module`` after backward: sum each over the spatial axes where it is a
+    partial sum (one bucket per axis set), then over ``data`` (data-parallel ranks) times ``data_scale``."""
+    module_specs = specs(module)
+    params = [(k, p) for k, p in module.named_parameters() if p.requires_grad]
     for _, p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     groups: dict[tuple[str, ...], list[nn.Parameter]] = {}
     for k, p in params:
-        groups.setdefault(spec_of(p, k).grad_sum_axes(), []).append(p)
+        groups.setdefault(module_specs[k].grad_sum_axes(), []).append(p)
     comm_of = {("h", "w"): grid.spatial, ("h",): grid.h, ("w",): grid.w}
     for axes, ps in groups.items():
         if axes:
