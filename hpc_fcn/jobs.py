@@ -20,7 +20,6 @@ from typing import Literal, Sequence
 
 from .config import ConfigError, load_config, read_yaml
 
-REPO = Path(__file__).resolve().parents[1]
 APPS = {"ensemble": "hpc_fcn.ensemble", "train": "hpc_fcn.train"}
 _TIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 
@@ -160,9 +159,7 @@ def render(job: Job) -> str:
     out += ["set -euo pipefail", "", _ENVIRONMENT.replace("@CPUS@", str(job.cpus_per_gpu))]
     out += ["# ---- what runs ---------------------------------------------------------------------------------------",
             f'cd "${{{workdir}:-.}}"',
-            ("HPC_FCN_HOME=${HPC_FCN_HOME:-$PWD}   # the checkout (submit from it), for jobs/bind_local_gpu.sh"
-             if job.layout is None else
-             f"HPC_FCN_HOME=${{HPC_FCN_HOME:-{shlex.quote(str(REPO))}}}   # the checkout, for jobs/bind_local_gpu.sh"),
+            "HPC_FCN_HOME=${HPC_FCN_HOME:-$PWD}   # the checkout (submit from it), for jobs/bind_local_gpu.sh",
             f"export GPUS_PER_NODE={job.gpus_per_node}",
             _NRANKS[job.scheduler].replace("@N@", str(job.ranks))]
     if job.layout is None:

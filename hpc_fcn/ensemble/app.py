@@ -71,16 +71,18 @@ def build_serial_model(cfg: EnsembleConfig, n_chans: int, grid_shape: tuple[int,
     return model.eval(), mcfg
 
 
-def choose_layout(cfg: EnsembleConfig, world: int, n_chans: int):
-    """The parallel section to use: as configured, or the performance model's pick for ``layout: auto``."""
+def choose_layout(cfg: EnsembleConfig, world: int, n_chans: int, suggest=None):
+    """The parallel section to use: as configured, or for ``layout: auto`` the pick of ``suggest`` (the
+    performance model's ``perfmodel.suggest``, passed in by the command line above this module)."""
     par = cfg.parallel
     if par.layout == "auto":
-        import perfmodel
+        if suggest is None:
+            raise ConfigError("config key 'parallel.layout': auto needs the performance model; run through "
+                              "python -m hpc_fcn.ensemble, or set the layout by hand")
         kwargs = cfg.model.kwargs(n_chans, n_chans)
         hw = par.hardware if par.hardware != "auto" else ("h100" if torch.cuda.is_available() else "this_machine")
-        layout, pred = perfmodel.suggest(kwargs, ranks=world, hardware=perfmodel.load_hardware(hw),
-                                         members=cfg.ensemble.members,
-                                         members_per_pass=max(1, cfg.inference.members_per_pass))
+        layout, pred = suggest(kwargs, ranks=world, hardware=hw, members=cfg.ensemble.members,
+                               members_per_pass=max(1, cfg.inference.members_per_pass))
         par = replace(par, ensemble=layout["ensemble"], h=layout["h"], w=layout["w"], matmul=layout["matmul"],
                       layout="manual")
         log.info("layout chosen by the performance model: %s (predicted %.3g s per step)", layout,
@@ -103,7 +105,7 @@ def rank_timings(tracer: Tracer) -> dict[str, float]:
 class EnsembleRun:
     """One configured ensemble run on the ranks of ``comm``."""
 
-    def __init__(self, cfg: EnsembleConfig, comm):
+    def __init__(self, cfg: EnsembleConfig, comm, suggest=None):
         from ..data.era5 import open_split
         from ..parallel.grid import ProcessGrid
         self.comm = comm
@@ -122,7 +124,7 @@ class EnsembleRun:
         self.plan: RunPlan = make_plan(cfg, ds.times, ds.dt_hours)
         serial, mcfg = build_serial_model(cfg, C, (ds.nlat, ds.nlon))
         cfg = replace(cfg, model=mcfg)
-        par = choose_layout(cfg, comm.size, C)
+        par = choose_layout(cfg, comm.size, C, suggest)
         cfg = replace(cfg, parallel=par)
         self.cfg = cfg
         from ..forecaster import Forecaster
