@@ -211,7 +211,7 @@ class EnsembleRun:
         if comm.rank == 0:
             self.outdir.mkdir(parents=True, exist_ok=True)
             save_resolved(cfg, self.outdir)
-        g.world.barrier()
+        g.world.barrier(tag="start")
         self.ens_comm = g.ensemble
         self.score_comm = g.world.split(0 if self.scorer else None, comm.rank, name="scorers")
         self.member_comm = self.score_comm  # matmul replicas send nothing to the writer either
@@ -394,7 +394,7 @@ class EnsembleRun:
         if self.cfg.trace:
             from ..tracing import write_traces
             c = self.cfg
-            write_traces(self.tracer, self.outdir / "traces", self.comm,
+            write_traces(self.tracer, self.outdir / "traces", self.grid.world,
                          meta=dict(model_kwargs=c.model.kwargs(len(self.channels), len(self.channels)),
                                    layout=dict(self.grid.shape), members_per_pass=self.forecaster.members_per_pass,
                                    precision=c.inference.precision, members=self.M,
