@@ -22,7 +22,7 @@ def worker(a) -> None:
     from mpi4py import MPI
 
     from hpc_fcn.parallel import DistributedFFT2, ProcessGrid
-    from hpc_fcn.parallel.bench import time_calls
+    from harness import time_calls
     from hpc_fcn.tracing import Tracer
     torch.set_num_threads(1)
     comm = MPI.COMM_WORLD
@@ -50,7 +50,7 @@ def main() -> None:
     a = p.parse_args()
     if a.worker:
         return worker(a)
-    from hpc_fcn.parallel.bench import print_scaling, run_worker
+    from harness import print_scaling, run_worker
     rows = []
     common = ["--tokens", *map(str, a.tokens), "--channels", str(a.channels), "--batch", str(a.batch),
               "--reps", str(a.reps), "--backend", a.backend]

@@ -24,7 +24,7 @@ def worker(a) -> None:
 
     from hpc_fcn.model import AFNONet
     from hpc_fcn.parallel import ProcessGrid
-    from hpc_fcn.parallel.bench import time_calls
+    from harness import time_calls
     from hpc_fcn.parallel.model import DistributedAFNONet, scatter_field
     from hpc_fcn.tracing import Tracer
     torch.set_num_threads(1)
@@ -65,7 +65,7 @@ def main() -> None:
     a = p.parse_args()
     if a.worker:
         return worker(a)
-    from hpc_fcn.parallel.bench import print_scaling, run_worker
+    from harness import print_scaling, run_worker
     common = ["--img", *map(str, a.img), "--embed", str(a.embed), "--depth", str(a.depth), "--batch", str(a.batch),
               "--reps", str(a.reps), "--backend", a.backend] + (["--train"] if a.train else [])
     rows = []

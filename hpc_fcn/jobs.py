@@ -20,7 +20,6 @@ from typing import Literal, Sequence
 
 from .config import ConfigError, load_config, read_yaml
 
-REPO = Path(__file__).resolve().parents[1]
 APPS = {"ensemble": "hpc_fcn.ensemble", "train": "hpc_fcn.train"}
 _TIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 
@@ -160,9 +159,7 @@ def render(job: Job) -> str:
     out += ["set -euo pipefail", "", _ENVIRONMENT.replace("@CPUS@", str(job.cpus_per_gpu))]
     out += ["# ---- what runs ---------------------------------------------------------------------------------------",
             f'cd "${{{workdir}:-.}}"',
-            ("HPC_FCN_HOME=${HPC_FCN_HOME:-$PWD}   # the checkout (submit from it), for jobs/bind_local_gpu.sh"
-             if job.layout is None else
-             f"HPC_FCN_HOME=${{HPC_FCN_HOME:-{shlex.quote(str(REPO))}}}   # the checkout, for jobs/bind_local_gpu.sh"),
+            "HPC_FCN_HOME=${HPC_FCN_HOME:-$PWD}   # the checkout (submit from it), for jobs/bind_local_gpu.sh",
             f"export GPUS_PER_NODE={job.gpus_per_node}",
             _NRANKS[job.scheduler].replace("@N@", str(job.ranks))]
     if job.layout is None:
@@ -334,15 +331,20 @@ def choose_train(cfg, ranks: int, hardware: str, gpus_per_node: int) -> Choice:
     return Choice(lay, pred, None, lines, total or per_step, pred.memory_bytes)
 
 
-def parse_layout(text: str, ranks: int) -> dict:
+def parse_layout(text: str, ranks: int, model=None) -> dict:
+    """``E,H,W,M`` as a layout dict, checked against the ranks and (``model``: a ModelConfig) the model
+    with the grid's own rules (hpc_fcn.parallel.layout)."""
+    from .parallel.layout import Layout, layout_problem
     try:
-        e, h, w, m = (int(v) for v in text.split(","))
+        lay = Layout.of(text)
     except ValueError:
         raise JobError(f"--layout {text!r}: give four integers E,H,W,M (ensemble, h, w, matmul)") from None
-    lay = {"ensemble": e, "h": h, "w": w, "matmul": m}
-    if min(lay.values()) < 1 or e * h * w * m != ranks:
+    if min(lay.as_dict().values()) < 1 or lay.ranks != ranks:
         raise JobError(f"--layout {text}: the four factors must be >= 1 and multiply to {ranks} ranks")
-    return lay
+    problem = layout_problem(lay, model.shape()) if model is not None else None
+    if problem:
+        raise JobError(f"--layout {text}: {problem}")
+    return lay.as_dict()
 
 
 def suggested_time(seconds: float) -> str:
@@ -423,7 +425,7 @@ def make_job(args: argparse.Namespace, argv: Sequence[str] = ()) -> tuple[Job, l
     ranks = args.nodes * args.gpus_per_node
     if args.layout:
         choice = None
-        layout = parse_layout(args.layout, ranks)
+        layout = parse_layout(args.layout, ranks, cfg.model)
         lines = [f"layout (given with --layout, {ranks} ranks): " + " ".join(f"{k}={v}" for k, v in layout.items())]
     else:
         choose = choose_ensemble if app == "ensemble" else choose_train

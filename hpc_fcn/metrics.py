@@ -226,18 +226,16 @@ class ScoreAccumulator:
         self._ranks[lead_index] += rank_histogram(m, o, self.rng)
 
     def reduce(self, comm=None) -> dict[str, Any]:
-        """Sum the partial sums over ``comm`` (None = serial) and return the scores (same on every rank)."""
+        """Sum the partial sums over ``comm`` (a :class:`hpc_fcn.parallel.comm.Communicator`; None =
+        serial) and return the scores (same on every rank)."""
         counts = [len(r) for r in self._rows]
-        if comm is not None and comm.Get_size() > 1:
-            all_counts = comm.allgather(counts)
+        if comm is not None and comm.size > 1:
+            all_counts = comm.allgather(counts, tag="scores")
             if any(c != counts for c in all_counts):
                 raise RuntimeError(f"ranks added different numbers of forecasts per lead: {all_counts}")
         flat = np.concatenate([np.stack(r).reshape(-1) for r in self._rows if r] + [self._ranks.reshape(-1)])
-        if comm is not None and comm.Get_size() > 1:
-            from mpi4py import MPI
-            total = np.empty_like(flat)
-            comm.Allreduce(flat, total, op=MPI.SUM)
-            flat = total
+        if comm is not None:
+            flat = comm.all_reduce(flat, tag="scores")
         nc, L = len(self.channels), self.n_leads
         out = {k: np.full((L, nc), np.nan) for k in ("rmse", "acc", "crps", "spread", "ssr",
                                                       "mae_control", "rmse_control")}

@@ -1,47 +1,14 @@
-"""Config sections shared by the applications (model, data, parallel layout)."""
+"""Config sections shared by the applications (model, data, parallel layout, inference).
+
+The model section and its derived shapes live in :mod:`hpc_fcn.model.config`; re-exported here.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
 from .config import fail
-
-
-@dataclass
-class ModelConfig:
-    """The AFNONet hyper-parameters; channel counts come from ``data.channels``."""
-    img_size: tuple[int, int] = (720, 1440)
-    patch_size: int = 8
-    embed_dim: int = 768
-    depth: int = 12
-    mlp_ratio: float = 4.0
-    num_blocks: int = 8
-    sparsity_threshold: float = 0.01
-    hard_thresholding_fraction: float = 1.0
-    checkpoint: str | None = None  # a file, 'builtin' (the committed trained model) or null (random weights)
-    seed: int = 0  # for random weights
-
-    def validate(self, prefix: str) -> None:
-        p = f"{prefix}." if prefix else ""
-        for i, n in enumerate(self.img_size):
-            if n <= 0 or n % self.patch_size:
-                fail(f"{p}img_size", f"{self.img_size[i]} must be a positive multiple of patch_size={self.patch_size}")
-        for name in ("patch_size", "embed_dim", "depth", "num_blocks"):
-            if getattr(self, name) <= 0:
-                fail(f"{p}{name}", f"must be positive, got {getattr(self, name)}")
-        if self.embed_dim % self.num_blocks:
-            fail(f"{p}num_blocks", f"must divide embed_dim={self.embed_dim}, got {self.num_blocks}")
-        if not 0.0 < self.hard_thresholding_fraction <= 1.0:
-            fail(f"{p}hard_thresholding_fraction", f"must be in (0, 1], got {self.hard_thresholding_fraction}")
-        if self.mlp_ratio <= 0:
-            fail(f"{p}mlp_ratio", f"must be positive, got {self.mlp_ratio}")
-
-    def kwargs(self, in_chans: int, out_chans: int) -> dict:
-        """AFNONet constructor keywords."""
-        return dict(img_size=tuple(self.img_size), patch_size=self.patch_size, in_chans=in_chans,
-                    out_chans=out_chans, embed_dim=self.embed_dim, depth=self.depth, mlp_ratio=self.mlp_ratio,
-                    num_blocks=self.num_blocks, sparsity_threshold=self.sparsity_threshold,
-                    hard_thresholding_fraction=self.hard_thresholding_fraction)
+from .model.config import ModelConfig
 
 
 @dataclass

@@ -205,13 +205,13 @@ def write_summary_csv(summary: dict, path: str | os.PathLike) -> Path:
 
 def write_traces(tracer: Tracer, outdir: str | os.PathLike, comm=None, meta: dict | None = None) -> dict:
     """Write ``trace.rank{r}.json`` (Chrome) on every rank; on rank 0 also ``summary.json``/``summary.csv``
-    combined over the ranks of ``comm`` (an mpi4py communicator; None = this rank alone).
+    combined over the ranks of ``comm`` (a Communicator, or an mpi4py communicator; None = this rank alone).
 
     Collective over ``comm``. Returns the combined summary on rank 0 and this rank's own elsewhere.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    rank = comm.Get_rank() if comm is not None else tracer.rank
+    rank = comm.rank if comm is not None else tracer.rank
     tracer.write_chrome(outdir / f"trace.rank{rank}.json")
     own = tracer.summary()
     gathered = comm.gather(own, root=0) if comm is not None else [own]

@@ -3,8 +3,9 @@
 ``load_hardware``, ``predict`` and ``suggest`` are the API; ``python -m perfmodel`` the command line
 (predict, suggest, calibrate, compare). docs/perfmodel.md gives the equations and their limits.
 """
+from hpc_fcn.parallel.layout import Layout, layout_problem
+
 from .hardware import Hardware, Link, load_hardware
-from .layout import Layout, layout_problem
 from .memory import Memory
 from .network import Net
 from .predict import Prediction, Region, predict, suggest

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,8 +22,6 @@ from pathlib import Path
 import torch
 
 from .hardware import Hardware, Link, save_hardware
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 CLOCK = time.thread_time  # CPU time of this thread: other jobs sharing the cores do not inflate it
@@ -151,29 +150,45 @@ for kind in ("all_to_all", "all_gather", "all_reduce"):
         samples = []
         reps = max(3, min(200, 2_000_000 // max(n, 1)))
         for _ in range(7):
-            MPI.COMM_WORLD.Barrier()
+            comm.barrier()
             t = time.thread_time()
             for _ in range(reps):
                 run()
             samples.append((time.thread_time() - t) / reps)
         nb = x.numel() * 4
         sent = {"all_to_all": nb * (p - 1) / p, "all_gather": nb * (p - 1), "all_reduce": 2 * nb * (p - 1) / p}[kind]
-        t = MPI.COMM_WORLD.allreduce(statistics.median(samples), op=MPI.MAX)
+        t = comm.all_reduce(statistics.median(samples), op="max")
         rows.append([sent, t])
     out[kind] = rows
-if MPI.COMM_WORLD.rank == 0:
+if comm.rank == 0:
     json.dump(out, open(sys.argv[1], "w"))
 """
 
 
+def mpirun_command() -> list[str]:
+    """``$HPC_FCN_MPIRUN`` if set, else the checkout's tools/mpirun.sh when this runs from one (it adds the
+    flags a small shared machine needs), else ``mpirun`` on PATH."""
+    if os.environ.get("HPC_FCN_MPIRUN"):
+        return os.environ["HPC_FCN_MPIRUN"].split()
+    script = Path(__file__).resolve().parent.parent / "tools" / "mpirun.sh"
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("mpirun")
+    if found is None:
+        raise RuntimeError("perfmodel calibrate needs mpirun: put it on PATH or set HPC_FCN_MPIRUN")
+    return [found]
+
+
 def mpi_measure(ranks: int, timeout: int = 600) -> dict:
-    """Timings (bytes sent per rank, seconds) per collective on ``ranks`` ranks via tools/mpirun.sh."""
+    """Timings (bytes sent per rank, seconds) per collective on ``ranks`` ranks (see :func:`mpirun_command`)."""
+    import hpc_fcn
     with tempfile.TemporaryDirectory() as d:
         script, out = Path(d) / "mpi_bench.py", Path(d) / "out.json"
         script.write_text(_MPI_SNIPPET)
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        subprocess.run(["timeout", str(timeout), str(ROOT / "tools" / "mpirun.sh"), "-n", str(ranks), sys.executable,
-                        str(script), str(out)], check=True, env=env, cwd=ROOT, capture_output=True)
+        home = str(Path(hpc_fcn.__file__).resolve().parent.parent)  # where hpc_fcn is importable from
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=home + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        subprocess.run(["timeout", str(timeout), *mpirun_command(), "-n", str(ranks), sys.executable,
+                        str(script), str(out)], check=True, env=env, capture_output=True)
         return json.loads(out.read_text())
 
 

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from .hardware import load_hardware
-from .layout import Layout
+from hpc_fcn.parallel.layout import Layout
+
 from .predict import Prediction, predict, suggest
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .layout import Layout
+from hpc_fcn.parallel.layout import Layout
+
 from .network import ELEM, Net, local_shapes
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .layout import Layout
+from hpc_fcn.model.config import ModelShape
+from hpc_fcn.parallel.layout import Layout
 
 ELEM = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 LN_FLOPS = 8  # per element: mean, centre, square, sum, scale, shift (+ rsqrt per token)
@@ -51,23 +52,17 @@ class Net:
     def Wf(self) -> int:
         return self.W // 2 + 1
 
+    @property
+    def shape(self) -> ModelShape:
+        return ModelShape(self.img, self.patch, self.in_chans, self.out_chans, self.C, self.depth, self.nb, self.F)
+
     @classmethod
     def from_kwargs(cls, kw: dict) -> "Net":
-        def pair(v):
-            return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
-        img, patch = pair(kw.get("img_size", (720, 1440))), pair(kw.get("patch_size", 8))
-        C, nb = int(kw.get("embed_dim", 768)), int(kw.get("num_blocks", 8))
-        if img[0] % patch[0] or img[1] % patch[1]:
-            raise ValueError(f"img_size {img} is not a multiple of patch_size {patch}")
-        if C % nb:
-            raise ValueError(f"num_blocks {nb} does not divide embed_dim {C}")
-        H, W = img[0] // patch[0], img[1] // patch[1]
-        total = H // 2 + 1
-        kept = int(total * float(kw.get("hard_thresholding_fraction", 1.0)))
-        rows = min(total + kept, H) - max(total - kept, 0)
-        cols = min(kept, W // 2 + 1)
-        return cls(img, patch, int(kw.get("in_chans", 20)), int(kw.get("out_chans", kw.get("in_chans", 20))), C,
-                   int(kw.get("depth", 12)), int(C * float(kw.get("mlp_ratio", 4.0))), nb, H, W, rows, cols)
+        """From AFNONet keywords, through hpc_fcn.model.config.ModelShape (the one derivation of the shapes)."""
+        s = ModelShape.of(kw)
+        rows, cols = s.modes
+        return cls(s.img, s.patch, s.in_chans, s.out_chans, s.embed_dim, s.depth, s.mlp_hidden, s.num_blocks,
+                   s.H, s.W, rows.stop - rows.start, cols.stop - cols.start)
 
     def parameters(self) -> int:
         """Parameter count of the serial model (checks against AFNONet: 74,691,840 for production)."""

@@ -9,7 +9,8 @@ import itertools
 from dataclasses import dataclass, field
 
 from .hardware import Hardware, load_hardware
-from .layout import Layout, layout_problem
+from hpc_fcn.parallel.layout import Layout, layout_problem
+
 from .memory import Memory, footprint, local_parameters
 from .network import Net, Op, backward_ops, forward_ops
 
@@ -159,7 +160,7 @@ def predict(model_kwargs: dict, *, layout=None, hardware="h100", members: int = 
     hw = load_hardware(hardware)
     lay = Layout.of(layout)
     net = Net.from_kwargs(model_kwargs)
-    problem = layout_problem(lay, net)
+    problem = layout_problem(lay, net.shape)
     if problem:
         raise ValueError(f"layout {lay.as_dict()}: {problem}")
     if precision not in ("fp32", "bf16", "fp16", "fp8"):
@@ -215,7 +216,7 @@ def suggest(model_kwargs: dict, *, ranks: int, hardware="h100", members: int = 1
     best = None
     reasons = []
     for lay in layouts(ranks):
-        problem = layout_problem(lay, net, members)
+        problem = layout_problem(lay, net.shape, members)
         if problem:
             reasons.append(problem)
             continue

@@ -170,6 +170,8 @@ def test_without_perfmodel_there_is_no_layout(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--scheduler", "pbs", "--nodes", "1", "--gpus-per-node", "4", "--launcher", "srun"], "srun exists only under Slurm"),
     (["--scheduler", "slurm", "--nodes", "1", "--gpus-per-node", "4", "--layout", "2,2,2,2"], "multiply to 4 ranks"),
+    (["--scheduler", "slurm", "--nodes", "1", "--gpus-per-node", "3", "--layout", "1,1,1,3"],
+     "3 does not divide num_blocks=8"),  # the grid's own rule (hpc_fcn.parallel.layout)
     (["--scheduler", "slurm", "--nodes", "1", "--gpus-per-node", "4", "--layout", "4,1,1,1", "--time", "2h"],
      "is not HH:MM:SS"),
     (["--scheduler", "slurm", "--nodes", "1", "--gpus-per-node", "4", "--layout", "4,1,1,1", "ensemble.members=0"],

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import perfmodel as pm
 from hpc_fcn.model.afnonet import AFNONet, count_parameters
 from perfmodel.cli import main as cli_main
-from perfmodel.layout import Layout, layout_problem
+from perfmodel import Layout, layout_problem
 from perfmodel.memory import footprint
 from perfmodel.predict import layouts
 
@@ -99,9 +99,9 @@ def test_suggest_respects_the_grid_constraints_and_is_the_fastest():
         assert lay.ranks == ranks
         assert lay.h <= net.H and lay.w <= net.W and lay.ensemble <= 3
         assert net.nb % lay.matmul == 0 and net.F % lay.matmul == 0
-        assert layout_problem(lay, net, 3) is None
+        assert layout_problem(lay, net.shape, 3) is None
         valid = [pm.predict(kw, layout=c, hardware="h100", members=3).time_to_solution_s
-                 for c in layouts(ranks) if layout_problem(c, net, 3) is None]
+                 for c in layouts(ranks) if layout_problem(c, net.shape, 3) is None]
         assert pred.time_to_solution_s == pytest.approx(min(valid))
     with pytest.raises(ValueError, match="no layout"):
         pm.suggest(kw, ranks=7 * 11, hardware="h100", members=1)

@@ -5,10 +5,10 @@ int8: weights symmetric per output channel, activations quantised per token at r
 two scale vectors. fp8: e4m3 weights and activations with per-tensor scales through
 ``torch._scaled_mm`` (tensor-core fp8 GEMM). Both keep the original bias in full precision.
 
-Handled module types: ``nn.Linear`` (the serial ``Mlp`` and the column-parallel ``fc1`` of
-``DistMlp``), and ``DistMlp`` whose row-parallel ``fc2`` adds its bias after the reduce-scatter
-(its forward is re-bound to call the quantised GEMM without bias). Any other module with a 2-D
-weight inside an MLP is refused, so nothing is silently left unquantised.
+Handled module types: ``nn.Linear`` (the serial ``Mlp``, replaced) and the column- and row-parallel
+linears of ``DistMlp`` (hpc_fcn/parallel/layers.py), whose inner GEMM is swapped while they keep
+their bias and collectives. Any other module with a 2-D weight inside an MLP is refused, so nothing
+is silently left unquantised.
 """
 from __future__ import annotations
 
@@ -92,22 +92,12 @@ class Fp8Linear(QuantLinear):
         return y.reshape(*shape[:-1], self.out_features).to(out_dtype)
 
 
-def _dist_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    """``DistMlp.forward`` with the row-parallel GEMM through the quantised ``fc2.matmul``."""
-    from ..parallel.primitives import gather_to, reduce_scatter_from
-    mm = self.grid.matmul
-    x = gather_to(x, mm, dim=-1, n=self.dim, tag="mlp")
-    x = F.gelu(self.fc1(x))
-    x = reduce_scatter_from(self.fc2.matmul(x), mm, dim=-1, tag="mlp")
-    return x + self.fc2.bias.to(x.dtype)
-
-
-def _dist_mlp_type():
+def _parallel_linear_type():
     try:
-        from ..parallel.layers import DistMlp
+        from ..parallel.layers import _ParallelLinear
     except ImportError:  # the parallel package is optional for serial use
         return None
-    return DistMlp
+    return _ParallelLinear
 
 
 def _quantized(linear: nn.Linear, mode: str) -> QuantLinear:
@@ -128,25 +118,22 @@ def quantize_model(model: nn.Module, mode: str, *, include_head: bool = False) -
     """Replace the MLP linears of every block (and the head if asked) in place; returns the names replaced."""
     if mode == "none":
         return []
-    dist_mlp = _dist_mlp_type()
+    parallel_linear = _parallel_linear_type()
     done: list[str] = []
     for name, mod in list(model.named_modules()):
         if not name.endswith("mlp") or not any(True for _ in mod.children()):
             continue
-        if dist_mlp is not None and isinstance(mod, dist_mlp):
-            mod.fc1 = _quantized(mod.fc1, mode)
-            mod.fc2 = _quantized(mod.fc2, mode)  # keeps the bias shard; added after the reduce-scatter
-            mod.forward = _dist_mlp_forward.__get__(mod)
-            done += [f"{name}.fc1", f"{name}.fc2"]
-            continue
         for child_name, child in list(mod.named_children()):
-            if type(child) is nn.Linear:
+            if parallel_linear is not None and isinstance(child, parallel_linear):
+                child.use_gemm(_quantized(child, mode))  # the layer keeps its bias and collectives
+                done.append(f"{name}.{child_name}")
+            elif type(child) is nn.Linear:
                 setattr(mod, child_name, _quantized(child, mode))
                 done.append(f"{name}.{child_name}")
             elif isinstance(getattr(child, "weight", None), torch.Tensor) and child.weight.dim() == 2 \
                     and not isinstance(child, QuantLinear):
                 raise AccelError(f"quantize={mode}: do not know how to quantise {name}.{child_name} "
-                                 f"({type(child).__name__}); only nn.Linear and DistMlp are handled")
+                                 f"({type(child).__name__}); only nn.Linear and the parallel linears are handled")
     if include_head and type(getattr(model, "head", None)) is nn.Linear:
         model.head = _quantized(model.head, mode)
         done.append("head")

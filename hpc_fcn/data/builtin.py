@@ -5,22 +5,12 @@ changes whenever the generator's output does, so a stale cache is never mistaken
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
-from .synth import GENERATOR_VERSION, builtin_options, generate
-
-ENV_VAR = "HPC_FCN_DATA"
-
-
-def builtin_root() -> Path:
-    """Directory of the built-in dataset (it may not exist yet)."""
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "hpc_fcn" / f"builtin-sw-v{GENERATOR_VERSION}"
+from .synth import BUILTIN_ENV_VAR as ENV_VAR
+from .synth import builtin_options, builtin_root, generate
 
 
 def is_complete(root: Path) -> bool:

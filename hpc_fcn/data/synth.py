@@ -44,6 +44,16 @@ CHANNEL_ATTRS = {
 }
 CHANNELS = tuple(CHANNEL_ATTRS)
 GENERATOR_VERSION = 2
+BUILTIN_ENV_VAR = "HPC_FCN_DATA"
+
+
+def builtin_root() -> Path:
+    """Directory of the built-in dataset (it may not exist yet): ``$HPC_FCN_DATA`` if set, else
+    ``~/.cache/hpc_fcn/builtin-sw-v<GENERATOR_VERSION>``."""
+    env = os.environ.get(BUILTIN_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "hpc_fcn" / f"builtin-sw-v{GENERATOR_VERSION}"
 
 
 class SynthError(ValueError):
@@ -558,7 +568,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, SynthOptions]:
 def main(argv: Sequence[str] | None = None) -> int:
     args, opts = parse_args(sys.argv[1:] if argv is None else argv)
     if args.outdir is None:
-        from .builtin import builtin_root
         outdir = builtin_root()
     else:
         outdir = Path(args.outdir)

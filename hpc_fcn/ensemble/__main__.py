@@ -24,7 +24,8 @@ def main(argv) -> int:
     check_paths(cfg)
     setup_logging(comm.rank, cfg.log_level)
     set_threads(comm, cfg.parallel.threads)
-    EnsembleRun(cfg, comm).run()
+    import perfmodel  # the layout: auto choice; only the command line depends on the performance model
+    EnsembleRun(cfg, comm, suggest=perfmodel.suggest).run()
     return 0
 
 

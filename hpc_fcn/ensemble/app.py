@@ -71,16 +71,18 @@ def build_serial_model(cfg: EnsembleConfig, n_chans: int, grid_shape: tuple[int,
     return model.eval(), mcfg
 
 
-def choose_layout(cfg: EnsembleConfig, world: int, n_chans: int):
-    """The parallel section to use: as configured, or the performance model's pick for ``layout: auto``."""
+def choose_layout(cfg: EnsembleConfig, world: int, n_chans: int, suggest=None):
+    """The parallel section to use: as configured, or for ``layout: auto`` the pick of ``suggest`` (the
+    performance model's ``perfmodel.suggest``, passed in by the command line above this module)."""
     par = cfg.parallel
     if par.layout == "auto":
-        import perfmodel
+        if suggest is None:
+            raise ConfigError("config key 'parallel.layout': auto needs the performance model; run through "
+                              "python -m hpc_fcn.ensemble, or set the layout by hand")
         kwargs = cfg.model.kwargs(n_chans, n_chans)
         hw = par.hardware if par.hardware != "auto" else ("h100" if torch.cuda.is_available() else "this_machine")
-        layout, pred = perfmodel.suggest(kwargs, ranks=world, hardware=perfmodel.load_hardware(hw),
-                                         members=cfg.ensemble.members,
-                                         members_per_pass=max(1, cfg.inference.members_per_pass))
+        layout, pred = suggest(kwargs, ranks=world, hardware=hw, members=cfg.ensemble.members,
+                               members_per_pass=max(1, cfg.inference.members_per_pass))
         par = replace(par, ensemble=layout["ensemble"], h=layout["h"], w=layout["w"], matmul=layout["matmul"],
                       layout="manual")
         log.info("layout chosen by the performance model: %s (predicted %.3g s per step)", layout,
@@ -103,7 +105,7 @@ def rank_timings(tracer: Tracer) -> dict[str, float]:
 class EnsembleRun:
     """One configured ensemble run on the ranks of ``comm``."""
 
-    def __init__(self, cfg: EnsembleConfig, comm):
+    def __init__(self, cfg: EnsembleConfig, comm, suggest=None):
         from ..data.era5 import open_split
         from ..parallel.grid import ProcessGrid
         self.comm = comm
@@ -122,13 +124,13 @@ class EnsembleRun:
         self.plan: RunPlan = make_plan(cfg, ds.times, ds.dt_hours)
         serial, mcfg = build_serial_model(cfg, C, (ds.nlat, ds.nlon))
         cfg = replace(cfg, model=mcfg)
-        par = choose_layout(cfg, comm.size, C)
+        par = choose_layout(cfg, comm.size, C, suggest)
         cfg = replace(cfg, parallel=par)
         self.cfg = cfg
         from ..forecaster import Forecaster
         from ..runtime import local_rank
         self.device = Forecaster.select_device(cfg.inference, local_rank(comm))
-        self.grid = ProcessGrid.from_config(par, comm, tracer=self.tracer, device=self.device.type)
+        self.grid = ProcessGrid.from_config(par, comm, tracer=self.tracer, device=self.device)
         g = self.grid
         g.validate_model(mcfg.img_size, mcfg.patch_size, mcfg.embed_dim, mcfg.num_blocks,
                          int(mcfg.embed_dim * mcfg.mlp_ratio))
@@ -203,16 +205,15 @@ class EnsembleRun:
 
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> dict:
-        from mpi4py import MPI
         from ..metrics import ScoreAccumulator, lat_weights
         cfg, ds, g, plan = self.cfg, self.ds, self.grid, self.plan
         comm = self.comm
         if comm.rank == 0:
             self.outdir.mkdir(parents=True, exist_ok=True)
             save_resolved(cfg, self.outdir)
-        comm.Barrier()
-        self.ens_comm = g.ensemble.comm
-        self.score_comm = comm.Split(0 if self.scorer else MPI.UNDEFINED, comm.rank)
+        g.world.barrier(tag="start")
+        self.ens_comm = g.ensemble
+        self.score_comm = g.world.split(0 if self.scorer else None, comm.rank, name="scorers")
         self.member_comm = self.score_comm  # matmul replicas send nothing to the writer either
         full_w = lat_weights(ds.lat, cfg.scoring.lat_weights)
         self.row_w = full_w[self.rows]
@@ -247,8 +248,8 @@ class EnsembleRun:
             bar.close()
         wall = time.perf_counter() - t_start
         scores = self.finish(wall)
-        if self.score_comm != MPI.COMM_NULL:
-            self.score_comm.Free()
+        if self.score_comm is not None:
+            self.score_comm.free()
         self.grid.close()  # releases the axis communicators and any torch.distributed groups
         return scores
 
@@ -322,25 +323,22 @@ class EnsembleRun:
 
     def output(self, li: int, step: int, init_index: int, state: torch.Tensor, files: dict) -> None:
         """Write mean/spread (and members) of lead ``li`` and add it to the scores."""
-        from mpi4py import MPI
         from ..io.netcdf import gather_window_to_root
         g, tr, M = self.grid, self.tracer, self.M
         phys = self.ds.denormalise(state).cpu().numpy()
         with tr.region("ensemble_stats", "compute"):
             s1 = phys.astype(np.float64).sum(axis=0)
-            with tr.comm("allreduce.ens_mean", s1.nbytes):
-                self.ens_comm.Allreduce(MPI.IN_PLACE, s1, op=MPI.SUM)
+            s1 = self.ens_comm.all_reduce(s1, tag="ens_mean")
             mean = s1 / M
             s2 = ((phys - mean) ** 2).sum(axis=0)
-            with tr.comm("allreduce.ens_var", s2.nbytes):
-                self.ens_comm.Allreduce(MPI.IN_PLACE, s2, op=MPI.SUM)
+            s2 = self.ens_comm.all_reduce(s2, tag="ens_var")
             spread = np.sqrt(s2 / (M - 1)) if M > 1 else np.zeros_like(s2)
         oi = self.out_idx
         full2 = (len(oi), self.ds.nlat, self.ds.nlon)
         with tr.region("io.write", "io"):
             if g.coords["ensemble"] == 0 and self.scorer:
                 for name, field in (("mean", mean), ("spread", spread)):
-                    full = gather_window_to_root(g.spatial.comm, field[oi].astype(np.float32), full2,
+                    full = gather_window_to_root(g.spatial, field[oi].astype(np.float32), full2,
                                                  rows=self.rows, cols=self.cols)
                     if full is not None:
                         files[name].write(li, full)
@@ -361,8 +359,7 @@ class EnsembleRun:
         with tr.region("io.read", "io"):
             truth = self.ds.read(valid, self.rows, self.cols)
         with tr.region("scoring", "compute"):
-            with tr.comm("alltoall.score_members", phys.nbytes if self.ens_comm.size > 1 else 0):
-                members, blk = members_for_rows(self.ens_comm, phys, self.group_counts)
+            members, blk = members_for_rows(self.ens_comm, phys, self.group_counts)
             o, cl, w = truth[:, blk], self.clim[:, blk], self.row_w[blk]
             self.acc["ensemble"].add(li, members, o, cl, w)
             self.acc["persistence"].add(li, self.x0[None, :, blk], o, cl, w)
@@ -376,16 +373,15 @@ class EnsembleRun:
 
     # ---- the end ------------------------------------------------------------------------------
     def finish(self, wall: float) -> dict:
-        from mpi4py import MPI
         from .report import format_table, metrics_document, timing_table
         scores = None
-        if self.score_comm != MPI.COMM_NULL:
+        if self.score_comm is not None:
             scores = {k: a.reduce(self.score_comm) for k, a in self.acc.items()}
-        scores = self.comm.bcast(scores, root=0)
+        scores = self.grid.world.bcast(scores, root=0, tag="scores")
         doc = metrics_document(scores, self.channels, self.plan.lead_hours, self.M,
                                [self.ds.times[i] for i in self.plan.init_indices], self.cfg.scoring.lat_weights)
-        timings = self.comm.gather(dict(rank_timings(self.tracer), wall=wall, group=self.grid.coords["ensemble"]),
-                                   root=0)
+        timings = self.grid.world.gather(dict(rank_timings(self.tracer), wall=wall,
+                                              group=self.grid.coords["ensemble"]), root=0, tag="timings")
         if self.comm.rank == 0:
             (self.outdir / "metrics.json").write_text(json.dumps(doc, indent=1))
             summ = self.tracer.summary()
@@ -398,7 +394,7 @@ class EnsembleRun:
         if self.cfg.trace:
             from ..tracing import write_traces
             c = self.cfg
-            write_traces(self.tracer, self.outdir / "traces", self.comm,
+            write_traces(self.tracer, self.outdir / "traces", self.grid.world,
                          meta=dict(model_kwargs=c.model.kwargs(len(self.channels), len(self.channels)),
                                    layout=dict(self.grid.shape), members_per_pass=self.forecaster.members_per_pass,
                                    precision=c.inference.precision, members=self.M,

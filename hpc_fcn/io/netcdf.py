@@ -254,12 +254,11 @@ def gather_window_to_root(comm, data, full_shape: Sequence[int], *, rows: slice 
                           cols: slice | None = None, members: slice | None = None, root: int = 0):
     """Assemble the windows held by the ranks of ``comm`` into one float32 array on ``root`` (None elsewhere).
 
-    Collective. ``data`` covers ``rows`` x ``cols`` of the last two axes of ``full_shape`` and, when given,
-    ``members`` of its first axis; a rank holding a copy of data that another rank sends passes
-    ``data=None``. The windows must tile ``full_shape`` exactly (checked; every rank raises alike).
+    Collective over ``comm`` (a :class:`hpc_fcn.parallel.comm.Communicator`). ``data`` covers ``rows`` x
+    ``cols`` of the last two axes of ``full_shape`` and, when given, ``members`` of its first axis; a rank
+    holding a copy of data that another rank sends passes ``data=None``. The windows must tile
+    ``full_shape`` exactly (checked; every rank raises alike).
     """
-    from mpi4py import MPI
-
     full_shape = tuple(int(n) for n in full_shape)
     if len(full_shape) < 2:
         raise ValueError(f"full_shape must have at least two axes (rows, cols), got {full_shape}")
@@ -277,24 +276,18 @@ def gather_window_to_root(comm, data, full_shape: Sequence[int], *, rows: slice 
         if data.shape != want:
             raise ValueError(f"rank {comm.rank}: data of shape {data.shape} does not fit its window {want}")
         meta = tuple(box)
-    metas = comm.gather(meta, root=root)
+    metas = comm.gather(meta, root=root, tag="write")
     error = _check_tiling(metas, full_shape) if comm.rank == root else None
-    error = comm.bcast(error, root=root)
+    error = comm.bcast(error, root=root, tag="write")
     if error:
         raise ValueError(f"gather_window_to_root: {error}")
-
-    send = data.reshape(-1) if data is not None else np.empty(0, np.float32)
-    if comm.rank != root:
-        comm.Gatherv(send, None, root=root)
+    pieces = comm.gatherv_to_root(data if data is not None else np.empty(0, np.float32), root=root, tag="write")
+    if pieces is None:
         return None
-    counts = [0 if m is None else int(np.prod([b - a for a, b in m])) for m in metas]
-    displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64).tolist()
-    flat = np.empty(sum(counts), np.float32)
-    comm.Gatherv(send, [flat, counts, displs, MPI.FLOAT], root=root)
     out = np.empty(full_shape, np.float32)
-    for m, n, off in zip(metas, counts, displs):
+    for m, piece in zip(metas, pieces):
         if m is not None:
-            out[tuple(slice(a, b) for a, b in m)] = flat[off:off + n].reshape([b - a for a, b in m])
+            out[tuple(slice(a, b) for a, b in m)] = piece
     return out
 
 

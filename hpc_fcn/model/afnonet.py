@@ -8,25 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    v = tuple(int(x) for x in v)
-    if len(v) != 2:
-        raise ValueError(f"expected an int or a pair, got {v!r}")
-    return v  # type: ignore[return-value]
-
-
-def mode_window(h: int, hard_thresholding_fraction: float) -> tuple[slice, slice]:
-    """Rows and columns of the rfft2 output that the spectral MLP acts on (all others are zeroed).
-
-    Reproduces the published quirk: the cut-off is computed from the row count ``h`` and
-    applied to both the rows (``[total-kept, total+kept)``) and the rfft columns (``[0, kept)``).
-    """
-    total = h // 2 + 1
-    kept = int(total * hard_thresholding_fraction)
-    return slice(max(total - kept, 0), min(total + kept, h)), slice(0, kept)
+from .config import mode_window, pair
 
 
 def spectral_block_mlp(xr: torch.Tensor, xi: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
@@ -144,8 +126,8 @@ class AFNONet(nn.Module):
                  mlp_ratio: float = 4.0, num_blocks: int = 8, sparsity_threshold: float = 0.01,
                  hard_thresholding_fraction: float = 1.0):
         super().__init__()
-        self.img_size = _pair(img_size)
-        self.patch_size = _pair(patch_size)
+        self.img_size = pair(img_size)
+        self.patch_size = pair(patch_size)
         for name, n, p in (("img_size[0]", self.img_size[0], self.patch_size[0]),
                            ("img_size[1]", self.img_size[1], self.patch_size[1])):
             if n % p != 0:

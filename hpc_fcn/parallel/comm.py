@@ -14,9 +14,11 @@ import math
 import socket
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from ..tracing import NULL_TRACER, Tracer
+from .split import offsets, split_sizes
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -56,12 +58,20 @@ class Communicator:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name}: rank {self.rank} of {self.size})"
 
+    def __deepcopy__(self, memo) -> "Communicator":
+        return self  # a handle on ranks, not data: a copied model talks over the same communicator
+
     def _trace(self, op: str, tag: str | None, nbytes: int):
         return self.tracer.comm(f"{tag or 'comm'}/{op}@{self.name}", nbytes)
 
     # ---- public collectives -------------------------------------------------------------------
-    def all_reduce(self, x: torch.Tensor, tag: str | None = None) -> torch.Tensor:
-        """Sum over ranks; fp16/bf16 are accumulated in fp32 and cast back."""
+    def all_reduce(self, x, tag: str | None = None, op: str = "sum"):
+        """Sum over ranks of a tensor (fp16/bf16 accumulated in fp32 and cast back), or reduce a NumPy
+        array or Python number with ``op`` (sum, max, min) over mpi4py; returns the same kind."""
+        if not isinstance(x, torch.Tensor):
+            return self._all_reduce_host(x, op, tag)
+        if op != "sum":
+            raise ValueError(f"all_reduce of a tensor sums; {op!r} is for host values")
         if self.size == 1:
             return x
         acc = x.float() if x.dtype in _LOW_PRECISION else x
@@ -113,7 +123,7 @@ class Communicator:
         """Sum over ranks, then keep this rank's piece of ``dim`` (``sizes`` as in all_gather)."""
         dim = dim % x.dim()
         n = x.shape[dim]
-        sizes = list(sizes) if sizes is not None else _even(n, self.size)
+        sizes = list(sizes) if sizes is not None else split_sizes(n, self.size, f"dimension {dim}")
         if sum(sizes) != n or len(sizes) != self.size:
             raise ValueError(f"reduce_scatter on {self.name}: sizes {sizes} do not split a dimension of {n}")
         if self.size == 1:
@@ -125,8 +135,7 @@ class Communicator:
         rest = tuple(front.shape[1:])
         row = math.prod(rest)
         counts = [s * row for s in sizes]
-        total = sum(counts) * front.element_size()
-        with self._trace("reduce_scatter", tag, total - counts[self.rank] * front.element_size()):
+        with self._trace("reduce_scatter", tag, self._reduce_scatter_sent(counts, front.element_size())):
             out = self._reduce_scatter(front.reshape(-1), counts)
         out = out.reshape((sizes[self.rank],) + rest)
         if x.is_complex():
@@ -150,7 +159,7 @@ class Communicator:
         self._check_sizes(gather_sizes, x.shape[gd], "all_to_all")
         if self.size == 1:
             return x
-        offs = _offsets(scatter_sizes)
+        offs = offsets(scatter_sizes)
         send = torch.cat([_as_bytes(x.narrow(sd, o, s)) for o, s in zip(offs, scatter_sizes)])
         shape = list(x.shape)
         shape[sd] = scatter_sizes[self.rank]
@@ -166,8 +175,100 @@ class Communicator:
         pieces = [_from_bytes(p, x.dtype, s) for p, s in zip(torch.split(out, recv_counts), recv_shapes)]
         return torch.cat(pieces, dim=gd)
 
-    def barrier(self) -> None:
-        self.comm.Barrier()
+    # ---- host data: NumPy arrays and picklable objects, always over mpi4py -----------------------
+    def _all_reduce_host(self, x, op: str, tag: str | None):
+        if self.size == 1:
+            return x
+        from mpi4py import MPI
+        mpi_op = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
+        if isinstance(x, np.ndarray):
+            out = np.ascontiguousarray(x).copy()
+            with self._trace(f"all_reduce_{op}", tag, 2 * out.nbytes * (self.size - 1) // self.size):
+                self.comm.Allreduce(MPI.IN_PLACE, out, op=mpi_op)
+            return out
+        with self._trace(f"all_reduce_{op}", tag, 8):
+            return self.comm.allreduce(x, op=mpi_op)
+
+    def gatherv_to_root(self, array: np.ndarray, root: int = 0, tag: str | None = None) -> list[np.ndarray] | None:
+        """Every rank's array (any shape, one dtype for all) in rank order on ``root``; None elsewhere."""
+        array = np.ascontiguousarray(array)
+        if self.size == 1:
+            return [array]
+        from mpi4py.util.dtlib import from_numpy_dtype
+        shapes = self.comm.gather((array.shape, array.dtype.str), root=root)
+        if self.rank != root:
+            with self._trace("gatherv", tag, array.nbytes):
+                self.comm.Gatherv(array.reshape(-1), None, root=root)
+            return None
+        dtypes = {d for _, d in shapes}
+        if len(dtypes) != 1:
+            raise ValueError(f"gatherv_to_root on {self.name}: ranks send different dtypes {sorted(dtypes)}")
+        counts = [math.prod(s) for s, _ in shapes]
+        flat = np.empty(sum(counts), dtype=array.dtype)
+        with self._trace("gatherv", tag, 0):
+            self.comm.Gatherv(array.reshape(-1), [flat, counts, offsets(counts), from_numpy_dtype(array.dtype)],
+                              root=root)
+        return [flat[o:o + c].reshape(s) for o, c, (s, _) in zip(offsets(counts), counts, shapes)]
+
+    def alltoallv(self, send: np.ndarray, send_counts: Sequence[int], recv_counts: Sequence[int],
+                  tag: str | None = None) -> np.ndarray:
+        """Send ``send_counts[r]`` consecutive elements of the flat ``send`` to rank r; returns what
+        arrives, ``recv_counts[r]`` elements from rank r, concatenated in rank order."""
+        send = np.ascontiguousarray(send).reshape(-1)
+        if self.size == 1:
+            return send.copy()
+        from mpi4py.util.dtlib import from_numpy_dtype
+        recv = np.empty(sum(recv_counts), dtype=send.dtype)
+        kind = from_numpy_dtype(send.dtype)
+        sent = (sum(send_counts) - send_counts[self.rank]) * send.itemsize
+        with self._trace("alltoallv", tag, sent):
+            self.comm.Alltoallv([send, list(send_counts), offsets(send_counts), kind],
+                                [recv, list(recv_counts), offsets(recv_counts), kind])
+        return recv
+
+    def bcast(self, obj, root: int = 0, tag: str | None = None):
+        """``root``'s picklable object on every rank."""
+        if self.size == 1:
+            return obj
+        with self._trace("bcast", tag, _pickled_size(obj) * (self.size - 1) if self.rank == root else 0):
+            return self.comm.bcast(obj, root=root)
+
+    def gather(self, obj, root: int = 0, tag: str | None = None) -> list | None:
+        """Every rank's picklable object in rank order on ``root``; None elsewhere."""
+        if self.size == 1:
+            return [obj]
+        with self._trace("gather", tag, _pickled_size(obj) if self.rank != root else 0):
+            return self.comm.gather(obj, root=root)
+
+    def allgather(self, obj, tag: str | None = None) -> list:
+        """Every rank's picklable object in rank order, on every rank."""
+        if self.size == 1:
+            return [obj]
+        with self._trace("allgather", tag, _pickled_size(obj) * (self.size - 1)):
+            return self.comm.allgather(obj)
+
+    def barrier(self, tag: str | None = None) -> None:
+        if self.size > 1:
+            with self._trace("barrier", tag, 0):
+                self.comm.Barrier()
+
+    def split(self, color: int | None, key: int = 0, name: str | None = None) -> "Communicator | None":
+        """Sub-communicator of the ranks with the same ``color`` (None: this rank joins none and gets
+        None); same backend for host data, same tracer. Free it with :meth:`free`."""
+        from mpi4py import MPI
+        sub = self.comm.Split(MPI.UNDEFINED if color is None else color, key)
+        if sub == MPI.COMM_NULL:
+            return None
+        out = MPICommunicator(sub, name or f"{self.name}/{color}", self._tracer_of)
+        out._owned = True
+        return out
+
+    def free(self) -> None:
+        """Release this communicator and, for one made by :meth:`split`, its mpi4py communicator."""
+        self.close()
+        if getattr(self, "_owned", False):
+            self.comm.Free()
+            self._owned = False
 
     def close(self) -> None:
         """Release backend resources (the mpi4py communicator is freed by the grid)."""
@@ -188,21 +289,17 @@ class Communicator:
     def _reduce_scatter(self, buf: torch.Tensor, counts: list[int]) -> torch.Tensor:
         raise NotImplementedError
 
+    def _reduce_scatter_sent(self, counts: list[int], itemsize: int) -> int:
+        """Bytes this rank sends in one reduce-scatter of pieces ``counts`` (direct algorithm)."""
+        return (sum(counts) - counts[self.rank]) * itemsize
+
     def _alltoallv(self, send: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> torch.Tensor:
         raise NotImplementedError
 
 
-def _offsets(sizes: Sequence[int]) -> list[int]:
-    out, acc = [], 0
-    for s in sizes:
-        out.append(acc)
-        acc += s
-    return out
-
-
-def _even(n: int, k: int) -> list[int]:
-    base, extra = divmod(n, k)
-    return [base + (1 if i < extra else 0) for i in range(k)]
+def _pickled_size(obj) -> int:
+    import pickle
+    return len(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def mpi_cuda_aware() -> bool:
@@ -246,7 +343,7 @@ class MPICommunicator(Communicator):
         out = torch.empty(sum(counts), dtype=torch.uint8, device=send.device)
         s, _ = self._host(send)
         r, staged = self._host(out)
-        self.comm.Allgatherv([s, MPI.BYTE], [r, counts, _offsets(counts), MPI.BYTE])
+        self.comm.Allgatherv([s, MPI.BYTE], [r, counts, offsets(counts), MPI.BYTE])
         return out.copy_(staged) if staged is not None else out
 
     def _reduce_scatter(self, buf, counts):
@@ -262,8 +359,8 @@ class MPICommunicator(Communicator):
         out = torch.empty(sum(recv_counts), dtype=torch.uint8, device=send.device)
         s, _ = self._host(send)
         r, staged = self._host(out)
-        self.comm.Alltoallv([s, send_counts, _offsets(send_counts), MPI.BYTE],
-                            [r, recv_counts, _offsets(recv_counts), MPI.BYTE])
+        self.comm.Alltoallv([s, send_counts, offsets(send_counts), MPI.BYTE],
+                            [r, recv_counts, offsets(recv_counts), MPI.BYTE])
         return out.copy_(staged) if staged is not None else out
 
 
@@ -282,6 +379,15 @@ def _bootstrap_address(comm) -> tuple[str, bool]:
         return host, False
 
 
+def cuda_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device; a CUDA device must carry its index (one GPU per rank, named)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        raise ValueError("a CUDA device must be indexed, e.g. torch.device('cuda:0') for local rank 0 "
+                         "(call torch.cuda.set_device(local_rank) and pass that device), not bare 'cuda'")
+    return device
+
+
 class TorchCommunicator(Communicator):
     """torch.distributed process group of this communicator's ranks (NCCL on GPUs, gloo on CPU).
 
@@ -289,15 +395,21 @@ class TorchCommunicator(Communicator):
     The process group is constructed directly on that store rather than through
     ``init_process_group``/``new_group``, so any sub-communicator, any number of grids in one
     process and any launcher (MPICH, Open MPI, srun) work without global state or env variables.
+    ``device`` is this rank's own device (``cuda:N`` for NCCL); ``timeout_s`` bounds every collective
+    of the group and its set-up, so a missing rank fails the job instead of hanging it. The group is
+    warmed by one small all-reduce here, so NCCL's lazy communicator set-up (and its memory) happens
+    when the grid is built, not inside the first timed step.
     """
 
     backend_name = "torch"
 
-    def __init__(self, comm, name: str, tracer_of=None, device: str = "cpu", timeout_s: float = 600.0):
+    def __init__(self, comm, name: str, tracer_of=None, device: str | torch.device = "cpu",
+                 timeout_s: float = 600.0):
         super().__init__(comm, name, tracer_of)
         self.pg = None
         self._store = None
-        self.device = torch.device(device)
+        self.device = cuda_device(device)
+        self.timeout_s = timeout_s
         if self.size == 1:
             return
         import torch.distributed as dist
@@ -310,17 +422,18 @@ class TorchCommunicator(Communicator):
         else:
             addr = None
         addr = comm.bcast(addr, root=0)
-        self.init_method = f"tcp://{addr[0]}:{addr[1]}"
         if self.rank != 0:
             self._store = dist.TCPStore(addr[0], addr[1], self.size, False, timeout=timeout)
         if self.device.type == "cuda":
             opts = dist.ProcessGroupNCCL.Options()
+            opts._timeout = timeout
             self.pg = dist.ProcessGroupNCCL(self._store, self.rank, self.size, opts)
         else:
             opts = dist.ProcessGroupGloo._Options()
             opts._timeout = timeout
             opts._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1" if local else host)]
             self.pg = dist.ProcessGroupGloo(self._store, self.rank, self.size, opts)
+        self._allreduce_(torch.zeros(1, device=self.device))  # warm-up: connect now, not in the first step
 
     def close(self) -> None:
         pg, self.pg = self.pg, None
@@ -350,11 +463,18 @@ class TorchCommunicator(Communicator):
         return torch.cat([o[:c] for o, c in zip(outs, counts)]).to(send.device)
 
     def _reduce_scatter(self, buf, counts):
-        # gloo has no reduce-scatter: sum everything, keep this rank's piece
-        t = self._on(buf).clone()
-        self.pg.allreduce([t]).wait()
-        off = sum(counts[:self.rank])
-        return t[off:off + counts[self.rank]].to(buf.device)
+        # the process group's reduce-scatter (what dist.reduce_scatter_tensor runs) wants equal pieces:
+        # pad each to the largest
+        t, m = self._on(buf), max(counts)
+        padded = t.new_zeros(self.size * m)
+        for r, (o, c) in enumerate(zip(offsets(counts), counts)):
+            padded[r * m:r * m + c] = t[o:o + c]
+        out = t.new_empty(m)
+        self.pg._reduce_scatter_base(out, padded).wait()
+        return out[:counts[self.rank]].to(buf.device)
+
+    def _reduce_scatter_sent(self, counts: list[int], itemsize: int) -> int:
+        return (self.size - 1) * max(counts) * itemsize  # padded pieces
 
     def _alltoallv(self, send, send_counts, recv_counts):
         out = torch.empty(sum(recv_counts), dtype=torch.uint8, device=self.device)
@@ -365,9 +485,10 @@ class TorchCommunicator(Communicator):
 BACKENDS = {"mpi": MPICommunicator, "torch": TorchCommunicator}
 
 
-def make_communicator(backend: str, comm, name: str, tracer_of=None, device: str = "cpu") -> Communicator:
+def make_communicator(backend: str, comm, name: str, tracer_of=None, device: str | torch.device = "cpu",
+                      timeout_s: float = 600.0) -> Communicator:
     if backend not in BACKENDS:
         raise ValueError(f"unknown communication backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if backend == "torch":
-        return TorchCommunicator(comm, name, tracer_of, device=device)
+        return TorchCommunicator(comm, name, tracer_of, device=device, timeout_s=timeout_s)
     return MPICommunicator(comm, name, tracer_of)

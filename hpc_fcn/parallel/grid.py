@@ -10,67 +10,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..config import ConfigError
+import torch
+
 from ..tracing import Tracer
-from .comm import Communicator, make_communicator
-from .split import shard_range, split_sizes
-
-AXES = ("ensemble", "h", "w", "matmul")
-
-
-def check_layout(world_size: int, ensemble: int | str, h: int, w: int, matmul: int) -> int:
-    """Validate the axis sizes against the number of ranks; returns the ensemble size."""
-    for name, v in (("h", h), ("w", w), ("matmul", matmul)):
-        if not isinstance(v, int) or v < 1:
-            raise ConfigError(f"config key 'parallel.{name}': must be an integer >= 1, got {v!r}")
-    model = h * w * matmul
-    if ensemble == "auto":
-        if world_size % model:
-            raise ConfigError(f"config key 'parallel': h x w x matmul = {h} x {w} x {matmul} = {model} "
-                              f"does not divide the {world_size} MPI ranks")
-        return world_size // model
-    if not isinstance(ensemble, int) or ensemble < 1:
-        raise ConfigError(f"config key 'parallel.ensemble': must be an integer >= 1 or 'auto', got {ensemble!r}")
-    if ensemble * model != world_size:
-        raise ConfigError(f"config key 'parallel': ensemble x h x w x matmul = {ensemble} x {h} x {w} x {matmul} "
-                          f"= {ensemble * model} but the job has {world_size} MPI ranks")
-    return ensemble
-
-
-def check_model_layout(h: int, w: int, matmul: int, img_size, patch_size, embed_dim: int,
-                       num_blocks: int, mlp_hidden: int) -> None:
-    """Raise ConfigError when the model cannot be split over h x w x matmul (see docs/parallel.md)."""
-    H, W = _tokens(img_size, patch_size)
-    if h > H:
-        raise ConfigError(f"config key 'parallel.h': {h} ranks exceed the {H} token rows "
-                          f"(img_size {img_size[0]} / patch {_pair(patch_size)[0]}); use at most {H}")
-    if w > W:
-        raise ConfigError(f"config key 'parallel.w': {w} ranks exceed the {W} token columns "
-                          f"(img_size {img_size[1]} / patch {_pair(patch_size)[1]}); use at most {W}")
-    if w > 1 and min(split_sizes(H, h)) < w:
-        raise ConfigError(f"config key 'parallel.w': the distributed FFT splits each rank's "
-                          f"{min(split_sizes(H, h))} token rows over the {w} w-ranks; use w <= {min(split_sizes(H, h))}")
-    if h * w > W // 2 + 1:
-        raise ConfigError(f"config key 'parallel': h x w = {h * w} exceeds the {W // 2 + 1} rfft columns over "
-                          f"which the spectral modes are split; use h x w <= {W // 2 + 1}")
-    if embed_dim % num_blocks:
-        raise ConfigError(f"config key 'model.num_blocks': {num_blocks} does not divide embed_dim={embed_dim}")
-    if num_blocks % matmul:
-        raise ConfigError(f"config key 'parallel.matmul': {matmul} does not divide num_blocks={num_blocks} "
-                          f"(AFNO blocks are sharded whole over matmul)")
-    if mlp_hidden % matmul:
-        raise ConfigError(f"config key 'parallel.matmul': {matmul} does not divide the MLP hidden width {mlp_hidden}")
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def _tokens(img_size, patch_size) -> tuple[int, int]:
-    (H, W), (p1, p2) = _pair(img_size), _pair(patch_size)
-    if H % p1 or W % p2:
-        raise ConfigError(f"config key 'model.img_size': {H} x {W} is not a multiple of the patch {p1} x {p2}")
-    return H // p1, W // p2
+from ..model.config import pair, token_grid
+from .comm import Communicator, cuda_device, make_communicator
+from .layout import AXES, check_layout, check_model_layout
+from .split import shard_range
 
 
 class ProcessGrid:
@@ -78,7 +24,10 @@ class ProcessGrid:
 
     def __init__(self, comm=None, *, ensemble: int | Literal["auto"] = "auto", h: int = 1, w: int = 1,
                  matmul: int = 1, backend: Literal["mpi", "torch"] = "mpi", tracer: Tracer | None = None,
-                 device: str | None = None):
+                 device=None, timeout_s: float = 600.0):
+        """``device``: this rank's device (``torch.device("cuda:N")``, never bare "cuda"); None = the
+        current CUDA device for the torch backend when a GPU is visible, else the CPU. ``timeout_s``
+        bounds the torch backend's set-up and each of its collectives (a lost rank fails, never hangs)."""
         from mpi4py import MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.backend = backend
@@ -92,9 +41,9 @@ class ProcessGrid:
                        "matmul": r % matmul}
         self._tracer = tracer if tracer is not None else Tracer(enabled=False, rank=r)
         if device is None:
-            import torch
-            device = "cuda" if backend == "torch" and torch.cuda.is_available() else "cpu"
-        self.device = device
+            device = (torch.device("cuda", torch.cuda.current_device())
+                      if backend == "torch" and torch.cuda.is_available() else torch.device("cpu"))
+        self.device = cuda_device(device)
         c = self.coords
         stride = {"ensemble": model, "h": w * matmul, "w": matmul, "matmul": 1}
         self._mpi_comms = []
@@ -107,14 +56,16 @@ class ProcessGrid:
         for name, (color, key) in groups.items():
             sub = self.comm.Split(color, key)
             self._mpi_comms.append(sub)
-            self._axes[name] = make_communicator(backend, sub, name, lambda: self._tracer, device=device)
+            self._axes[name] = make_communicator(backend, sub, name, lambda: self._tracer, device=self.device,
+                                                 timeout_s=timeout_s)
         self.world = make_communicator("mpi", self.comm, "world", lambda: self._tracer)
 
     @classmethod
-    def from_config(cls, cfg, comm=None, tracer: Tracer | None = None, device: str | None = None) -> "ProcessGrid":
+    def from_config(cls, cfg, comm=None, tracer: Tracer | None = None, device=None,
+                    timeout_s: float = 600.0) -> "ProcessGrid":
         """Build from a :class:`hpc_fcn.schema.ParallelConfig`."""
         return cls(comm, ensemble=cfg.ensemble, h=cfg.h, w=cfg.w, matmul=cfg.matmul, backend=cfg.backend,
-                   tracer=tracer, device=device)
+                   tracer=tracer, device=device, timeout_s=timeout_s)
 
     # ---- axes ---------------------------------------------------------------------------------
     @property
@@ -170,14 +121,14 @@ class ProcessGrid:
 
     def token_window(self, img_size, patch_size) -> tuple[slice, slice]:
         """Token rows and columns this rank holds (balanced split over h and w)."""
-        H, W = _tokens(img_size, patch_size)
+        H, W = token_grid(img_size, patch_size)
         r0, r1 = shard_range(H, self.shape["h"], self.coords["h"], "token grid's rows")
         c0, c1 = shard_range(W, self.shape["w"], self.coords["w"], "token grid's columns")
         return slice(r0, r1), slice(c0, c1)
 
     def local_window(self, img_size, patch_size) -> tuple[slice, slice]:
         """Pixel rows and columns of the model grid this rank holds (whole patches)."""
-        (p1, p2) = _pair(patch_size)
+        (p1, p2) = pair(patch_size)
         rows, cols = self.token_window(img_size, patch_size)
         return slice(rows.start * p1, rows.stop * p1), slice(cols.start * p2, cols.stop * p2)
 

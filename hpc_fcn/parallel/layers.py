@@ -4,7 +4,8 @@ Spatial axes (h, w) split tokens; ``matmul`` splits channels (whole AFNO blocks)
 width. The residual stream is channel-sharded over matmul, so norms need fp32 statistics across
 matmul, the filter needs none, and the MLP needs one all-gather before ``fc1`` and one
 reduce-scatter after ``fc2`` (together the volume of one all-reduce). Parameter names match the
-serial layers so that state-dict keys are identical; each holds this rank's shard.
+serial layers so that state-dict keys are identical; each holds this rank's shard and carries its
+:class:`~hpc_fcn.parallel.sharding.ShardSpec` (attached here, where the layer is built).
 """
 from __future__ import annotations
 
@@ -16,10 +17,64 @@ from ..model import mode_window, spectral_block_mlp
 from .fft import DistributedFFT2
 from .grid import ProcessGrid
 from .primitives import copy_to, gather_to, reduce_scatter_from
+from .sharding import ShardSpec, attach
+from .sharding import split as split_spec
 
 
-def _empty(*shape: int, dtype: torch.dtype) -> nn.Parameter:
-    return nn.Parameter(torch.zeros(*shape, dtype=dtype))
+def _param(module: nn.Module, name: str, spec: ShardSpec, local_shape, dtype: torch.dtype) -> None:
+    """A zero parameter ``module.<name>`` of this rank's ``local_shape`` with its spec (weights are
+    loaded from the serial model)."""
+    setattr(module, name, nn.Parameter(torch.zeros(*local_shape, dtype=dtype)))
+    attach(module, name, spec)
+
+
+class _ParallelLinear(nn.Module):
+    """y = x W^T (+ b) with W split over ``axis``; ``matmul`` is the GEMM, swappable (quantisation)."""
+
+    def __init__(self, axis, in_features: int, out_features: int, weight_dim: int, tag: str, dtype):
+        super().__init__()
+        self.axis, self.in_features, self.out_features, self.tag = axis, in_features, out_features, tag
+        m = axis.size
+        full = (out_features, in_features)
+        local = (out_features // m, in_features) if weight_dim == 0 else (out_features, in_features // m)
+        _param(self, "weight", split_spec(full, (weight_dim, "matmul")), local, dtype)
+        self.gemm: nn.Module | None = None
+
+    def use_gemm(self, gemm: nn.Module) -> None:
+        """Run the product through ``gemm.matmul(x)`` (e.g. a quantised GEMM built from this weight)."""
+        self.gemm = gemm
+        self.register_parameter("weight", None)
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.gemm is None:
+            return F.linear(x, self.weight, bias)
+        y = self.gemm.matmul(x)
+        return y if bias is None else y + bias.to(y.dtype)
+
+
+class ColumnParallelLinear(_ParallelLinear):
+    """Output features split over ``axis``; the input, split on its last dimension, is all-gathered first."""
+
+    def __init__(self, axis, in_features: int, out_features: int, tag: str = "linear", dtype=torch.float32):
+        super().__init__(axis, in_features, out_features, 0, tag, dtype)
+        _param(self, "bias", split_spec((out_features,), (0, "matmul")), (out_features // axis.size,), dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = gather_to(x, self.axis, dim=-1, n=self.in_features, tag=self.tag)
+        return self.matmul(x, self.bias)
+
+
+class RowParallelLinear(_ParallelLinear):
+    """Input features split over ``axis``; the partial products are reduce-scattered over the output
+    features, then this rank's bias piece is added (after the reduction, so it is counted once)."""
+
+    def __init__(self, axis, in_features: int, out_features: int, tag: str = "linear", dtype=torch.float32):
+        super().__init__(axis, in_features, out_features, 1, tag, dtype)
+        _param(self, "bias", split_spec((out_features,), (0, "matmul")), (out_features // axis.size,), dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = reduce_scatter_from(self.matmul(x), self.axis, dim=-1, tag=self.tag)
+        return y + (self.bias if self.gemm is None else self.bias.to(y.dtype))
 
 
 class DistLayerNorm(nn.Module):
@@ -29,8 +84,9 @@ class DistLayerNorm(nn.Module):
         super().__init__()
         self.grid, self.dim, self.eps = grid, dim, eps
         self.local_dim = dim // grid.matmul.size
-        self.weight = _empty(self.local_dim, dtype=dtype)
-        self.bias = _empty(self.local_dim, dtype=dtype)
+        spec = split_spec((dim,), (0, "matmul"))
+        _param(self, "weight", spec, (self.local_dim,), dtype)
+        _param(self, "bias", spec, (self.local_dim,), dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mm = self.grid.matmul
@@ -60,10 +116,12 @@ class DistAFNO2D(nn.Module):
         self.local_blocks = num_blocks // grid.matmul.size
         self.sparsity_threshold = sparsity_threshold
         bs, nb = self.block_size, self.local_blocks
-        self.w1 = _empty(2, nb, bs, bs, dtype=dtype)
-        self.b1 = _empty(2, nb, bs, dtype=dtype)
-        self.w2 = _empty(2, nb, bs, bs, dtype=dtype)
-        self.b2 = _empty(2, nb, bs, dtype=dtype)
+        w_spec = split_spec((2, num_blocks, bs, bs), (1, "matmul"))
+        b_spec = split_spec((2, num_blocks, bs), (1, "matmul"))
+        _param(self, "w1", w_spec, (2, nb, bs, bs), dtype)
+        _param(self, "b1", b_spec, (2, nb, bs), dtype)
+        _param(self, "w2", w_spec, (2, nb, bs, bs), dtype)
+        _param(self, "b2", b_spec, (2, nb, bs), dtype)
         rows, cols = mode_window(H, hard_thresholding_fraction)
         c0, c1 = self.fft.mode_cols.start, self.fft.mode_cols.stop
         lo, hi = max(cols.start, c0), min(cols.stop, c1)  # global window clipped to local columns
@@ -90,22 +148,15 @@ class DistAFNO2D(nn.Module):
 
 
 class DistMlp(nn.Module):
-    """fc1 column-parallel (hidden sharded), fc2 row-parallel; channels in and out sharded on matmul."""
+    """fc1 column-parallel (hidden split), fc2 row-parallel; channels in and out split on matmul."""
 
     def __init__(self, grid: ProcessGrid, dim: int, hidden: int, dtype=torch.float32):
         super().__init__()
-        self.grid, self.dim = grid, dim
-        m = grid.matmul.size
-        self.fc1 = nn.Linear(dim, hidden // m, dtype=dtype)
-        self.fc2 = nn.Linear(hidden // m, dim, dtype=dtype)
-        self.fc2.bias = _empty(dim // m, dtype=dtype)
+        self.fc1 = ColumnParallelLinear(grid.matmul, dim, hidden, tag="mlp", dtype=dtype)
+        self.fc2 = RowParallelLinear(grid.matmul, hidden, dim, tag="mlp", dtype=dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mm = self.grid.matmul
-        x = gather_to(x, mm, dim=-1, n=self.dim, tag="mlp")
-        x = F.gelu(self.fc1(x))
-        x = reduce_scatter_from(F.linear(x, self.fc2.weight), mm, dim=-1, tag="mlp")
-        return x + self.fc2.bias
+        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class DistBlock(nn.Module):
@@ -134,6 +185,8 @@ class DistPatchEmbed(nn.Module):
         self.grid = grid
         self.proj = nn.Conv2d(in_chans, embed_dim // grid.matmul.size, kernel_size=patch_size,
                               stride=patch_size, dtype=dtype)
+        attach(self, "proj.weight", split_spec((embed_dim, in_chans, *patch_size), (0, "matmul")))
+        attach(self, "proj.bias", split_spec((embed_dim,), (0, "matmul")))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, rows, cols) -> (B, h_local, w_local, C_local)."""

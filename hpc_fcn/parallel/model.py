@@ -3,11 +3,10 @@
 Input: this rank's pixel window ``x[..., rows, cols]`` (see :meth:`ProcessGrid.local_window`), any
 batch of members. Output: the same window of the prediction, replicated over matmul.
 
-Gradients: after ``loss.backward()`` on every rank (the loss a sum of rank-local parts, computed
-identically on the matmul ranks), call :meth:`DistributedAFNONet.reduce_gradients`. It sums over the
-spatial group (h x w) the gradients of every parameter that is replicated across it (all but
-``pos_embed``, which is sharded by tokens), and, for data parallel training, over ``ensemble``.
-Matmul needs no reduction: every parameter is sharded there, not replicated.
+Every parameter carries its :class:`~hpc_fcn.parallel.sharding.ShardSpec`; loading, gathering and
+gradient reduction read the specs. Gradients: after ``loss.backward()`` on every rank (the loss a sum
+of rank-local parts, computed identically on the matmul ranks), call
+:meth:`DistributedAFNONet.reduce_gradients`.
 """
 from __future__ import annotations
 
@@ -18,10 +17,12 @@ import torch.nn as nn
 
 from ..model import AFNONet, unpatchify
 from ..model.checkpoint import infer_model_config
-from .grid import ProcessGrid, _pair
+from ..model.config import pair
+from .grid import ProcessGrid
 from .layers import DistBlock, DistLayerNorm, DistPatchEmbed
+from . import sharding
 from .primitives import gather, reduce_from
-from .split import shard_range, split_sizes
+from .split import split_sizes
 
 _MODEL_KEYS = ("img_size", "patch_size", "in_chans", "out_chans", "embed_dim", "depth", "mlp_ratio",
                "num_blocks", "sparsity_threshold", "hard_thresholding_fraction")
@@ -36,7 +37,7 @@ class DistributedAFNONet(nn.Module):
                  dtype: torch.dtype = torch.float32):
         super().__init__()
         self.grid = grid
-        self.img_size, self.patch_size = _pair(img_size), _pair(patch_size)
+        self.img_size, self.patch_size = pair(img_size), pair(patch_size)
         self.in_chans, self.out_chans, self.embed_dim, self.depth = in_chans, out_chans, embed_dim, depth
         self.mlp_ratio, self.num_blocks = mlp_ratio, num_blocks
         self.sparsity_threshold, self.hard_thresholding_fraction = sparsity_threshold, hard_thresholding_fraction
@@ -50,12 +51,19 @@ class DistributedAFNONet(nn.Module):
         wl = self.token_cols.stop - self.token_cols.start
         cl = embed_dim // grid.matmul.size
         self.patch_embed = DistPatchEmbed(grid, in_chans, embed_dim, self.patch_size, dtype=dtype)
+        # serial (1, H*W, C), held as a (1, H, W, C) grid split over h, w and matmul
         self.pos_embed = nn.Parameter(torch.zeros(1, hl, wl, cl, dtype=dtype))
+        sharding.attach(self, "pos_embed", sharding.split((1, self.H, self.W, embed_dim), (1, "h"), (2, "w"),
+                                                          (3, "matmul"), serial_shape=(1, self.H * self.W, embed_dim)))
         self.blocks = nn.ModuleList([
             DistBlock(grid, self.H, self.W, embed_dim, self.mlp_hidden, num_blocks, sparsity_threshold,
                       hard_thresholding_fraction, dtype=dtype) for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6, dtype=dtype)  # as in the checkpoint: unused, replicated
-        self.head = nn.Linear(cl, out_chans * self.patch_size[0] * self.patch_size[1], bias=False, dtype=dtype)
+        for k, p in self.norm.named_parameters():
+            sharding.attach(self, f"norm.{k}", sharding.replicated(p.shape))
+        n_out = out_chans * self.patch_size[0] * self.patch_size[1]
+        self.head = nn.Linear(cl, n_out, bias=False, dtype=dtype)
+        sharding.attach(self, "head.weight", sharding.split((n_out, embed_dim), (1, "matmul")))
 
     # ---- construction and checkpoints --------------------------------------------------------
     @classmethod
@@ -82,79 +90,37 @@ class DistributedAFNONet(nn.Module):
                     num_blocks=self.num_blocks, sparsity_threshold=self.sparsity_threshold,
                     hard_thresholding_fraction=self.hard_thresholding_fraction)
 
-    def shard_spec(self, key: str) -> list[tuple[int, str]]:
-        """(dimension, axis) pairs along which the serial tensor ``key`` is split (pos_embed as 1 x H x W x C)."""
-        name = key.split(".")
-        if key == "pos_embed":
-            return [(1, "h"), (2, "w"), (3, "matmul")]
-        if key.startswith("patch_embed.proj."):
-            return [(0, "matmul")]
-        if key == "head.weight":
-            return [(1, "matmul")]
-        if name[0] == "blocks":
-            sub = ".".join(name[2:])
-            if sub.startswith(("norm1.", "norm2.")) or sub in ("mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.bias"):
-                return [(0, "matmul")]
-            if sub == "mlp.fc2.weight":
-                return [(1, "matmul")]
-            if sub.startswith("filter."):
-                return [(1, "matmul")]
-        if name[0] == "norm":
-            return []
-        raise KeyError(f"no shard layout for parameter {key!r}")
-
-    def _serial_shape(self, key: str, t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(1, self.H, self.W, self.embed_dim) if key == "pos_embed" else t
-
     def load_serial_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load a full serial state dict (same keys and shapes as AFNONet), keeping this rank's shards."""
-        own = dict(self.named_parameters())
+        own, specs = dict(self.named_parameters()), sharding.specs(self)
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
             raise KeyError(f"state dict does not fit DistributedAFNONet: missing {missing[:5]}, unexpected {unexpected[:5]}")
         with torch.no_grad():
             for key, p in own.items():
-                t = self._serial_shape(key, state[key])
-                for dim, axis in self.shard_spec(key):
-                    ax = self.grid.axis(axis)
-                    a, b = shard_range(t.shape[dim], ax.size, ax.rank, f"{key} dimension {dim}")
-                    t = t.narrow(dim, a, b - a)
+                t = sharding.shard(state[key], specs[key], self.grid, key)
                 if tuple(t.shape) != tuple(p.shape):
                     raise ValueError(f"{key}: shard {tuple(t.shape)} does not match the local parameter {tuple(p.shape)}")
                 p.copy_(t)
 
-    def _gather(self, key: str, local: torch.Tensor) -> torch.Tensor:
-        t = local.detach()
-        for dim, axis in reversed(self.shard_spec(key)):
-            ax = self.grid.axis(axis)
-            n = {"h": self.H, "w": self.W}.get(axis)
-            if n is None:
-                n = local.shape[dim] * ax.size
-            t = ax.all_gather(t, dim, split_sizes(n, ax.size), tag="gather_state")
-        return t.reshape(1, self.H * self.W, self.embed_dim) if key == "pos_embed" else t
-
     def gather_state_dict(self) -> dict[str, torch.Tensor]:
         """The full serial state dict on every rank of the model group (collective)."""
-        return {k: self._gather(k, p) for k, p in self.named_parameters()}
+        specs = sharding.specs(self)
+        return {k: sharding.gather(p, specs[k], self.grid) for k, p in self.named_parameters()}
 
     def gather_gradients(self) -> dict[str, torch.Tensor]:
         """Full serial-shaped gradients (collective; call after :meth:`reduce_gradients`)."""
-        return {k: self._gather(k, p.grad if p.grad is not None else torch.zeros_like(p))
+        specs = sharding.specs(self)
+        return {k: sharding.gather(p.grad if p.grad is not None else torch.zeros_like(p), specs[k], self.grid)
                 for k, p in self.named_parameters()}
 
     # ---- training ----------------------------------------------------------------------------
     def reduce_gradients(self, data_parallel: bool = True, average_data: bool = True) -> None:
-        """Complete the gradients after backward: sum over spatial ranks where a parameter is replicated,
-        then (``data_parallel``) sum or average over the ensemble axis. One bucketed all-reduce each."""
-        params = [(k, p) for k, p in self.named_parameters() if p.requires_grad]
-        for k, p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        spatial = [p for k, p in params if k != "pos_embed"]
-        self.grid.spatial.all_reduce_grads(spatial)
-        if data_parallel:
-            ens = self.grid.ensemble
-            ens.all_reduce_grads([p for _, p in params], 1.0 / ens.size if average_data else 1.0)
+        """Complete the gradients after backward (see :func:`hpc_fcn.parallel.sharding.reduce_gradients`),
+        then (``data_parallel``) sum or average them over the ensemble axis."""
+        ens = self.grid.ensemble
+        sharding.reduce_gradients(self, self.grid, ens if data_parallel else None,
+                                  1.0 / ens.size if average_data else 1.0)
 
     # ---- forward -----------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,7 +148,7 @@ def scatter_field(grid: ProcessGrid, full: torch.Tensor, img_size, patch_size) -
 
 def gather_field(grid: ProcessGrid, local: torch.Tensor, img_size, patch_size) -> torch.Tensor:
     """The full field from every rank's window (collective over h and w; differentiable)."""
-    (H, W), (p1, p2) = _pair(img_size), _pair(patch_size)
+    (H, W), (p1, p2) = pair(img_size), pair(patch_size)
     rows = [s * p1 for s in split_sizes(H // p1, grid.h.size)]
     cols = [s * p2 for s in split_sizes(W // p2, grid.w.size)]
     x = gather(local, grid.w, dim=-1, n=cols, tag="gather_field")

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from .comm import Communicator
-from .split import shard_range, split_sizes
+from .split import split_sizes
 
 
 def _sizes(n_or_sizes: int | Sequence[int], axis: Communicator, what: str) -> list[int]:
@@ -46,80 +46,37 @@ def _own(x: torch.Tensor, axis: Communicator, dim: int, sizes: list[int]) -> tor
     return x.narrow(dim, start, sizes[axis.rank]).contiguous()
 
 
-class _CopyTo(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, axis, tag):
-        ctx.axis, ctx.tag = axis, tag
-        return x.view_as(x)
+def _identity(x, axis, tag):
+    return x.view_as(x)
+
+
+def _all_reduce(x, axis, tag):
+    return axis.all_reduce(x, tag)
+
+
+def _keep(x, axis, dim, sizes, tag):
+    return _own(x, axis, dim, sizes)
+
+
+def _all_gather(x, axis, dim, sizes, tag):
+    return axis.all_gather(x, dim, sizes, tag)
+
+
+def _reduce_scatter(x, axis, dim, sizes, tag):
+    return axis.reduce_scatter(x, dim, sizes, tag)
+
+
+class _Paired(torch.autograd.Function):
+    """Forward ``fwd(x, *args)``, backward its adjoint ``bwd(g, *args)`` (one row of the table above)."""
 
     @staticmethod
-    def backward(ctx, g):
-        return ctx.axis.all_reduce(g, ctx.tag), None, None
-
-
-class _ReduceFrom(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, axis, tag):
-        return axis.all_reduce(x, tag)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g, None, None
-
-
-class _AllReduce(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, axis, tag):
-        ctx.axis, ctx.tag = axis, tag
-        return axis.all_reduce(x, tag)
-
-    @staticmethod
-    def backward(ctx, g):
-        return ctx.axis.all_reduce(g, ctx.tag), None, None
-
-
-class _Scatter(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, axis, dim, sizes, tag):
-        ctx.axis, ctx.dim, ctx.sizes, ctx.tag = axis, dim, sizes, tag
-        return _own(x, axis, dim, sizes)
+    def forward(ctx, x, fwd, bwd, *args):
+        ctx.bwd, ctx.args = bwd, args
+        return fwd(x, *args)
 
     @staticmethod
     def backward(ctx, g):
-        return ctx.axis.all_gather(g, ctx.dim, ctx.sizes, ctx.tag), None, None, None, None
-
-
-class _Gather(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, axis, dim, sizes, tag):
-        ctx.axis, ctx.dim, ctx.sizes = axis, dim, sizes
-        return axis.all_gather(x, dim, sizes, tag)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _own(g, ctx.axis, ctx.dim, ctx.sizes), None, None, None, None
-
-
-class _GatherTo(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, axis, dim, sizes, tag):
-        ctx.axis, ctx.dim, ctx.sizes, ctx.tag = axis, dim, sizes, tag
-        return axis.all_gather(x, dim, sizes, tag)
-
-    @staticmethod
-    def backward(ctx, g):
-        return ctx.axis.reduce_scatter(g, ctx.dim, ctx.sizes, ctx.tag), None, None, None, None
-
-
-class _ReduceScatterFrom(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, axis, dim, sizes, tag):
-        ctx.axis, ctx.dim, ctx.sizes, ctx.tag = axis, dim, sizes, tag
-        return axis.reduce_scatter(x, dim, sizes, tag)
-
-    @staticmethod
-    def backward(ctx, g):
-        return ctx.axis.all_gather(g, ctx.dim, ctx.sizes, ctx.tag), None, None, None, None
+        return (ctx.bwd(g, *ctx.args), None, None) + (None,) * len(ctx.args)
 
 
 class _Transpose(torch.autograd.Function):
@@ -138,55 +95,51 @@ class _Transpose(torch.autograd.Function):
 
 def copy_to(x: torch.Tensor, axis: Communicator, tag: str = "copy_to") -> torch.Tensor:
     """Identity; backward all-reduces (use where a replicated tensor feeds rank-partial work)."""
-    return x if axis.size == 1 else _CopyTo.apply(x, axis, tag)
+    return x if axis.size == 1 else _Paired.apply(x, _identity, _all_reduce, axis, tag)
 
 
 def reduce_from(x: torch.Tensor, axis: Communicator, tag: str = "reduce_from") -> torch.Tensor:
     """All-reduce of partial sums into a replicated tensor; backward is the identity."""
-    return x if axis.size == 1 else _ReduceFrom.apply(x, axis, tag)
+    return x if axis.size == 1 else _Paired.apply(x, _all_reduce, _identity, axis, tag)
 
 
 def all_reduce(x: torch.Tensor, axis: Communicator, tag: str = "all_reduce") -> torch.Tensor:
     """All-reduce whose consumers are rank-partial: it is self-adjoint, so backward all-reduces too."""
-    return x if axis.size == 1 else _AllReduce.apply(x, axis, tag)
+    return x if axis.size == 1 else _Paired.apply(x, _all_reduce, _all_reduce, axis, tag)
+
+
+def _sharded(x, fwd, bwd, axis: Communicator, dim: int, sizes, tag: str, what: str) -> torch.Tensor:
+    """Apply a shard-changing pair along ``dim``; ``sizes``: None (balanced split of x's dim), a global
+    length (balanced split of it) or each rank's length."""
+    if axis.size == 1:
+        return x
+    dim = dim % x.dim()
+    s = _sizes(x.shape[dim] if sizes is None else sizes, axis, f"{what} of dimension {dim}")
+    return _Paired.apply(x, fwd, bwd, axis, dim, s, tag)
 
 
 def scatter(x: torch.Tensor, axis: Communicator, dim: int, sizes: Sequence[int] | None = None,
             tag: str = "scatter") -> torch.Tensor:
     """Keep this rank's shard of a replicated tensor (balanced split unless ``sizes``); backward all-gathers."""
-    if axis.size == 1:
-        return x
-    dim = dim % x.dim()
-    s = _sizes(x.shape[dim] if sizes is None else sizes, axis, f"scatter of dimension {dim}")
-    return _Scatter.apply(x, axis, dim, s, tag)
+    return _sharded(x, _keep, _all_gather, axis, dim, sizes, tag, "scatter")
 
 
 def gather(x: torch.Tensor, axis: Communicator, dim: int, n: int | Sequence[int],
            tag: str = "gather") -> torch.Tensor:
     """All-gather shards of a dimension of global length ``n`` (or explicit sizes) into a replicated tensor."""
-    if axis.size == 1:
-        return x
-    dim = dim % x.dim()
-    return _Gather.apply(x, axis, dim, _sizes(n, axis, f"gather of dimension {dim}"), tag)
+    return _sharded(x, _all_gather, _keep, axis, dim, n, tag, "gather")
 
 
 def gather_to(x: torch.Tensor, axis: Communicator, dim: int, n: int | Sequence[int],
               tag: str = "gather_to") -> torch.Tensor:
     """All-gather for rank-partial consumers (e.g. a column-parallel linear); backward reduce-scatters."""
-    if axis.size == 1:
-        return x
-    dim = dim % x.dim()
-    return _GatherTo.apply(x, axis, dim, _sizes(n, axis, f"gather of dimension {dim}"), tag)
+    return _sharded(x, _all_gather, _reduce_scatter, axis, dim, n, tag, "gather")
 
 
 def reduce_scatter_from(x: torch.Tensor, axis: Communicator, dim: int, sizes: Sequence[int] | None = None,
                         tag: str = "reduce_scatter_from") -> torch.Tensor:
     """Sum partial tensors and keep this rank's shard of ``dim``; backward all-gathers."""
-    if axis.size == 1:
-        return x
-    dim = dim % x.dim()
-    s = _sizes(x.shape[dim] if sizes is None else sizes, axis, f"reduce-scatter of dimension {dim}")
-    return _ReduceScatterFrom.apply(x, axis, dim, s, tag)
+    return _sharded(x, _reduce_scatter, _all_gather, axis, dim, sizes, tag, "reduce-scatter")
 
 
 def transpose(x: torch.Tensor, axis: Communicator, gather_dim: int, scatter_dim: int,
@@ -204,10 +157,3 @@ def transpose(x: torch.Tensor, axis: Communicator, gather_dim: int, scatter_dim:
     s = _sizes(x.shape[sd] if scatter_sizes is None else scatter_sizes, axis, f"transpose of dimension {sd}")
     return _Transpose.apply(x, axis, gd, sd, g, s, tag)
 
-
-def shard(x: torch.Tensor, axis: Communicator, dim: int) -> torch.Tensor:
-    """This rank's balanced shard of ``x`` along ``dim`` (no autograd semantics; for loading weights)."""
-    if axis.size == 1:
-        return x
-    a, b = shard_range(x.shape[dim], axis.size, axis.rank, f"dimension {dim} of a {tuple(x.shape)} tensor")
-    return x.narrow(dim, a, b - a)

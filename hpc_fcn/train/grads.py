@@ -5,15 +5,14 @@ import math
 from typing import Sequence
 
 import torch
-from mpi4py import MPI
 
 
 def global_grad_norm(named: Sequence[tuple[str, torch.nn.Parameter]], copies: dict[str, int], comm) -> float:
     """L2 norm of the whole model's gradient: each shard's square sum over its number of copies in
-    ``comm`` (so a parameter replicated on k ranks counts once), summed over ``comm``. In fp64."""
+    ``comm`` (a Communicator; a parameter replicated on k ranks counts once), summed over ``comm``. In fp64."""
     squares = [p.grad.detach().double().pow(2).sum() / copies[name] for name, p in named if p.grad is not None]
     local = float(torch.stack(squares).sum()) if squares else 0.0  # one device-to-host copy
-    total = comm.allreduce(local, op=MPI.SUM) if comm.size > 1 else local
+    total = comm.all_reduce(local, tag="grad_norm")
     return math.sqrt(total) if total >= 0 and math.isfinite(total) else float("inf")
 
 
@@ -31,7 +30,7 @@ def clip_gradients(params: Sequence[torch.nn.Parameter], norm: float, max_norm: 
 def any_nonfinite(params: Sequence[torch.nn.Parameter], comm) -> bool:
     """True on every rank of ``comm`` when any rank has an Inf/NaN gradient (keeps fp16 skips in step)."""
     bad = any(p.grad is not None and not bool(torch.isfinite(p.grad).all()) for p in params)
-    return bool(comm.allreduce(int(bad), op=MPI.MAX)) if comm.size > 1 else bad
+    return bool(comm.all_reduce(int(bad), tag="grad_finite", op="max"))
 
 
 def poison(params: Sequence[torch.nn.Parameter]) -> None:

@@ -52,10 +52,6 @@ class EpochSampler:
         rng = np.random.default_rng([self.seed, self.phase, epoch])
         return self.starts[rng.permutation(len(self.starts))[: self.steps_per_epoch * self.batch_size]]
 
-    def global_batch(self, epoch: int, step: int) -> np.ndarray:
-        order = self.order(epoch)
-        return order[step * self.batch_size:(step + 1) * self.batch_size]
-
     def local_batches(self, epoch: int, first_step: int = 0):
         """Yield (step, this rank's sample indices) from ``first_step`` to the end of the epoch."""
         order = self.order(epoch)

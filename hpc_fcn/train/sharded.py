@@ -7,13 +7,12 @@ serial tensors, so checkpoints never depend on the layout.
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import torch
 import torch.nn as nn
 
-from ..parallel.split import shard_range, split_sizes
+from ..parallel import sharding
 
 
 class SerialShards:
@@ -55,7 +54,7 @@ class SerialShards:
 class DistributedShards:
     """A :class:`hpc_fcn.parallel.model.DistributedAFNONet` over the grid's h x w x matmul axes.
 
-    Uses the model's ``shard_spec`` (which serial dimension is split over which axis) to move any
+    Reads each parameter's ShardSpec (which serial dimension is split over which axis) to move any
     per-parameter tensor between full and sharded form with the grid's collectives.
     """
 
@@ -64,60 +63,25 @@ class DistributedShards:
         self.grid = grid
         self.model_config = net.config()
         self.module = DistributedAFNONet.from_serial(net, None, grid).to(next(net.parameters()).device)
-        m = self.module
-        self._serial_shape = {"pos_embed": (1, m.H, m.W, m.embed_dim)}
-        self._axis_len = {"h": m.H, "w": m.W}
+        self.specs = sharding.specs(self.module)
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return list(self.module.named_parameters())
 
     def copies(self) -> dict[str, int]:
-        out = {}
-        for name, _ in self.module.named_parameters():
-            split = math.prod(self.grid.axis(a).size for _, a in self.module.shard_spec(name))
-            out[name] = self.grid.model.size // split
-        return out
+        return {name: sharding.copies(spec, self.grid) for name, spec in self.specs.items()}
 
     def reduce_gradients(self) -> None:
         """Sum over spatial ranks where replicated, then over the data-parallel ranks (sum, not mean)."""
         self.module.reduce_gradients(data_parallel=True, average_data=False)
 
-    def _gather_one(self, key: str, local: torch.Tensor) -> torch.Tensor:
-        t = local.detach()
-        for dim, axis in reversed(self.module.shard_spec(key)):
-            ax = self.grid.axis(axis)
-            n = self._axis_len.get(axis, self._full_len(key, dim))
-            t = ax.all_gather(t.contiguous(), dim, split_sizes(n, ax.size), tag="gather_state")
-        return t.reshape(1, -1, t.shape[-1]) if key in self._serial_shape else t
-
-    def _full_len(self, key: str, dim: int) -> int:
-        """Length of serial dimension ``dim`` of ``key`` (from the serial model config)."""
-        return self._full_shapes()[key][dim]
-
-    def _full_shapes(self) -> dict[str, tuple[int, ...]]:
-        if not hasattr(self, "_shapes"):
-            from ..model import AFNONet
-            with torch.device("meta"):
-                ref = AFNONet(**self.model_config)
-            self._shapes = {k: tuple(self._serial_shape.get(k, v.shape)) for k, v in ref.state_dict().items()}
-        return self._shapes
-
     def gather(self, local: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Full serial tensors from this rank's shards (collective over the model group; same keys everywhere)."""
-        return {k: self._gather_one(k, v).cpu() for k, v in local.items()}
+        return {k: sharding.gather(v, self.specs[k], self.grid).cpu() for k, v in local.items()}
 
     def shard(self, full: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This rank's shard of each full serial tensor."""
-        out = {}
-        for key, t in full.items():
-            if key in self._serial_shape:
-                t = t.reshape(self._serial_shape[key])
-            for dim, axis in self.module.shard_spec(key):
-                ax = self.grid.axis(axis)
-                a, b = shard_range(t.shape[dim], ax.size, ax.rank, f"{key} dimension {dim}")
-                t = t.narrow(dim, a, b - a)
-            out[key] = t.contiguous()
-        return out
+        return {k: sharding.shard(t, self.specs[k], self.grid, k) for k, t in full.items()}
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.cpu() for k, v in self.module.gather_state_dict().items()}

@@ -20,8 +20,8 @@ class Topology:
 
     @property
     def world(self):
-        """The mpi4py communicator of every rank."""
-        return self.grid.comm
+        """The Communicator of every rank."""
+        return self.grid.world
 
     @property
     def rank(self) -> int:
@@ -56,7 +56,7 @@ class Topology:
 
     def allreduce_sum(self, value: float) -> float:
         """The global sum of per-rank partial values (loss sums), each window counted once."""
-        return self.world.allreduce(float(value)) / self.loss_copies
+        return self.world.all_reduce(float(value), tag="loss") / self.loss_copies
 
     def layout(self) -> str:
         s = self.grid.shape

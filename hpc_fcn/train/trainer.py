@@ -118,7 +118,7 @@ class Trainer:
             if any_nonfinite(self.params, self.topo.world):
                 poison(self.params)  # every rank skips this step and lowers the scale together
             self.scaler.unscale_(self.optimizer)
-        norm = global_grad_norm(self.named, self.copies, self.topo.model.comm)
+        norm = global_grad_norm(self.named, self.copies, self.topo.model)
         clip_gradients(self.params, norm, self.cfg.optim.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
@@ -222,7 +222,7 @@ class Trainer:
             if self.cfg.output.plot and self.pos.step == 0:  # epoch ends only: plotting takes seconds
                 from .plot import loss_curve
                 loss_curve(self.history, self.val_history, self.out_dir / "loss.png")
-        self.topo.world.Barrier()
+        self.topo.world.barrier()
 
     def resume(self, path: Path) -> None:
         """Continue the run saved in ``path`` (any layout) from its next step."""
@@ -252,4 +252,4 @@ class Trainer:
             from ..config import dump_yaml
             path.with_suffix(".yaml").write_text(dump_yaml(self.cfg))
             log.info("wrote the weights to %s (%.1f MB)", path, path.stat().st_size / 1e6)
-        self.topo.world.Barrier()
+        self.topo.world.barrier()

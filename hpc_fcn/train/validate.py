@@ -10,7 +10,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from mpi4py import MPI
 
 from ..metrics import acc_from_sums
 from .data import WindowReader
@@ -58,7 +57,7 @@ class Validator:
                 state = forward(state).float()
                 if step in self.leads:
                     sums[i, self.leads.index(step)] = self._sums(state, seq[step:step + 1])[0].cpu().numpy()
-        topo.world.Allreduce(MPI.IN_PLACE, sums, op=MPI.SUM)
+        sums = topo.world.all_reduce(sums, tag="validate")
         sums /= topo.loss_copies
         mse = sums[..., 0] / sums[..., 4]
         rmse = np.sqrt(mse).mean(0) * self.stds[None, :]

@@ -8,9 +8,10 @@ import torch
 from mpi4py import MPI
 
 from hpc_fcn.model import AFNONet
-from hpc_fcn.parallel import ProcessGrid
+from hpc_fcn.parallel import ProcessGrid, sharding
 from hpc_fcn.parallel.model import DistributedAFNONet, gather_field, scatter_field
 from hpc_fcn.parallel.testing import rel_err, sub_comm
+from hpc_fcn.train.grads import global_grad_norm
 
 BACKENDS = ["mpi", "torch"]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -59,6 +60,24 @@ def check_equivalence(comm, layout, backend, kwargs, members=2):
             ref = serial.state_dict()
             assert list(state) == list(ref)
             assert all(torch.equal(state[k], ref[k]) for k in ref), "gathered state dict is the serial one"
+            check_specs(model, serial, grid)
+
+
+def check_specs(model, serial, grid):
+    """Every parameter carries a ShardSpec; shard then gather is the identity on any serial tensor; the
+    copy counts make the gradient norm over the model group the serial one."""
+    specs = sharding.specs(model)
+    assert list(specs) == [k for k, _ in serial.named_parameters()]
+    for k, p in serial.named_parameters():
+        t = torch.randn(p.shape, generator=torch.Generator().manual_seed(len(k)), dtype=p.dtype)
+        piece = sharding.shard(t, specs[k], grid, k)
+        assert piece.shape == dict(model.named_parameters())[k].shape, k
+        assert torch.equal(sharding.gather(piece, specs[k], grid), t), k
+    copies = {k: sharding.copies(spec, grid) for k, spec in specs.items()}
+    norm = global_grad_norm(list(model.named_parameters()), copies, grid.model)
+    serial_norm = float(torch.stack([p.grad.double().pow(2).sum() for p in serial.parameters()
+                                     if p.grad is not None]).sum().sqrt())
+    assert norm == pytest.approx(serial_norm, rel=1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -64,16 +64,19 @@ def test_cuda_graphs_refused_with_mpi_backend():
 
 
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="NCCL graph capture needs CUDA GPUs")
+@pytest.mark.skipif(torch.cuda.device_count() < MPI.COMM_WORLD.size,
+                    reason=f"NCCL graph capture needs one GPU per rank: {torch.cuda.device_count()} visible "
+                           f"for {MPI.COMM_WORLD.size} ranks")
 def test_cuda_graphs_capture_nccl_collectives():
     comm = MPI.COMM_WORLD
-    torch.cuda.set_device(comm.rank % torch.cuda.device_count())
+    device = torch.device("cuda", comm.rank)  # one node: the rank is the local rank
+    torch.cuda.set_device(device)
     torch.manual_seed(1)
     x = torch.randn(2, SMALL["in_chans"], *SMALL["img_size"])
     net, ref = serial_reference(x)
-    with ProcessGrid(comm, h=2, ensemble=comm.size // 2, backend="torch", device="cuda") as grid:
-        model = DistributedAFNONet.from_serial(net, None, grid).cuda().eval()
+    with ProcessGrid(comm, h=2, ensemble=comm.size // 2, backend="torch", device=device) as grid:
+        model = DistributedAFNONet.from_serial(net, None, grid).to(device).eval()
         fc = Forecaster(model, InferenceConfig(device="cuda", cuda_graphs=True, members_per_pass=2), grid=grid)
-        xl = scatter_field(grid, x, SMALL["img_size"], SMALL["patch_size"]).cuda()
+        xl = scatter_field(grid, x, SMALL["img_size"], SMALL["patch_size"]).to(device)
         y = gather_field(grid, fc.rollout(xl, STEPS), SMALL["img_size"], SMALL["patch_size"]).cpu()
         assert rel(y, ref) < 1e-4

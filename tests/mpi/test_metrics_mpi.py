@@ -6,6 +6,7 @@ import pytest
 from mpi4py import MPI
 
 from hpc_fcn import metrics as mt
+from hpc_fcn.parallel.comm import MPICommunicator
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.odd_ranks]
 
@@ -43,7 +44,7 @@ def _scores(comm):
         for lead in range(L):
             par.add(lead, members[i, lead][:, :, rows, cols], truth[i, lead][:, rows, cols], clim[:, rows, cols],
                     w[rows])
-    return expect, par.reduce(comm)
+    return expect, par.reduce(MPICommunicator(comm, "scores"))
 
 
 def test_distributed_scores_equal_serial():
@@ -66,4 +67,4 @@ def test_mismatched_forecast_counts_are_an_error():
     for _ in range(1 + (comm.Get_rank() == 0)):
         acc.add(0, x, x[0], x[1], np.ones(2))
     with pytest.raises(RuntimeError, match="different numbers of forecasts"):
-        acc.reduce(comm)
+        acc.reduce(MPICommunicator(comm, "scores"))

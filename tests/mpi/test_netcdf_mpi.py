@@ -11,6 +11,7 @@ import pytest
 from mpi4py import MPI
 
 from hpc_fcn.io import ForecastWriter, forecast_path, gather_window_to_root
+from hpc_fcn.parallel.comm import MPICommunicator
 
 pytestmark = pytest.mark.mpi(min_size=4)
 
@@ -63,7 +64,7 @@ def test_mean_windows_on_a_2x2_grid():
     rows, cols = ROWS[comm.rank // 2], COLS[comm.rank % 2]
     w = writer(outdir / "par", "mean") if comm.rank == 0 else None
     for lead in (2, 0, 1):
-        full = gather_window_to_root(comm, src[lead][:, rows, cols], (len(VARS), NLAT, NLON), rows=rows, cols=cols)
+        full = gather_window_to_root(MPICommunicator(comm, "io"), src[lead][:, rows, cols], (len(VARS), NLAT, NLON), rows=rows, cols=cols)
         if comm.rank == 0:
             np.testing.assert_array_equal(full, src[lead])
             w.write(lead, full)
@@ -95,14 +96,14 @@ def test_members_split_over_ranks_with_replicas_and_per_member_gather():
     w = writer(outdir / "par", "members") if comm.rank == 0 else None
     for lead in range(len(LEADS)):
         if lead == 0:  # whole ensemble in one gather
-            full = gather_window_to_root(comm, src[lead][mine, :, rows], shape, rows=rows, members=mine)
+            full = gather_window_to_root(MPICommunicator(comm, "io"), src[lead][mine, :, rows], shape, rows=rows, members=mine)
             if comm.rank == 0:
                 w.write(lead, full, members=slice(0, M))
             continue
         for m in range(M):  # one member at a time; ranks without it send nothing
             have = mine.start <= m < mine.stop
             block = src[lead][m:m + 1, :, rows] if have else None
-            one = gather_window_to_root(comm, block, (1,) + shape[1:], rows=rows)
+            one = gather_window_to_root(MPICommunicator(comm, "io"), block, (1,) + shape[1:], rows=rows)
             if comm.rank == 0:
                 w.write(lead, one, members=slice(m, m + 1))
     if comm.rank == 0:
@@ -124,11 +125,11 @@ def test_bad_tiling_raises_on_every_rank():
         return
     rows = slice(0, 5)  # every rank claims the same rows: overlap
     with pytest.raises(ValueError, match="overlap"):
-        gather_window_to_root(comm, np.zeros((1, 5, NLON), np.float32), (1, NLAT, NLON), rows=rows)
+        gather_window_to_root(MPICommunicator(comm, "io"), np.zeros((1, 5, NLON), np.float32), (1, NLAT, NLON), rows=rows)
     rows = ROWS[comm.rank // 2]
     data = np.zeros((1, rows.stop - rows.start, NLON), np.float32) if comm.rank in (0, 2) else None
-    gather_window_to_root(comm, data, (1, NLAT, NLON), rows=rows)  # ranks 1, 3 are replicas: fine
+    gather_window_to_root(MPICommunicator(comm, "io"), data, (1, NLAT, NLON), rows=rows)  # ranks 1, 3 are replicas: fine
     data = np.zeros((1, rows.stop - rows.start, NLON), np.float32) if comm.rank == 0 else None
     with pytest.raises(ValueError, match="cover"):
-        gather_window_to_root(comm, data, (1, NLAT, NLON), rows=rows)
+        gather_window_to_root(MPICommunicator(comm, "io"), data, (1, NLAT, NLON), rows=rows)
     comm.Free()

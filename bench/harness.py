@@ -1,4 +1,7 @@
-"""Benchmark plumbing shared by bench/dist_*.py: run a worker under mpirun, time calls, read the tracer."""
+"""Benchmark plumbing shared by bench/dist_*.py: run a worker under mpirun, time calls, read the tracer.
+
+It lives in bench/, not in the library, because it runs the checkout's tools/mpirun.sh.
+"""
 from __future__ import annotations
 
 import json
@@ -11,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..tracing import Tracer
+from hpc_fcn.tracing import Tracer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: bench/ runs from it
 
 
 def run_worker(script: str | Path, nranks: int, args: Sequence[str], timeout: float = 900) -> list[dict]:
