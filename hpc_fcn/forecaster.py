@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from .accel import (AccelError, FusedAFNONet, GraphedStep, auto_members_per_pass, autocast, check_compile,
                     check_cuda_graphs, check_precision, check_quantize, compile_dense_submodules, compile_fused,
-                    describe_device, quantize_model, select_device)
+                    describe_device, quantize_model)
 from .accel.precision import precision_note
 from .model.afnonet import AFNONet
 from .tracing import NULL_TRACER, Tracer
@@ -38,7 +38,7 @@ class Forecaster:
         self.device = _model_device(model)
         if cfg.device != "auto" and cfg.device != self.device.type:
             raise AccelError(f"inference.device={cfg.device} but the model is on {self.device}: move it there first "
-                             f"(Forecaster.select_device(cfg) gives the device)")
+                             f"(hpc_fcn.setup.rank_device gives the device)")
         self.autocast_dtype = check_precision(cfg.precision, self.device)
         check_quantize(cfg.quantize, self.device)
         if cfg.compile:
@@ -71,8 +71,9 @@ class Forecaster:
     # ---- construction helpers ----------------------------------------------------------------
     @staticmethod
     def select_device(cfg, local_rank: int | None = None) -> torch.device:
-        """The device ``cfg.device`` (auto|cpu|cuda) means on this rank."""
-        return select_device(cfg.device, local_rank)
+        """The device ``cfg.device`` (auto|cpu|cuda) means on this rank: the one choice, :func:`hpc_fcn.setup.rank_device`."""
+        from .setup import rank_device
+        return rank_device(cfg.device, local_rank=local_rank)
 
     def resolve_members_per_pass(self, x: torch.Tensor) -> int:
         if not self.members_per_pass:

@@ -141,9 +141,9 @@ def test_cli_checks_paths_first_and_expands_home(tmp_path, data_root, monkeypatc
         main([str(cfg)])
     assert not (tmp_path / "out").exists()
     monkeypatch.setenv("HOME", str(data_root.parent))
-    from hpc_fcn.train.app import data_root as resolve
+    from hpc_fcn.setup import data_root as resolve
     c = tiny_config(Path("~") / data_root.name, tmp_path)
-    assert resolve(c, None) == data_root
+    assert resolve(c.data, None) == data_root
     assert trainer_for(c, tmp_path / "run") is not None
 
 

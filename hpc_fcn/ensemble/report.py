@@ -73,3 +73,15 @@ def timing_table(per_rank: list[dict], member_steps: int) -> str:
         lines.append(f"| {gid} | {len(ts)} | {max(t.get('compute', 0.0) for t in ts):.2f} | "
                      f"{max(t.get('comm', 0.0) for t in ts):.2f} | {max(t.get('io', 0.0) for t in ts):.2f} |")
     return "\n".join(lines)
+
+
+TOP_LEVEL_COMPUTE = ("forecast.step", "perturbation", "ensemble_stats", "scoring")
+
+
+def rank_timings(tracer) -> dict[str, float]:
+    """Seconds in compute (excluding the collectives nested in it), communication and IO."""
+    summ = tracer.summary()
+    comm = sum(v["seconds"] for v in summ.values() if v["category"] == "comm")
+    io = sum(summ[k]["seconds"] for k in ("io.read", "io.write") if k in summ)
+    compute = sum(summ[k]["seconds"] for k in TOP_LEVEL_COMPUTE if k in summ) - comm
+    return {"compute": compute, "comm": comm, "io": io}

@@ -1,0 +1,100 @@
+"""The ensemble's products: mean and spread reduced over the ensemble axis, the files rank 0 writes, the report.
+
+At each output step every rank adds its members to the ensemble sums of its window; the spatial
+windows are gathered to world rank 0, which writes ``forecast_<init>_{mean,spread[,members]}.nc``.
+At the end rank 0 writes metrics.json, metrics.md and timings.json.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..config import dump_yaml
+from .report import format_table, timing_table
+from .resolve import ResolvedRun
+
+log = logging.getLogger("hpc_fcn")
+
+
+class Products:
+    """Ensemble statistics and the output files of one run."""
+
+    def __init__(self, run: ResolvedRun, member_comm):
+        self.run = run
+        self.outdir = Path(run.cfg.output.dir)
+        self.ens_comm = run.grid.ensemble
+        self.member_comm = member_comm  # matmul replicas send nothing to the writer
+
+    def writers(self, init_time, resume_at: int | None) -> dict:
+        """The output files of one initial time (only world rank 0 writes); ``resume_at``: leads already written."""
+        from ..io.netcdf import ForecastWriter, forecast_path
+        run = self.run
+        if run.comm.rank != 0:
+            return {}
+        cfg, ds = run.cfg, run.ds
+        products = ["mean", "spread"] + (["members"] if cfg.output.members else [])
+        attrs = {"title": f"hpc_fcn ensemble forecast ({cfg.ensemble.members} members)",
+                 "config": dump_yaml(cfg), "ensemble_seed": cfg.ensemble.seed,
+                 "perturbation_method": cfg.perturbation.method,
+                 "perturbation_amplitude": cfg.perturbation.amplitude,
+                 "perturbation_units": "normalised (fraction of each channel's global standard deviation)",
+                 "model_checkpoint": str(cfg.model.checkpoint), "layout": str(run.grid.shape)}
+        out = {}
+        for p in products:
+            path = forecast_path(self.outdir, init_time, p)
+            if resume_at is not None:
+                out[p] = ForecastWriter.open_existing(path, resume_at=resume_at)
+            else:
+                out[p] = ForecastWriter(
+                    path, variables=run.out_vars, units={v: ds.units[v] for v in run.out_vars},
+                    standard_names={v: ds.standard_names.get(v) for v in run.out_vars},
+                    long_names={v: ds.long_names[v] for v in run.out_vars}, lat=ds.lat, lon=ds.lon,
+                    init_time=init_time, lead_hours=run.plan.lead_hours, product=p,
+                    n_members=run.members, attrs=attrs)
+        return out
+
+    def write(self, li: int, phys: np.ndarray, files: dict) -> None:
+        """Reduce mean and spread of lead ``li`` over the ensemble and write them (and the members) to ``files``."""
+        from ..io.netcdf import gather_window_to_root
+        run = self.run
+        g, tr, M = run.grid, run.tracer, run.members
+        with tr.region("ensemble_stats", "compute"):
+            s1 = phys.astype(np.float64).sum(axis=0)
+            s1 = self.ens_comm.all_reduce(s1, tag="ens_mean")
+            mean = s1 / M
+            s2 = ((phys - mean) ** 2).sum(axis=0)
+            s2 = self.ens_comm.all_reduce(s2, tag="ens_var")
+            spread = np.sqrt(s2 / (M - 1)) if M > 1 else np.zeros_like(s2)
+        oi = run.out_idx
+        full2 = (len(oi), run.ds.nlat, run.ds.nlon)
+        with tr.region("io.write", "io"):
+            if g.coords["ensemble"] == 0 and run.scorer:
+                for name, field in (("mean", mean), ("spread", spread)):
+                    full = gather_window_to_root(g.spatial, field[oi].astype(np.float32), full2,
+                                                 rows=run.rows, cols=run.cols)
+                    if full is not None:
+                        files[name].write(li, full)
+            if run.cfg.output.members and run.scorer:
+                mine = run.my_members
+                for m in range(M):  # one member at a time bounds the writer's memory to one field
+                    own = phys[m - mine.start, oi][None] if m in mine else None
+                    full = gather_window_to_root(self.member_comm, own, (1,) + full2, rows=run.rows, cols=run.cols)
+                    if full is not None:
+                        files["members"].write(li, full, members=slice(m, m + 1))
+            for f in files.values():
+                f.flush()
+
+    def write_report(self, doc: dict, timings: list[dict], rank0_regions: dict) -> None:
+        """metrics.json, metrics.md and timings.json, and the tables on stdout (rank 0)."""
+        run = self.run
+        (self.outdir / "metrics.json").write_text(json.dumps(doc, indent=1))
+        (self.outdir / "timings.json").write_text(json.dumps({"ranks": timings, "rank0_regions": rank0_regions},
+                                                             indent=1))
+        table = format_table(doc, run.cfg.scoring.table_leads)
+        (self.outdir / "metrics.md").write_text(table + "\n")
+        print(table, flush=True)
+        print(timing_table(timings, run.members * run.plan.lead_steps * len(run.plan.init_indices)), flush=True)
+        log.info("outputs in %s", self.outdir)

@@ -1,0 +1,71 @@
+"""Scoring of an ensemble run: members exchanged so each rank scores all members on a block of its window.
+
+The ensemble, persistence and climatology accumulators (:class:`hpc_fcn.metrics.ScoreAccumulator`)
+hold sums per lead; they are part of the resume state and are reduced over the scoring ranks at the end.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .exchange import members_for_rows
+from .resolve import ResolvedRun
+
+
+class Scoring:
+    """Score accumulators of this rank's block, and the communicator of the ranks that score."""
+
+    def __init__(self, run: ResolvedRun):
+        from ..metrics import ScoreAccumulator, lat_weights
+        self.run = run
+        cfg, ds = run.cfg, run.ds
+        self.ens_comm = run.grid.ensemble
+        self.comm = run.grid.world.split(0 if run.scorer else None, run.comm.rank, name="scorers")
+        self.row_w = lat_weights(ds.lat, cfg.scoring.lat_weights)[run.rows]
+        with run.tracer.region("io.read", "io"):
+            self.clim = ds.climatology(run.rows, run.cols).astype(np.float32)
+        L, M = len(run.plan.output_steps), run.members
+        ctl = 0 if (cfg.ensemble.control or cfg.perturbation.method == "none") else None
+        self.accumulators = {"ensemble": ScoreAccumulator(run.channels, L, M, control_member=ctl,
+                                                          rng=np.random.default_rng(cfg.ensemble.seed)),
+                             "persistence": ScoreAccumulator(run.channels, L, 1),
+                             "climatology": ScoreAccumulator(run.channels, L, 1)}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.run.cfg.scoring.enabled and self.run.scorer)
+
+    def valid_index(self, init_index: int, step: int) -> int | None:
+        """Index of the truth at the valid time, or None when the split does not have it."""
+        ds = self.run.ds
+        t = ds.times[init_index] + np.timedelta64(step * self.run.plan.dt_hours, "h")
+        hit = np.nonzero(ds.times == t)[0]
+        return int(hit[0]) if len(hit) else None
+
+    def add(self, li: int, step: int, init_index: int, phys: np.ndarray, x0: np.ndarray) -> None:
+        """Score lead ``li`` (model step ``step``) of the members ``phys`` started from ``x0`` (physical units)."""
+        if not self.active:
+            return
+        valid = self.valid_index(init_index, step)
+        if valid is None:
+            return
+        tr = self.run.tracer
+        with tr.region("io.read", "io"):
+            truth = self.run.ds.read(valid, self.run.rows, self.run.cols)
+        with tr.region("scoring", "compute"):
+            members, blk = members_for_rows(self.ens_comm, phys, self.run.group_counts)
+            o, cl, w = truth[:, blk], self.clim[:, blk], self.row_w[blk]
+            acc = self.accumulators
+            acc["ensemble"].add(li, members, o, cl, w)
+            acc["persistence"].add(li, x0[None, :, blk], o, cl, w)
+            acc["climatology"].add(li, cl[None], o, cl, w)
+
+    def reduce(self) -> dict:
+        """The scores of the whole run on every rank (collective over the run's communicator)."""
+        scores = None
+        if self.comm is not None:
+            scores = {k: a.reduce(self.comm) for k, a in self.accumulators.items()}
+        return self.run.grid.world.bcast(scores, root=0, tag="scores")
+
+    def close(self) -> None:
+        if self.comm is not None:
+            self.comm.free()

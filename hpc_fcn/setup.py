@@ -1,0 +1,104 @@
+"""The set-up the ensemble and training applications share: data root, this rank's device, serial model, grid.
+
+Each fact is decided here once: where ``data.root`` points (``builtin`` generated on first use), which
+device a rank computes on (one GPU per rank, chosen by its local rank and made current before any
+CUDA work), which weights the serial model has (a checkpoint's config wins over the config file's)
+and the process grid (built on the indexed device, so communicators, streams and events use it).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError
+from .runtime import UserError
+
+log = logging.getLogger("hpc_fcn")
+BUILTIN_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "builtin_model.ckpt"
+
+
+def data_root(data_cfg, comm) -> Path:
+    """``data.root`` as a directory; ``builtin`` generates the built-in dataset on first use."""
+    if data_cfg.root == "builtin":
+        from .data.builtin import ensure_builtin
+        return Path(ensure_builtin(comm))
+    root = Path(data_cfg.root).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"config key 'data.root': {root} is not a directory; point it at the FourCastNet-layout data")
+    return root
+
+
+def rank_device(requested: str, comm=None, key: str = "inference.device", local_rank: int | None = None
+                ) -> torch.device:
+    """The device ``requested`` (auto|cpu|cuda) means on this rank; a GPU is made this process' current one.
+
+    One GPU per rank: ``local_rank``, else the rank's index among the ranks of its node (``comm``),
+    else the launcher's local-rank variable, modulo the GPUs it sees; made current, so ``cuda``
+    tensors, NCCL groups, streams and events that name no index land on it too.
+    """
+    from .accel.device import select_device
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"config key '{key}': cuda was asked for but torch sees no CUDA GPU on this node; "
+                        "use auto or cpu")
+    if local_rank is None and comm is not None and requested != "cpu" and torch.cuda.is_available():
+        from .runtime import local_rank as node_rank
+        local_rank = node_rank(comm)
+    device = select_device(requested, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def _checkpoint_path(ck: str) -> Path:
+    path = BUILTIN_CHECKPOINT if ck == "builtin" else Path(ck).expanduser()
+    if ck == "builtin" and not path.is_file():
+        raise ConfigError("config key 'model.checkpoint': the built-in model is not installed "
+                          f"({path} is missing); train it with python -m hpc_fcn.train config/train_builtin.yaml")
+    if not path.is_file():
+        raise ConfigError(f"config key 'model.checkpoint': {path} does not exist")
+    return path
+
+
+def serial_model(model_cfg, n_chans: int, grid_shape: tuple[int, int]):
+    """The serial AFNONet: the checkpoint's (``builtin`` = the committed model) or seeded random weights.
+
+    Returns the model in eval mode and the model config actually used (the checkpoint's wins).
+    """
+    from .model import AFNONet, load_checkpoint
+    ck = model_cfg.checkpoint
+    if ck is None:
+        torch.manual_seed(model_cfg.seed)
+        model = AFNONet(**model_cfg.kwargs(n_chans, n_chans))
+        mcfg = model_cfg
+    else:
+        model = load_checkpoint(_checkpoint_path(ck))
+        mcfg = checkpoint_model_config(model_cfg, model)
+        if model.in_chans != n_chans or model.out_chans != n_chans:
+            raise ConfigError(f"config key 'data.channels': the checkpoint has {model.in_chans} input and "
+                              f"{model.out_chans} output channels but {n_chans} channels are selected")
+    if tuple(mcfg.img_size) != tuple(grid_shape):
+        raise ConfigError(f"config key 'model.img_size': the model grid {tuple(mcfg.img_size)} does not match the "
+                          f"data's model grid {tuple(grid_shape)}")
+    return model.eval(), mcfg
+
+
+def checkpoint_model_config(model_cfg, model):
+    """``model_cfg`` with the architecture fields replaced by those the checkpoint ``model`` was built with."""
+    mc = model.config()
+    return replace(model_cfg, img_size=tuple(mc["img_size"]), patch_size=int(mc["patch_size"][0]),
+                   embed_dim=mc["embed_dim"], depth=mc["depth"], mlp_ratio=float(mc["mlp_ratio"]),
+                   num_blocks=mc["num_blocks"], sparsity_threshold=mc["sparsity_threshold"],
+                   hard_thresholding_fraction=mc["hard_thresholding_fraction"])
+
+
+def process_grid(parallel_cfg, comm, device: torch.device, tracer=None):
+    """The ensemble x h x w x matmul grid of ``comm``, its communicators on ``device`` (``cuda:N``, not ``cuda``)."""
+    from .parallel.grid import ProcessGrid
+    return ProcessGrid.from_config(parallel_cfg, comm, tracer=tracer, device=str(device))
+
+
+__all__ = ["BUILTIN_CHECKPOINT", "checkpoint_model_config", "data_root", "process_grid", "rank_device",
+           "serial_model"]
