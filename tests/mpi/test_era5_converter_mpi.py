@@ -1,4 +1,4 @@
-"""tools/era5_to_fcn.py under MPI: years shared over the ranks, statistics reduced over time chunks,
+"""hpc_fcn.data.convert (tools/era5_to_fcn.py) under MPI: years shared over the ranks, statistics reduced over time chunks,
 the same files and statistics as a direct NumPy computation, and a failure on one rank ends all of them."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_era5_converter import expected_year, write_cds  # noqa: E402
-from tool_module import load_tool  # noqa: E402
+from hpc_fcn.data import convert as tool  # noqa: E402
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.odd_ranks]
 
@@ -34,7 +34,6 @@ def shared():
 
 
 def test_parallel_conversion_and_statistics(shared):
-    tool = load_tool("era5_to_fcn")
     out = shared / "era5"
     rc = tool.main(["--input", str(shared / "cds"), "--output", str(out), "--years", "2000-2001", "--grid", "17x32",
                     "--allow-partial", "--stats-from", "train", "--chunk-steps", "3"])
@@ -54,7 +53,6 @@ def test_parallel_conversion_and_statistics(shared):
 
 def test_an_error_on_one_rank_reaches_every_rank(shared, capsys):
     comm = MPI.COMM_WORLD
-    tool = load_tool("era5_to_fcn")
     if comm.rank == 0:  # 2000 with three days, enough for 10 steps
         write_cds(shared / "more", days_2000=3, include_2001=False)
     comm.Barrier()
