@@ -147,8 +147,13 @@ class EnsembleRun:
             from ..instrument import instrument
             self._hooks = instrument(net, self.tracer)
         self.forecaster = Forecaster(net, cfg.inference, grid=g, tracer=self.tracer)
-        self.perturber = Perturber(cfg.perturbation, channels=self.channels, nlat=ds.nlat, nlon=ds.nlon,
-                                   rows=self.rows, cols=self.cols, seed=cfg.ensemble.seed, control=cfg.ensemble.control)
+        if cfg.perturbation.method == "analysis_ensemble":
+            from .analysis_ensemble import AnalysisEnsemblePerturber
+            self.perturber = AnalysisEnsemblePerturber.for_run(cfg, root, ds, self.rows, self.cols)
+        else:
+            self.perturber = Perturber(cfg.perturbation, channels=self.channels, nlat=ds.nlat, nlon=ds.nlon,
+                                       rows=self.rows, cols=self.cols, seed=cfg.ensemble.seed,
+                                       control=cfg.ensemble.control)
         self.outdir = Path(cfg.output.dir)
         # ranks that own a distinct window (matmul replicas hold copies)
         self.scorer = g.coords["matmul"] == 0
