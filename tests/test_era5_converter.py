@@ -1,4 +1,5 @@
-"""hpc_fcn.data.convert (tools/era5_to_fcn.py): CDS-style netCDF (new and old conventions) -> FourCastNet layout, checked value by value.
+"""hpc_fcn.data.convert (tools/era5_to_fcn.py): CDS-style netCDF (new and old conventions) -> FourCastNet
+layout, checked value by value.
 
 ``write_cds(tmp)`` writes a small ERA5-like set: year 2000 in the new CDS conventions (``valid_time`` in
 seconds, ``pressure_level``, float32, pressure variables split over two files), year 2001 in the old ones

@@ -39,7 +39,7 @@ from .era5 import ERA5_ATTRS, ERA5_CHANNELS
 from .grib import GRIB_PARAMS, add_grib_file, is_grib
 from .inventory import CHANNEL_SOURCES, UNUSED, ConversionError, Inventory, select_channels
 
-log = logging.getLogger("era5_to_fcn")
+log = logging.getLogger("hpc_fcn.data.convert")
 
 DT_HOURS = 6
 REAL_GRID = (721, 1440)

@@ -194,8 +194,8 @@ class FCNDataset:
                 raise DataError(f"{path}: 'members' holds {ds.shape[1]} members but names {len(numbers)}")
             found.append(list(numbers))
         if any(m != found[0] for m in found):
-            raise DataError(f"year files in {self.split_path} differ in their ensemble members: "
-                            + "; ".join(f"{p.name}: {m if m is not None else 'none'}" for p, m in zip(self.files, found)))
+            which = "; ".join(f"{p.name}: {m if m is not None else 'none'}" for p, m in zip(self.files, found))
+            raise DataError(f"year files in {self.split_path} differ in their ensemble members: {which}")
         return found[0]
 
     def _metadata(self, nchan: int) -> dict:

@@ -28,7 +28,8 @@ def analysis_member(member: int, control: bool, n_analyses: int) -> tuple[int, f
     p = member - 1 if control else member
     if p >= 2 * n_analyses:
         raise ConfigError(f"config key 'ensemble.members': member {member} needs perturbation {p + 1} but "
-                          f"{n_analyses} analysis members give {2 * n_analyses} (each added and subtracted)")
+                          f"{n_analyses} analysis members give {2 * n_analyses} (each added and subtracted): use at "
+                          f"most {2 * n_analyses + int(control)} members")
     return p % n_analyses, (1.0 if p < n_analyses else -1.0)
 
 

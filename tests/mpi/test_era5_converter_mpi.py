@@ -1,5 +1,6 @@
-"""hpc_fcn.data.convert (tools/era5_to_fcn.py) under MPI: years shared over the ranks, statistics reduced over time chunks,
-the same files and statistics as a direct NumPy computation, and a failure on one rank ends all of them."""
+"""hpc_fcn.data.convert (tools/era5_to_fcn.py) under MPI: years shared over the ranks, statistics reduced
+over time chunks, the same files and statistics as a direct NumPy computation, and a failure on one rank ends
+all of them."""
 from __future__ import annotations
 
 import shutil
