@@ -64,3 +64,22 @@ def test_an_error_on_one_rank_reaches_every_rank(shared, capsys):
     if comm.rank == 0:
         assert "year 2001: no input has channel u10 at 2001-01-03T00" in capsys.readouterr().err
         assert (shared / "bad" / "train" / "2000.h5.done").is_file()  # the healthy rank finished its year
+
+
+def test_grib_ensemble_conversion_equals_serial(shared):
+    """The real ERA5 EDA sample (GRIB, 10 members) converted on every rank: the serial files and statistics."""
+    from era5_sample import CHANNELS, SAMPLE, convert_sample, sample_args
+    comm = MPI.COMM_WORLD
+    if comm.rank == 0:
+        convert_sample(shared / "grib_serial")
+    comm.Barrier()
+    out = shared / "grib_mpi"
+    assert tool.main(sample_args(SAMPLE, out, CHANNELS, "--stats-from", "test", "--chunk-steps", "1")) == 0
+    if comm.rank == 0:
+        for name in ("fields", "members"):
+            with h5py.File(out / "test" / "2017.h5", "r") as f, h5py.File(shared / "grib_serial" / "test" / "2017.h5",
+                                                                         "r") as g:
+                np.testing.assert_array_equal(f[name][...], g[name][...], err_msg=name)
+        for name in ("global_means.npy", "global_stds.npy", "time_means.npy"):
+            np.testing.assert_allclose(np.load(out / "stats" / name), np.load(shared / "grib_serial" / "stats" / name),
+                                       rtol=1e-6, err_msg=name)
