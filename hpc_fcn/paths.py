@@ -51,7 +51,7 @@ def check_data(data: Any, splits: Iterable[str], prefix: str = "data") -> None:
     if not root.is_dir():
         fail(f"{prefix}.root", f"{data.root} is not a directory{_placeholder(data.root)}; put the folder of the "
                                "FourCastNet-layout data there (train/, test/, out_of_sample/, stats/; "
-                               "tools/era5_to_fcn.py writes it)")
+                               "python -m hpc_fcn.data.convert writes it)")
     for split in splits:
         if split not in SPLITS:
             fail(f"{prefix}.{split}", f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
@@ -62,12 +62,12 @@ def check_data(data: Any, splits: Iterable[str], prefix: str = "data") -> None:
                                     f"that holds the {split} years as YYYY.h5 files")
         if not any(p.stem.isdigit() and len(p.stem) == 4 for p in folder.glob("*.h5")):
             fail(f"{prefix}.{key}", f"{folder} holds no year files (YYYY.h5); convert ERA5 into it with "
-                                    f"tools/era5_to_fcn.py --output {root} --split {name}")
+                                    f"python -m hpc_fcn.data.convert --output {root} --split {name}")
     stats = root / data.stats_dir
     missing = [name for name in STATS_FILES if not (stats / name).is_file()]
     if missing:
         fail(f"{prefix}.stats_dir", f"{', '.join(missing)} missing in {stats}; put the normalisation statistics "
-                                    f"({', '.join(STATS_FILES)}) there, e.g. with tools/era5_to_fcn.py "
+                                    f"({', '.join(STATS_FILES)}) there, e.g. with python -m hpc_fcn.data.convert "
                                     f"--output {root} --stats-from {data.train_dir}")
 
 

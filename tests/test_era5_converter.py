@@ -1,4 +1,5 @@
-"""tools/era5_to_fcn.py: CDS-style netCDF (new and old conventions) -> FourCastNet layout, checked value by value.
+"""hpc_fcn.data.convert (tools/era5_to_fcn.py): CDS-style netCDF (new and old conventions) -> FourCastNet
+layout, checked value by value.
 
 ``write_cds(tmp)`` writes a small ERA5-like set: year 2000 in the new CDS conventions (``valid_time`` in
 seconds, ``pressure_level``, float32, pressure variables split over two files), year 2001 in the old ones
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from hpc_fcn.data.era5 import ERA5_CHANNELS, FCNDataset
+from hpc_fcn.data import convert as converter
 from tool_module import load_tool
 
 ROWS, COLS = 17, 32
@@ -137,7 +139,7 @@ def write_cds(root: Path, *, days_2000: int = 2, levels_new=LEVELS, include_2001
 
 def expected_year(year: int, steps: int) -> np.ndarray:
     """(steps, 21, ROWS, COLS) the converter must write, from the closed form (packed for 2001)."""
-    tool = load_tool("era5_to_fcn")
+    tool = converter
     hours = np.datetime64(f"{year}-01-01T00", "h") + np.arange(steps) * np.timedelta64(6, "h")
     out = np.zeros((steps, len(ERA5_CHANNELS), ROWS, COLS))
     for c, name in enumerate(ERA5_CHANNELS):
@@ -148,7 +150,7 @@ def expected_year(year: int, steps: int) -> np.ndarray:
 
 
 def convert(*argv: str) -> int:
-    return load_tool("era5_to_fcn").main([str(a) for a in argv])
+    return converter.main([str(a) for a in argv])
 
 
 @pytest.fixture
@@ -231,7 +233,7 @@ def test_max_steps_and_hourly_subsampling(cds, tmp_path):
     ("level", "z50 (variable z at 50 hPa: levels found 500, 850, 1000)"),
     ("times", "year 2000: no input has channel u10 at 2000-01-03T00"),
     ("years", "--years 'abc'"),
-    ("nothing", "no netCDF files match"),
+    ("nothing", "no netCDF or GRIB files match"),
 ])
 def test_clear_errors(tmp_path, capsys, case, message):
     src = write_cds(tmp_path, levels_new=(1000, 850, 500) if case == "level" else LEVELS, include_2001=False)
@@ -262,3 +264,13 @@ def test_stats_refuse_unfinished_years(cds, tmp_path, capsys):
     (out / "train" / "2000.h5.done").unlink()
     assert convert("--output", out, "--stats-from", "train") == 2
     assert "2000.h5 not finished" in capsys.readouterr().err
+
+
+def test_tools_entry_point_is_the_library(cds, tmp_path):
+    """tools/era5_to_fcn.py (the documented command) runs hpc_fcn.data.convert."""
+    tool = load_tool("era5_to_fcn")
+    assert tool.main is converter.main and tool.CHANNEL_SOURCES is converter.CHANNEL_SOURCES
+    out = tmp_path / "era5"
+    assert tool.main([str(a) for a in ("--input", cds, "--output", out, "--years", "2000", "--grid", "any",
+                                      "--max-steps", "2")]) == 0
+    assert (out / "train" / "2000.h5.done").is_file()

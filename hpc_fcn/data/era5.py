@@ -4,6 +4,8 @@ ROOT/<split_dir>/YYYY.h5 holds ``fields`` (T, C, rows, cols) float32, 6-hourly f
 north->south including both poles; the model grid drops the last (south-pole) row. ROOT/<stats_dir> holds
 global_means.npy, global_stds.npy (1, C, 1, 1) and time_means.npy (1, C, rows, cols), the climatology.
 ROOT/metadata.json (optional) names the channels and gives units, coordinates and the time step.
+A converted ensemble of analyses (e.g. ERA5's EDA) also has ``members`` (T, M, C, rows, cols) in each year
+file, its member numbers in the attribute ``member_numbers``; ``fields`` is then its first member.
 Every read is a hyperslab: a rank reads only its own rows and columns of the selected channels.
 """
 from __future__ import annotations
@@ -103,7 +105,8 @@ class FCNDataset:
     """
 
     def __init__(self, root: str | Path, split_dir: str, channels: Sequence[str] | None = None,
-                 stats_dir: str = "stats"):
+                 stats_dir: str | None = "stats"):
+        """``stats_dir=None``: no statistics (raw reads only; normalise and climatology are unavailable)."""
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataError(f"data root {str(root)!r} is not a directory: set data.root to the dataset folder")
@@ -153,7 +156,10 @@ class FCNDataset:
                             f"dt_hours={self.dt_hours}")
         self._file_of = np.repeat(np.arange(len(counts)), counts)
         self._local = np.concatenate([np.arange(n) for n in counts])
-        self._load_stats(stats_dir, nchan)
+        self.member_numbers = self._members(shape)
+        self.stats_path = None
+        if stats_dir is not None:
+            self._load_stats(stats_dir, nchan)
 
     # -- construction helpers -------------------------------------------------------------------------
     def _open_h5(self, path: Path) -> h5py.File:
@@ -170,6 +176,27 @@ class FCNDataset:
         if "fields" not in f:
             raise DataError(f"{self.files[i]}: no dataset 'fields' (has {', '.join(f.keys()) or 'nothing'})")
         return f["fields"]
+
+    def _members(self, shape: tuple) -> list[int] | None:
+        """The member numbers of the analysis ensemble in every year file, or None when there is none."""
+        found = []
+        for i, path in enumerate(self.files):
+            f = self._handles[i]
+            if "members" not in f:
+                found.append(None)
+                continue
+            ds = f["members"]
+            if ds.ndim != 5 or ds.shape[0] != f["fields"].shape[0] or ds.shape[2:] != shape:
+                raise DataError(f"{path}: 'members' has shape {ds.shape}; expected (time, member) + {shape} with "
+                                f"the {f['fields'].shape[0]} times of 'fields'")
+            numbers = json.loads(ds.attrs.get("member_numbers", "null") or "null") or list(range(ds.shape[1]))
+            if len(numbers) != ds.shape[1]:
+                raise DataError(f"{path}: 'members' holds {ds.shape[1]} members but names {len(numbers)}")
+            found.append(list(numbers))
+        if any(m != found[0] for m in found):
+            which = "; ".join(f"{p.name}: {m if m is not None else 'none'}" for p, m in zip(self.files, found))
+            raise DataError(f"year files in {self.split_path} differ in their ensemble members: {which}")
+        return found[0]
 
     def _metadata(self, nchan: int) -> dict:
         """metadata.json merged over the ERA5 defaults; checked against the file shapes."""
@@ -305,6 +332,24 @@ class FCNDataset:
         out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return self.normalise(out) if normalise else out
 
+    def read_members(self, index: int, rows: slice | None = None, cols: slice | None = None) -> np.ndarray:
+        """The analysis ensemble at sample ``index`` as (members, C, r, c) float32, physical units."""
+        if self.member_numbers is None:
+            raise DataError(f"{self.split_path}: no analysis ensemble ('members') in the year files; convert an "
+                            "ensemble of analyses (e.g. ERA5 EDA GRIB) with python -m hpc_fcn.data.convert")
+        index = self._check_index(index)
+        rows = _check_slice(rows, self.nlat, "rows")
+        cols = _check_slice(cols, self.nlon, "cols")
+        f = int(self._file_of[index])
+        block = self._handles[f]["members"][int(self._local[index]), :, self._chan_sel, rows, cols]
+        block = np.asarray(block, dtype=np.float32)[:, self._unsort]
+        bad = ~np.isfinite(block)
+        if bad.any():
+            m, c = np.argwhere(bad)[0][:2]
+            raise DataError(f"{self.files[f]}: non-finite value (NaN/Inf) in member {self.member_numbers[m]} at time "
+                            f"{self.times[index]} in channel {self.channels[c]}")
+        return block
+
     def _check_finite(self, block: np.ndarray, first: int, f: int) -> None:
         bad = ~np.isfinite(block)
         if bad.any():
@@ -314,12 +359,16 @@ class FCNDataset:
 
     def climatology(self, rows: slice | None = None, cols: slice | None = None) -> np.ndarray:
         """The time-mean field (C, r, c) float32 on the model grid window, for ACC anomalies."""
+        if self.stats_path is None:
+            raise DataError(f"{self.split_path} was opened without statistics; the climatology needs them")
         rows = _check_slice(rows, self.nlat, "rows")
         cols = _check_slice(cols, self.nlon, "cols")
         return np.asarray(self._clim[0, self.channel_index, rows, cols], dtype=np.float32)
 
     # -- normalisation --------------------------------------------------------------------------------
     def _stat(self, x, values: np.ndarray):
+        if self.stats_path is None:
+            raise DataError(f"{self.split_path} was opened without statistics; normalisation needs them")
         if x.ndim < 3 or x.shape[-3] != len(self.channels):
             raise DataError(f"expected the {len(self.channels)} channels on axis -3, got shape {tuple(x.shape)}")
         v = values.reshape(-1, 1, 1)

@@ -42,8 +42,12 @@ class EnsembleRun:
             self._hooks = instrument(net, self.tracer)
         self.forecaster = Forecaster(net, self.cfg.inference, grid=self.grid, tracer=self.tracer)
         ds, ens = run.ds, self.cfg.ensemble
-        self.perturber = Perturber(self.cfg.perturbation, channels=run.channels, nlat=ds.nlat, nlon=ds.nlon,
-                                   rows=run.rows, cols=run.cols, seed=ens.seed, control=ens.control)
+        if self.cfg.perturbation.method == "analysis_ensemble":
+            from .analysis_ensemble import AnalysisEnsemblePerturber
+            self.perturber = AnalysisEnsemblePerturber.for_run(self.cfg, ds.root, ds, run.rows, run.cols)
+        else:
+            self.perturber = Perturber(self.cfg.perturbation, channels=run.channels, nlat=ds.nlat, nlon=ds.nlon,
+                                       rows=run.rows, cols=run.cols, seed=ens.seed, control=ens.control)
         self.outdir = Path(self.cfg.output.dir)
 
     def run(self) -> dict:

@@ -56,18 +56,22 @@ class MembersConfig:
 @dataclass
 class PerturbationConfig:
     """Initial-condition perturbations; amplitudes are in normalised units (fractions of each channel's std)."""
-    method: Literal["none", "gaussian", "spherical", "bred"] = "gaussian"
+    method: Literal["none", "gaussian", "spherical", "bred", "analysis_ensemble"] = "gaussian"
     amplitude: float = 0.3
     channel_amplitude: dict[str, float] = field(default_factory=dict)  # per-channel overrides
     length_scale_km: float = 500.0  # spherical: correlation length of the noise
     bred_cycles: int = 3  # bred: integrate / rescale cycles
     bred_steps: int = 2  # bred: model steps per cycle
+    analysis_scale: float = 1.0  # analysis_ensemble: factor on the member-minus-mean perturbations
+    analysis_root: str | None = None  # analysis_ensemble: dataset holding the members (null = data.root)
 
     def validate(self, prefix: str) -> None:
         if self.amplitude < 0:
             fail(f"{prefix}.amplitude", f"must be >= 0, got {self.amplitude}")
         if self.length_scale_km <= 0:
             fail(f"{prefix}.length_scale_km", f"must be positive, got {self.length_scale_km}")
+        if self.analysis_scale < 0:
+            fail(f"{prefix}.analysis_scale", f"must be >= 0, got {self.analysis_scale}")
         if self.bred_cycles < 1 or self.bred_steps < 1:
             fail(f"{prefix}.bred_cycles", "bred_cycles and bred_steps must be >= 1")
 

@@ -1,5 +1,6 @@
-"""tools/era5_to_fcn.py under MPI: years shared over the ranks, statistics reduced over time chunks,
-the same files and statistics as a direct NumPy computation, and a failure on one rank ends all of them."""
+"""hpc_fcn.data.convert (tools/era5_to_fcn.py) under MPI: years shared over the ranks, statistics reduced
+over time chunks, the same files and statistics as a direct NumPy computation, and a failure on one rank ends
+all of them."""
 from __future__ import annotations
 
 import shutil
@@ -14,7 +15,7 @@ from mpi4py import MPI
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_era5_converter import expected_year, write_cds  # noqa: E402
-from tool_module import load_tool  # noqa: E402
+from hpc_fcn.data import convert as tool  # noqa: E402
 
 pytestmark = [pytest.mark.mpi(min_size=2), pytest.mark.odd_ranks]
 
@@ -34,7 +35,6 @@ def shared():
 
 
 def test_parallel_conversion_and_statistics(shared):
-    tool = load_tool("era5_to_fcn")
     out = shared / "era5"
     rc = tool.main(["--input", str(shared / "cds"), "--output", str(out), "--years", "2000-2001", "--grid", "17x32",
                     "--allow-partial", "--stats-from", "train", "--chunk-steps", "3"])
@@ -54,7 +54,6 @@ def test_parallel_conversion_and_statistics(shared):
 
 def test_an_error_on_one_rank_reaches_every_rank(shared, capsys):
     comm = MPI.COMM_WORLD
-    tool = load_tool("era5_to_fcn")
     if comm.rank == 0:  # 2000 with three days, enough for 10 steps
         write_cds(shared / "more", days_2000=3, include_2001=False)
     comm.Barrier()
@@ -65,3 +64,22 @@ def test_an_error_on_one_rank_reaches_every_rank(shared, capsys):
     if comm.rank == 0:
         assert "year 2001: no input has channel u10 at 2001-01-03T00" in capsys.readouterr().err
         assert (shared / "bad" / "train" / "2000.h5.done").is_file()  # the healthy rank finished its year
+
+
+def test_grib_ensemble_conversion_equals_serial(shared):
+    """The real ERA5 EDA sample (GRIB, 10 members) converted on every rank: the serial files and statistics."""
+    from era5_sample import CHANNELS, SAMPLE, convert_sample, sample_args
+    comm = MPI.COMM_WORLD
+    if comm.rank == 0:
+        convert_sample(shared / "grib_serial")
+    comm.Barrier()
+    out = shared / "grib_mpi"
+    assert tool.main(sample_args(SAMPLE, out, CHANNELS, "--stats-from", "test", "--chunk-steps", "1")) == 0
+    if comm.rank == 0:
+        for name in ("fields", "members"):
+            with h5py.File(out / "test" / "2017.h5", "r") as f, h5py.File(shared / "grib_serial" / "test" / "2017.h5",
+                                                                         "r") as g:
+                np.testing.assert_array_equal(f[name][...], g[name][...], err_msg=name)
+        for name in ("global_means.npy", "global_stds.npy", "time_means.npy"):
+            np.testing.assert_allclose(np.load(out / "stats" / name), np.load(shared / "grib_serial" / "stats" / name),
+                                       rtol=1e-6, err_msg=name)
