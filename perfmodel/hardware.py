@@ -14,7 +14,7 @@ import math
 import yaml
 
 HARDWARE_DIR = Path(__file__).resolve().parent / "hardware"
-PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Hardware:
     def flops(self, precision: str) -> float:
         """Dense matmul rate at ``precision``, falling back to the closest slower one that exists."""
         order = {"fp8": ("fp8", "bf16", "fp16", "fp32"), "fp16": ("fp16", "bf16", "fp32"),
-                 "bf16": ("bf16", "fp16", "fp32"), "fp32": ("fp32",)}[precision]
+                 "bf16": ("bf16", "fp16", "fp32"), "tf32": ("tf32", "fp32"), "fp32": ("fp32",)}[precision]
         for p in order:
             if self.peak_flops.get(p):
                 return float(self.peak_flops[p])
