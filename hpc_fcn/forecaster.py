@@ -36,6 +36,8 @@ class Forecaster:
         self.grid = grid if grid is not None else getattr(model, "grid", None)
         self.tracer = tracer or (getattr(self.grid, "tracer", None) if self.grid is not None else None) or NULL_TRACER
         self.device = _model_device(model)
+        if self.tracer.enabled:
+            self.tracer.bind_device(self.device)  # GPU regions are timed with CUDA events, not host clocks
         if cfg.device != "auto" and cfg.device != self.device.type:
             raise AccelError(f"inference.device={cfg.device} but the model is on {self.device}: move it there first "
                              f"(Forecaster.select_device(cfg) gives the device)")

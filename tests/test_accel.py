@@ -74,6 +74,8 @@ def test_quantize_model_replaces_every_mlp_linear_only():
 
 def test_option_checks_on_cpu():
     assert check_precision("bf16", CPU) == torch.bfloat16
+    with pytest.raises(AccelError, match="tf32 is a GPU tensor-core mode"):
+        check_precision("tf32", CPU)
     if not cpu_native_fp16():
         with pytest.raises(AccelError, match="fp16 on this CPU"):
             check_precision("fp16", CPU)
@@ -133,6 +135,26 @@ def test_production_model_fits_about_ninety_members_on_an_h200():
     graphed = members_that_fit(budget, member_bytes(net, (720, 1440), 20, "bf16", cuda_graphs=True))
     assert 60 <= graphed < eager <= 120  # static graph buffers cost memory
     assert pass_size(13, graphed) == 13
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+def test_tf32_context_switches_tensor_core_rounding_and_restores_it():
+    from hpc_fcn.accel import autocast
+    dev = torch.device("cuda", torch.cuda.current_device())
+    assert check_precision("tf32", dev) == torch.float32
+    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (mm.allow_tf32, cudnn.allow_tf32)
+    a = torch.randn(2048, 2048, device=dev, dtype=torch.float64)
+    exact = a @ a
+    a32 = a.float()
+    with autocast(dev, "fp32"):
+        assert not mm.allow_tf32 and not cudnn.allow_tf32
+        err32 = ((a32 @ a32).double() - exact).norm() / exact.norm()
+    with autocast(dev, "tf32"):
+        assert mm.allow_tf32 and cudnn.allow_tf32
+        errtf = ((a32 @ a32).double() - exact).norm() / exact.norm()
+    assert (mm.allow_tf32, cudnn.allow_tf32) == saved
+    assert err32 < 1e-5 < errtf < 1e-2  # TF32 keeps 10 mantissa bits: about 1e-4 relative on this product
 
 
 @pytest.mark.skipif(not GPU, reason="CUDA graphs need a CUDA GPU")
