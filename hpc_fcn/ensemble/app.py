@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..accel.power import PowerSampler, joules_per_member_step
 from ..config import ConfigError, save_resolved
 from ..runtime import UserError
 from ..tracing import Tracer
@@ -238,6 +239,7 @@ class EnsembleRun:
         elif comm.rank == 0 and store.marker.exists():
             store.marker.unlink()
         bar = self._progress_bar(start_init, payload)
+        power = PowerSampler(self.device).start()
         t_start = time.perf_counter()
         for k in range(start_init, len(plan.init_indices)):
             resume_payload = payload if (payload is not None and payload.get("step", -1) >= 0 and k == start_init) else None
@@ -246,6 +248,8 @@ class EnsembleRun:
         if bar is not None:
             bar.close()
         wall = time.perf_counter() - t_start
+        self.energy = dict(power.stop().as_dict(),  # GPU joules (None without NVML) of the member-steps run here
+                           member_steps=self.M * plan.lead_steps * (len(plan.init_indices) - start_init))
         scores = self.finish(wall)
         if self.score_comm != MPI.COMM_NULL:
             self.score_comm.Free()
@@ -384,12 +388,14 @@ class EnsembleRun:
         scores = self.comm.bcast(scores, root=0)
         doc = metrics_document(scores, self.channels, self.plan.lead_hours, self.M,
                                [self.ds.times[i] for i in self.plan.init_indices], self.cfg.scoring.lat_weights)
-        timings = self.comm.gather(dict(rank_timings(self.tracer), wall=wall, group=self.grid.coords["ensemble"]),
-                                   root=0)
+        timings = self.comm.gather(dict(rank_timings(self.tracer), wall=wall, group=self.grid.coords["ensemble"],
+                                        energy=getattr(self, "energy", None) or {}), root=0)
         if self.comm.rank == 0:
             (self.outdir / "metrics.json").write_text(json.dumps(doc, indent=1))
             summ = self.tracer.summary()
-            (self.outdir / "timings.json").write_text(json.dumps({"ranks": timings, "rank0_regions": summ}, indent=1))
+            energy = joules_per_member_step([t["energy"] for t in timings], timings[0]["energy"].get("member_steps", 0))
+            (self.outdir / "timings.json").write_text(json.dumps({"ranks": timings, "rank0_regions": summ,
+                                                                  "energy": energy}, indent=1))
             table = format_table(doc, self.cfg.scoring.table_leads)
             (self.outdir / "metrics.md").write_text(table + "\n")
             print(table, flush=True)
