@@ -42,6 +42,9 @@ class Hardware:
     gemm_curve: list[list[float]] = field(default_factory=list)  # [FLOPs per call, FLOP/s] (fp32), measured
     intra: dict[str, Link] = field(default_factory=dict)  # collective -> Link inside a node
     inter: dict[str, Link] = field(default_factory=dict)  # collective -> Link between nodes
+    # board power per state (W): idle (context held, nothing running), compute (matmul/FFT-bound),
+    # memory (bandwidth-bound), comm (collectives, launch gaps); empty = energy is not predicted
+    power_watts: dict[str, float] = field(default_factory=dict)
     source: str = ""  # where the numbers come from
 
     def flops(self, precision: str) -> float:
@@ -99,7 +102,8 @@ class Hardware:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("name", "kind", "peak_flops", "mem_bandwidth_Bps", "mem_capacity_bytes",
                                             "fft_flops", "vector_flops", "op_overhead_s", "runtime_bytes",
-                                            "allocator_overhead", "devices_per_node", "cores", "threads", "gemm_curve", "source")}
+                                            "allocator_overhead", "devices_per_node", "cores", "threads", "gemm_curve",
+                                            "power_watts", "source")}
         d["intra"] = {k: {"alpha_s": v.alpha_s, "bandwidth_Bps": v.bandwidth_Bps} for k, v in self.intra.items()}
         d["inter"] = {k: {"alpha_s": v.alpha_s, "bandwidth_Bps": v.bandwidth_Bps} for k, v in self.inter.items()}
         return d
@@ -124,6 +128,7 @@ def hardware_from_dict(data: dict, source: str = "") -> Hardware:
     data["intra"] = _links(data.get("intra"), "intra")
     data["inter"] = _links(data.get("inter"), "inter")
     data["peak_flops"] = {k: float(v) for k, v in (data.get("peak_flops") or {}).items()}
+    data["power_watts"] = {k: float(v) for k, v in (data.get("power_watts") or {}).items()}
     for k in ("mem_bandwidth_Bps", "mem_capacity_bytes", "fft_flops", "vector_flops", "op_overhead_s",
               "runtime_bytes", "allocator_overhead"):
         if k in data:
