@@ -1,6 +1,6 @@
 """Skill cost of each precision and quantisation: the built-in model's test forecasts against fp32.
 
-    python bench/precision_skill.py [--inits 8] [--days 1 5 10] [--variants fp32 bf16 int8 bf16+int8]
+    python bench/precision_skill.py [--inits 8] [--days 1 5 10] [--variants fp32 tf32 bf16 int8 bf16+int8]
 
 Forecasts from ``--inits`` initial times spread over the test split, run as one batch per variant;
 RMSE (physical units) and uncentred ACC (against the dataset climatology, area-weighted rows) per
@@ -25,7 +25,7 @@ from hpc_fcn.model import AFNONet, load_checkpoint  # noqa: E402
 from hpc_fcn.schema import DataConfig, InferenceConfig  # noqa: E402
 
 BUILTIN_CKPT = Path(__file__).resolve().parents[1] / "hpc_fcn" / "assets" / "builtin_model.ckpt"
-VARIANTS = {"fp32": {}, "bf16": dict(precision="bf16"), "fp16": dict(precision="fp16"),
+VARIANTS = {"fp32": {}, "tf32": dict(precision="tf32"), "bf16": dict(precision="bf16"), "fp16": dict(precision="fp16"),
             "int8": dict(quantize="int8"), "bf16+int8": dict(precision="bf16", quantize="int8"),
             "bf16+fp8": dict(precision="bf16", quantize="fp8")}
 

@@ -28,7 +28,7 @@ def test_gpu_energy_of_a_busy_second():
     dev = torch.device("cuda", torch.cuda.current_device())
     sampler = PowerSampler(dev, interval_s=0.02)
     if not sampler.available:
-        pytest.skip(sampler._reason)
+        pytest.skip(sampler.reason)
     a = torch.randn(8192, 8192, device=dev)
     with sampler:
         t = torch.cuda.Event(enable_timing=True)

@@ -72,6 +72,11 @@ class PowerSampler:
     def available(self) -> bool:
         return self._handle is not None
 
+    @property
+    def reason(self) -> str:
+        """Why nothing is measured ('' when NVML is there)."""
+        return self._reason
+
     def _energy_mj(self) -> float | None:
         try:
             return float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
