@@ -7,7 +7,7 @@ import torch
 from hpc_fcn.config import ConfigError
 from hpc_fcn.ensemble.config import PerturbationConfig
 from hpc_fcn.ensemble.perturb import NoiseField, Perturber, breed, member_key
-from hpc_fcn.ensemble.philox import normals, philox4x32
+from hpc_fcn.ensemble.philox import _M0, _M1, _mulhilo, normals, philox4x32, row_normals
 
 CH = ["u", "v", "z"]
 GPU = torch.cuda.is_available()
@@ -22,6 +22,16 @@ GPU = torch.cuda.is_available()
 def test_philox_known_answers(counter, key, expected):
     out = philox4x32(tuple(torch.tensor([c], dtype=torch.int64) for c in counter), key)
     assert tuple(int(w) for w in out) == expected
+
+
+def test_wrapping_int64_product_keeps_the_unsigned_64_bits():
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.randint(0, 2 ** 32, (100_000,), generator=g), torch.tensor([0, 1, 2 ** 32 - 1])])
+    for m in (_M0, _M1, 2 ** 32 - 1):
+        hi, lo = _mulhilo(m, x)
+        exact = [int(v) * m for v in x[::997].tolist() + x[-3:].tolist()]
+        assert hi[::997].tolist() + hi[-3:].tolist() == [p >> 32 for p in exact]
+        assert lo[::997].tolist() + lo[-3:].tolist() == [p & 0xFFFFFFFF for p in exact]
 
 
 def test_normals_are_standard_normal_and_independent():
@@ -45,6 +55,12 @@ def test_normals_do_not_depend_on_the_position_in_the_tensor():
             part = normals(torch.arange(5 + start, 5 + start + length), (3, 4))
             assert torch.equal(part, full[start:start + length])
     assert torch.equal(normals(torch.arange(5, 300).view(5, 59).t(), (3, 4)), full.view(5, 59).t())
+    # the pairwise fast path for rows of a grid gives the same numbers at every offset and length
+    rows = torch.tensor([[0], [40], [120]]).view(3)
+    for offset in range(0, 5):
+        for length in (1, 2, 7, 30):
+            ref = normals(rows[:, None] + offset + torch.arange(length), (3, 4))
+            assert torch.equal(row_normals(rows, length, offset, (3, 4)), ref)
 
 
 @pytest.mark.parametrize("method", ["gaussian", "spherical"])
@@ -75,11 +91,20 @@ def perturber(method="gaussian", rows=slice(0, 16), cols=slice(0, 32), **kw):
 @pytest.mark.parametrize("method", ["gaussian", "spherical"])
 def test_noise_is_keyed_and_window_independent(method):
     full = perturber(method).initial_noise(1000, 3)
-    part = perturber(method, rows=slice(5, 11), cols=slice(8, 24)).initial_noise(1000, 3)
-    torch.testing.assert_close(part, full[:, 5:11, 8:24], rtol=0, atol=0)
+    for rows, cols in ((slice(5, 11), slice(8, 24)), (slice(0, 3), slice(7, 32)), (slice(15, 16), slice(3, 4))):
+        part = perturber(method, rows=rows, cols=cols).initial_noise(1000, 3)
+        torch.testing.assert_close(part, full[:, rows, cols], rtol=0, atol=0)
     assert not torch.equal(full, perturber(method).initial_noise(1000, 4))
     assert not torch.equal(full, perturber(method).initial_noise(1006, 3))
     torch.testing.assert_close(full, perturber(method).initial_noise(1000, 3), rtol=0, atol=0)
+
+
+def test_white_noise_on_a_grid_of_odd_width_is_window_independent_too():
+    field, key = NoiseField("gaussian", 5, 7, 2), member_key(1, 2, 3, 1)
+    full = field.sample(key)
+    assert torch.equal(field.sample(key, slice(1, 4), slice(2, 5)), full[:, 1:4, 2:5])
+    even = NoiseField("gaussian", 5, 8, 2).sample(key)  # the same counters on the first row: 0..6
+    assert torch.equal(even[0, 0, :7], full[0, 0]) and not torch.equal(even[0, 1, :7], full[0, 1])
 
 
 def test_amplitude_is_in_normalised_units_per_channel():

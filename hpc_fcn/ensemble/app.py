@@ -183,7 +183,7 @@ class EnsembleRun:
             raise UserError(f"bred vectors need {back} earlier analyses ({pc.bred_cycles} cycles x {pc.bred_steps} "
                             f"steps) before {self.ds.times[init_index]}; choose a later initial time")
         amp = self.perturber.amp
-        seeds = torch.stack([self.perturber.initial_noise(init_hours, m) for m in self.my_members]).to(self.device)
+        seeds = torch.stack([self.perturber.initial_noise(init_hours, m, self.device) for m in self.my_members])
         ctrl = [self.perturber.is_control(m) for m in self.my_members]
 
         def analysis(c: int) -> torch.Tensor:

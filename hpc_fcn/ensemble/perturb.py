@@ -15,7 +15,7 @@ import torch
 
 from ..config import ConfigError
 from .config import PerturbationConfig
-from .philox import normals
+from .philox import normals, row_normals
 
 EARTH_RADIUS_KM = 6371.0
 _TAGS = {"gaussian": 1, "spherical": 2, "bred": 3}
@@ -69,10 +69,13 @@ class NoiseField:
         rows = rows if rows is not None else slice(None)
         cols = cols if cols is not None else slice(None)
         if self.kind == "gaussian":
-            c = torch.arange(self.n_channels, device=device).view(-1, 1, 1)
-            r = torch.arange(*rows.indices(self.nlat), device=device).view(1, -1, 1)
-            q = torch.arange(*cols.indices(self.nlon), device=device).view(1, 1, -1)
-            return normals((c * self.nlat + r) * self.nlon + q, key, _GRID)
+            c = torch.arange(self.n_channels, device=device).view(-1, 1)
+            r = torch.arange(*rows.indices(self.nlat), device=device).view(1, -1)
+            c0, c1, _ = cols.indices(self.nlon)
+            start = (c * self.nlat + r) * self.nlon  # counter of each row's first point
+            if self.nlon % 2 == 0:
+                return row_normals(start, c1 - c0, c0, key, _GRID)
+            return normals(start.unsqueeze(-1) + torch.arange(c0, c1, device=device), key, _GRID)
         shape = (self.n_channels, self.lmax, self.lmax)
         index = torch.arange(math.prod(shape), device=device).view(shape)
         re = normals(index, key, _SPECTRUM_RE)

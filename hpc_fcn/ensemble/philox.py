@@ -5,13 +5,15 @@ index is the same whether a rank generates the whole field or only its window, o
 in whatever batch. torch has no stateless per-element generator (its Philox offsets are per
 generator and per launch, and the CPU generator is a Mersenne twister), hence this one:
 Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC'11), checked against Random123's
-known-answer vectors in the tests. 32-bit words live in int64 tensors; the 32 x 32-bit products are
-split into 16-bit halves so that nothing overflows.
+known-answer vectors in the tests. 32-bit words live in int64 tensors; a 32 x 32-bit product is one
+int64 multiply whose two's-complement wrap-around keeps all 64 bits of the unsigned product (checked
+against Python integers in the tests).
 
-The normals come from Box-Muller with a 52-bit uniform for the radius and a 32-bit one for the
-angle, and ``log``, ``sin`` and ``cos`` are evaluated by series in float64 with only +, -, *, / and
-sqrt, which IEEE rounds exactly: torch's vectorised CPU kernels and their scalar tails can differ in
-the last bit for ``log``/``sin``, which would make a value depend on its position in the tensor.
+The normals come in pairs from Box-Muller: one Philox block gives a 52-bit uniform for the radius and
+a 32-bit one for the angle, and counter ``i >> 1`` serves normals ``i`` (cosine branch, even ``i``) and
+``i + 1`` (sine branch). ``log``, ``sin`` and ``cos`` are evaluated by series in float64 with only +, -,
+*, / and sqrt, which IEEE rounds exactly: torch's vectorised CPU kernels and their scalar tails can
+differ in the last bit for ``log``/``sin``, which would make a value depend on its position in the tensor.
 """
 from __future__ import annotations
 
@@ -32,11 +34,8 @@ _TRIG_TERMS = 12  # Taylor series of sin/cos on [0, pi/2]: (pi/2)**24 / 24! < 1e
 
 def _mulhilo(a: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """High and low 32-bit words of the 64-bit product ``a * x`` (a and every x below 2**32)."""
-    hi_part = x * (a >> 16)  # < 2**48
-    lo_part = x * (a & 0xFFFF)  # < 2**48
-    lo = (((hi_part & 0xFFFF) << 16) + lo_part) & MASK32
-    hi = (hi_part + (lo_part >> 16)) >> 16
-    return hi, lo
+    p = x * a  # wraps modulo 2**64: the bits are the unsigned product's
+    return (p >> 32) & MASK32, p & MASK32
 
 
 def philox4x32(counter: tuple[torch.Tensor, ...], key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
@@ -77,12 +76,12 @@ def _sin_cos(phi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return s * phi, c
 
 
-def normals(index: torch.Tensor, key: tuple[int, int], stream: int = 0) -> torch.Tensor:
-    """Standard normals (float32) at the non-negative int64 counters ``index`` (any shape, any device)."""
-    c0 = index & MASK32
-    c1 = index >> 32
-    c2 = torch.full_like(index, stream & MASK32)
-    x0, x1, x2, _ = philox4x32((c0, c1, c2, torch.zeros_like(index)), key)
+def normal_pairs(pair: torch.Tensor, key: tuple[int, int], stream: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two standard normals (float32) of each non-negative int64 counter ``pair``: normals 2 p and 2 p + 1."""
+    c0 = pair & MASK32
+    c1 = pair >> 32
+    c2 = torch.full_like(pair, stream & MASK32)
+    x0, x1, x2, _ = philox4x32((c0, c1, c2, torch.zeros_like(pair)), key)
     # radius: a 52-bit uniform in (0, 1), exactly representable
     u = (((x0 << 20) + (x1 >> 12)).to(torch.float64) + 0.5) * 2.0 ** -52
     radius = torch.sqrt(-2.0 * _log_unit(u))
@@ -90,6 +89,24 @@ def normals(index: torch.Tensor, key: tuple[int, int], stream: int = 0) -> torch
     quadrant = x2 >> 30
     phi = (((x2 & 0x3FFFFFFF).to(torch.float64) + 0.5) * 2.0 ** -30) * (math.pi / 2)
     sin, cos = _sin_cos(phi)
-    # cos(q pi/2 + phi) for q = 0..3: cos, -sin, -cos, sin
-    trig = torch.where(quadrant == 0, cos, torch.where(quadrant == 1, -sin, torch.where(quadrant == 2, -cos, sin)))
-    return (radius * trig).to(torch.float32)
+    # (cos, sin) of q pi/2 + phi for q = 0..3: (cos, sin), (-sin, cos), (-cos, -sin), (sin, -cos)
+    c = torch.where(quadrant == 0, cos, torch.where(quadrant == 1, -sin, torch.where(quadrant == 2, -cos, sin)))
+    s = torch.where(quadrant == 0, sin, torch.where(quadrant == 1, cos, torch.where(quadrant == 2, -sin, -cos)))
+    return (radius * c).to(torch.float32), (radius * s).to(torch.float32)
+
+
+def normals(index: torch.Tensor, key: tuple[int, int], stream: int = 0) -> torch.Tensor:
+    """Standard normals (float32) at the non-negative int64 counters ``index`` (any shape, any device)."""
+    even, odd = normal_pairs(index >> 1, key, stream)
+    return torch.where((index & 1).bool(), odd, even)
+
+
+def row_normals(start: torch.Tensor, length: int, offset: int, key: tuple[int, int], stream: int = 0) -> torch.Tensor:
+    """``normals(start[..., None] + offset + arange(length))`` for EVEN ``start`` (each row's first counter),
+    drawing every pair once instead of twice: the fast path for windows of a grid with an even row length."""
+    lo = offset - offset % 2
+    hi = offset + length + (offset + length) % 2
+    pairs = (start.unsqueeze(-1) + torch.arange(lo, hi, 2, device=start.device)) >> 1
+    even, odd = normal_pairs(pairs, key, stream)
+    both = torch.stack([even, odd], dim=-1).flatten(-2)
+    return both[..., offset - lo: offset - lo + length]
