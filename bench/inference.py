@@ -277,8 +277,8 @@ def main(argv=None) -> int:
     print(f"# model FLOPs per member-step: {flops / 1e9:.3f} GFLOP (perfmodel)")
     base = statistics.median(variants[0].times)
     print()
-    print("| variant | members/pass | member-steps/s | x eager fp32 | % of peak | peak mem (MiB) | warm-up s | rel. diff "
-          "| J/member-step |")
+    print("| variant | members/pass | member-steps/s | x eager fp32 | % of peak | peak mem (MiB) | warm-up s "
+          "| rel. diff | J/member-step |")
     print("|---|---|---|---|---|---|---|---|---|")
     rows = []
     for v in variants:

@@ -1,4 +1,5 @@
-"""Inference speed-ups: device selection, mixed precision, quantisation, torch.compile, CUDA graphs, batching."""
+"""Inference speed-ups: device selection, mixed precision, quantisation, torch.compile, CUDA graphs, batching
+(GPU energy through NVML: :mod:`.power`)."""
 from .compile import check_compile, compile_dense_submodules, compile_fused
 from .device import (AccelError, cpu_int8_dot, cpu_native_bf16, cpu_native_fp16, describe_device, select_device,
                      supports_fp8)
