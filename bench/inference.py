@@ -1,17 +1,23 @@
 """Member-steps per second and peak memory of every inference variant, measured side by side.
 
     python bench/inference.py [CONFIG] [model.embed_dim=256 ...] [--variants eager fused int8 ...]
-                              [--members 16] [--reps 5] [--production] [--threads N]
+                              [--members 16] [--reps 5] [--production] [--threads N] [--json OUT.json]
 
 CONFIG is any YAML with ``model:`` (and optionally ``inference:``) sections; other sections are
 ignored. Without it the built-in model is used (its checkpoint if present, else random weights of
 the same size). Every variant steps the same members once per repetition, variants interleaved, and
 the table reports medians as ratios to the baseline: the published forward, eager fp32, one member
 per pass. ``--production`` is the 720 x 1440, 20-channel, patch 8, embed 768, depth 12 network.
+
+Peak memory is each variant's own: on a GPU, what it keeps after warm-up (weight copies, graph pool
+and static buffers) plus the most its step allocates on top; on the CPU, resident-memory growth during
+a step. On a GPU with NVML each variant also runs alone for ``--energy-seconds`` and reports joules per
+member-step from the board's energy counter.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -48,7 +54,9 @@ CPU_VARIANTS = {
 }
 GPU_VARIANTS = {
     "fp16": (dict(precision="fp16"), "N"),
+    "tf32": (dict(precision="tf32"), "N"),
     "cuda_graphs": (dict(cuda_graphs=True), "N"),
+    "tf32_graphs": (dict(precision="tf32", cuda_graphs=True), "N"),
     "bf16_graphs": (dict(precision="bf16", cuda_graphs=True), "N"),
     "compile_bf16_graphs": (dict(compile=True, precision="bf16", cuda_graphs=True), "N"),
     "fp8_bf16_graphs": (dict(quantize="fp8", precision="bf16", cuda_graphs=True), "N"),
@@ -60,6 +68,42 @@ class BenchConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     channels: int = 5
+
+
+class GpuMemory:
+    """A variant's own GPU memory: what its construction and warm-up keep, plus its steps' transient peak."""
+
+    def __init__(self, device):
+        self.device = device
+        self.kept = 0
+        self.transient = 0
+
+    def _level(self) -> tuple[int, int]:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()  # cached blocks of earlier variants are not this one's
+        return torch.cuda.memory_allocated(self.device), torch.cuda.memory_reserved(self.device)
+
+    def begin_build(self):
+        self._a0, self._r0 = self._level()
+
+    def end_build(self):
+        a1, r1 = self._level()
+        self.kept = max(a1 - self._a0, r1 - self._r0, 0)  # reserved covers a CUDA graph's private pool
+
+    def step(self, fn):
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        t0 = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        self.transient = max(self.transient, torch.cuda.max_memory_allocated(self.device) - base)
+        return out, dt
+
+    @property
+    def peak(self) -> int:
+        return self.kept + self.transient
 
 
 class PeakRSS:
@@ -133,6 +177,7 @@ class Variant:
         self.name, self.opts, self.mpp, self.times = name, opts, mpp, []
         self.peak = 0
         self.error = None
+        self.joules_per_member_step = None
         if opts is None:  # published forward, fp32, eager
             self.fc = None
             self.net = net
@@ -161,6 +206,8 @@ def main(argv=None) -> int:
     ap.add_argument("--production", action="store_true", help="production-size network (GPU machines)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--energy-seconds", type=float, default=1.0, help="GPU: seconds per variant for joules (0 = off)")
+    ap.add_argument("--json", help="also write the table's rows to this JSON file")
     a = ap.parse_args(argv)
     if a.config and "=" in a.config:
         a.overrides.insert(0, a.config)
@@ -188,12 +235,18 @@ def main(argv=None) -> int:
     variants: list[Variant] = []
     for n in names:
         opts, mpp = table[n]
+        gmem = GpuMemory(device) if device.type == "cuda" else None
         try:
+            if gmem:
+                gmem.begin_build()
             v = Variant(n, net, opts, N if mpp == "N" else 1, device)
             t0 = time.perf_counter()
             v.step(x)  # warm-up: compilation, graph capture, allocator
             sync(device)
             v.warmup = time.perf_counter() - t0
+            if gmem:
+                gmem.end_build()
+            v.gmem = gmem
             variants.append(v)
         except AccelError as exc:
             print(f"skip {n}: {exc}", file=sys.stderr)
@@ -203,19 +256,17 @@ def main(argv=None) -> int:
     for r in range(a.reps):
         for v in variants:
             if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-                sync(device)
-                t0 = time.perf_counter()
-                v.step(x)
-                sync(device)
-                v.times.append(time.perf_counter() - t0)
-                v.peak = max(v.peak, torch.cuda.max_memory_allocated(device))
+                _, dt = v.gmem.step(lambda: v.step(x))
+                v.times.append(dt)
+                v.peak = v.gmem.peak
             else:
                 with PeakRSS() as mem:
                     t0 = time.perf_counter()
                     v.step(x)
                     v.times.append(time.perf_counter() - t0)
                 v.peak = max(v.peak, mem.peak)
+
+    energy_note = measure_energy(variants, x, device, a.energy_seconds)
 
     flops = model_flops(net)
     peaks = {}
@@ -226,8 +277,10 @@ def main(argv=None) -> int:
     print(f"# model FLOPs per member-step: {flops / 1e9:.3f} GFLOP (perfmodel)")
     base = statistics.median(variants[0].times)
     print()
-    print("| variant | members/pass | member-steps/s | x eager fp32 | % of peak | peak mem (MiB) | warm-up s | rel. diff |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| variant | members/pass | member-steps/s | x eager fp32 | % of peak | peak mem (MiB) | warm-up s "
+          "| rel. diff | J/member-step |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for v in variants:
         med = statistics.median(v.times)
         rate = N / med
@@ -238,16 +291,50 @@ def main(argv=None) -> int:
             peaks[prec] = hardware_peak(device, prec)
         peak = peaks[prec][0]
         frac = f"{100 * flops * rate / peak:.1f}" if peak else "n/a"
+        joules = f"{v.joules_per_member_step:.3f}" if v.joules_per_member_step is not None else "n/a"
         print(f"| {v.name} | {v.mpp} | {rate:.2f} | {base / med:.2f} | {frac} | {v.peak / 2**20:.0f} | "
-              f"{v.warmup:.1f} | {v.err:.1e} |")
+              f"{v.warmup:.1f} | {v.err:.1e} | {joules} |")
+        rows.append(dict(variant=v.name, members=N, members_per_pass=v.mpp, member_steps_per_s=rate,
+                         speedup=base / med, percent_of_peak=100 * flops * rate / peak if peak else None,
+                         peak_mem_bytes=v.peak, warmup_s=v.warmup, rel_diff=v.err,
+                         joules_per_member_step=v.joules_per_member_step))
     print()
     print(f"# peak FLOP/s from {peaks['fp32'][1]}; '% of peak' uses the variant's precision "
           f"(int8 against the fp32 peak). warm-up = first step (includes torch.compile / graph capture).")
     print("# rel. diff = relative L2 difference of one step from the eager fp32 output.")
     if device.type == "cpu":
         print("# peak mem on CPU = resident-memory growth during the step (memory the allocator already holds "
-              "from earlier steps is not counted); on GPU = torch.cuda.max_memory_allocated.")
+              "from earlier steps is not counted).")
+    else:
+        print("# peak mem on GPU = the variant's own: memory its build and warm-up keep (weight copies, CUDA-graph "
+              "pool) + the most one step allocates on top.")
+    print(f"# energy: {energy_note}")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(dict(device=describe_device(device), origin=origin, members=N,
+                                                gflop_per_member_step=flops / 1e9, rows=rows), indent=1))
     return 0
+
+
+def measure_energy(variants, x, device, seconds: float) -> str:
+    """Joules per member-step of each variant running alone for ``seconds`` (GPU board energy through NVML)."""
+    if device.type != "cuda" or seconds <= 0:
+        return "not measured (GPU only; --energy-seconds 0 turns it off)"
+    from hpc_fcn.accel.power import PowerSampler
+    for v in variants:
+        sampler = PowerSampler(device, interval_s=0.02)
+        if not sampler.available:
+            return f"not measured: {sampler.reason}"
+        steps = 0
+        sampler.start()
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds or steps < 2:
+            v.step(x)
+            steps += 1
+            sync(device)
+        reading = sampler.stop()
+        v.joules_per_member_step = reading.joules / (steps * x.shape[0])
+    return f"GPU board through NVML ({reading.source}), each variant alone for >= {seconds:g} s"
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
 """Skill cost of each precision and quantisation: the built-in model's test forecasts against fp32.
 
-    python bench/precision_skill.py [--inits 8] [--days 1 5 10] [--variants fp32 bf16 int8 bf16+int8]
+    python bench/precision_skill.py [--inits 8] [--days 1 5 10] [--variants fp32 tf32 bf16 int8 bf16+int8]
 
 Forecasts from ``--inits`` initial times spread over the test split, run as one batch per variant;
 RMSE (physical units) and uncentred ACC (against the dataset climatology, area-weighted rows) per
 channel at each lead, averaged over initial times; prints the fp32 scores and every variant's
-difference from fp32 as a markdown table.
+difference from fp32 as a markdown table. ``tf32-emulated`` runs fp32 with the multiplicands of every
+GEMM and convolution rounded to TF32 (a CPU estimate of the GPU's ``tf32`` precision).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -25,9 +27,35 @@ from hpc_fcn.model import AFNONet, load_checkpoint  # noqa: E402
 from hpc_fcn.schema import DataConfig, InferenceConfig  # noqa: E402
 
 BUILTIN_CKPT = Path(__file__).resolve().parents[1] / "hpc_fcn" / "assets" / "builtin_model.ckpt"
-VARIANTS = {"fp32": {}, "bf16": dict(precision="bf16"), "fp16": dict(precision="fp16"),
+VARIANTS = {"fp32": {}, "tf32": dict(precision="tf32"), "bf16": dict(precision="bf16"), "fp16": dict(precision="fp16"),
             "int8": dict(quantize="int8"), "bf16+int8": dict(precision="bf16", quantize="int8"),
-            "bf16+fp8": dict(precision="bf16", quantize="fp8")}
+            "bf16+fp8": dict(precision="bf16", quantize="fp8"), "tf32-emulated": {}}
+
+
+def round_to_tf32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 values rounded to TF32's 10-bit mantissa (to nearest, ties to even), still stored as fp32."""
+    i = t.contiguous().view(torch.int32)
+    i = (i + 0xFFF + ((i >> 13) & 1)) & ~0x1FFF
+    return i.view(torch.float32)
+
+
+class Tf32Emulation(torch.overrides.TorchFunctionMode):
+    """TF32 tensor-core numerics on the CPU: the multiplicands of every GEMM and convolution rounded to
+    TF32, products accumulated and biases added in fp32 (what cuBLAS/cuDNN do with TF32 allowed)."""
+    F = torch.nn.functional
+    OPERANDS = {F.linear: (0, 1), F.conv2d: (0, 1), torch.addmm: (1, 2), torch.baddbmm: (1, 2),
+                torch.matmul: (0, 1), torch.mm: (0, 1), torch.bmm: (0, 1), torch.Tensor.matmul: (0, 1),
+                torch.Tensor.__matmul__: (0, 1)}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        idx = self.OPERANDS.get(func)
+        if func is torch.einsum:
+            idx = tuple(range(1, len(args)))
+        if idx:
+            args = tuple(round_to_tf32(a) if i in idx and isinstance(a, torch.Tensor) and a.dtype == torch.float32
+                         else a for i, a in enumerate(args))
+        return func(*args, **kwargs)
 
 
 def load_model(in_chans: int, img_size) -> tuple[AFNONet, str]:
@@ -81,7 +109,8 @@ def main(argv=None) -> int:
     for name in a.variants:
         cfg = InferenceConfig(device=device.type, members_per_pass=len(inits), **VARIANTS[name])
         try:
-            states = forecast(net, cfg, x0, steps)
+            with Tf32Emulation() if name == "tf32-emulated" else contextlib.nullcontext():
+                states = forecast(net, cfg, x0, steps)
         except AccelError as exc:
             print(f"<!-- skip {name}: {exc} -->")
             continue

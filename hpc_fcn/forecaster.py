@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from .accel import (AccelError, FusedAFNONet, GraphedStep, auto_members_per_pass, autocast, check_compile,
                     check_cuda_graphs, check_precision, check_quantize, compile_dense_submodules, compile_fused,
-                    describe_device, quantize_model)
+                    describe_device, pass_size, quantize_model)
 from .accel.precision import precision_note
 from .model.afnonet import AFNONet
 from .tracing import NULL_TRACER, Tracer
@@ -36,6 +36,8 @@ class Forecaster:
         self.grid = grid if grid is not None else getattr(model, "grid", None)
         self.tracer = tracer or (getattr(self.grid, "tracer", None) if self.grid is not None else None) or NULL_TRACER
         self.device = _model_device(model)
+        if self.tracer.enabled:
+            self.tracer.bind_device(self.device)  # GPU regions are timed with CUDA events, not host clocks
         if cfg.device != "auto" and cfg.device != self.device.type:
             raise AccelError(f"inference.device={cfg.device} but the model is on {self.device}: move it there first "
                              f"(hpc_fcn.setup.rank_device gives the device)")
@@ -64,7 +66,10 @@ class Forecaster:
             if cfg.compile:
                 self.compiled = compile_dense_submodules(net)
         self.runner.eval()
-        self.members_per_pass = cfg.members_per_pass  # 0: resolved from memory on the first step
+        # The most members one pass may carry (0: from free memory on the first step), and the size the
+        # last step's passes had: its members spread equally over the fewest passes within the limit.
+        self.max_members_per_pass = cfg.members_per_pass
+        self.members_per_pass = 0
         self._graphed = GraphedStep(self._forward, None) if cfg.cuda_graphs else None
         self.first_pass_seconds: float | None = None  # includes compilation and graph capture
 
@@ -76,10 +81,12 @@ class Forecaster:
         return rank_device(cfg.device, local_rank=local_rank)
 
     def resolve_members_per_pass(self, x: torch.Tensor) -> int:
-        if not self.members_per_pass:
-            self.members_per_pass = auto_members_per_pass(self.runner if not self.serial else self.runner.net,
-                                                          self.device, tuple(x.shape[-2:]), self.in_chans,
-                                                          self.cfg.precision)
+        """Pass size for the members ``x``: never more than there are, balanced over the fewest passes."""
+        if not self.max_members_per_pass:
+            self.max_members_per_pass = auto_members_per_pass(
+                self.runner if not self.serial else self.runner.net, self.device, tuple(x.shape[-2:]),
+                self.in_chans, self.cfg.precision, cuda_graphs=self._graphed is not None)
+        self.members_per_pass = pass_size(x.shape[0], self.max_members_per_pass)
         return self.members_per_pass
 
     # ---- stepping -----------------------------------------------------------------------------
@@ -91,7 +98,7 @@ class Forecaster:
         if self._graphed is None:
             return self._forward(x)
         n, mpp = x.shape[0], self.members_per_pass
-        if n < mpp:  # pad the last pass so one captured graph serves every pass
+        if n < mpp:  # pad the last pass (fewer members short than there are passes) to the captured size
             x = torch.cat([x, x.new_zeros(mpp - n, *x.shape[1:])])
         return self._graphed(x)[:n]
 
@@ -127,9 +134,12 @@ class Forecaster:
         c = self.cfg
         kind = (f"AFNONet, fused inference path (spectral {self.runner.spectral})" if self.serial
                 else type(self.runner).__name__)
-        mpp = f"{self.members_per_pass}" if self.members_per_pass else "auto (resolved on the first step)"
-        if c.members_per_pass == 0 and self.members_per_pass:
-            mpp += " (auto)"
+        if self.members_per_pass:
+            mpp = f"{self.members_per_pass} (at most {self.max_members_per_pass}"
+            mpp += ", from memory)" if c.members_per_pass == 0 else ")"
+        else:
+            mpp = ("at most " + str(c.members_per_pass) if c.members_per_pass
+                   else "auto") + " (resolved on the first step)"
         return "; ".join([
             f"device {describe_device(self.device)}",
             f"model {kind}",

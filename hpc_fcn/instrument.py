@@ -3,7 +3,9 @@
 ``handle = instrument(model, tracer)`` times ``patch_embed``, ``blocks.N.norm1``, ``blocks.N.filter``,
 ``blocks.N.norm2``, ``blocks.N.mlp`` and ``head`` (serial ``AFNONet`` and ``DistributedAFNONet`` share
 these names) under those names; ``handle.remove()`` takes the hooks off. A disabled tracer gets no
-hooks at all. Hooks time the host side: exact on CPU; on CUDA the tracer records CUDA events instead.
+hooks at all. On CPU the hooks read the host clock; on CUDA the tracer records CUDA events instead. Hooks
+do not run when a CUDA graph replays (only the graph's enclosing region is timed then), and the tracer
+skips them while the graph is captured.
 """
 from __future__ import annotations
 

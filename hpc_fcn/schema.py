@@ -56,7 +56,7 @@ __all__ = ["ModelConfig", "DataConfig", "ParallelConfig", "InferenceConfig"]
 class InferenceConfig:
     """How each forward pass runs: device, precision, CUDA graphs, torch.compile, quantisation."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
     cuda_graphs: bool = False
     compile: bool = False
     quantize: Literal["none", "int8", "fp8"] = "none"

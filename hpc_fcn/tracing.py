@@ -5,8 +5,9 @@ A :class:`Tracer` is passed explicitly (the process grid carries one). When disa
 Communication backends call :meth:`Tracer.comm` around every collective with the bytes it sends.
 Regions also become Score-P user regions when the ``scorep`` module is importable (run under
 ``python -m scorep --mpp=mpi ...``), and regions over CUDA work are timed with CUDA events that are
-synchronised only when a summary or trace is asked for. :func:`write_traces` writes per-rank Chrome
-traces (open them in Perfetto) and per-region summaries (JSON and CSV), combined over ranks on rank 0.
+synchronised only when a summary or trace is asked for (regions opened during CUDA-graph capture are
+skipped). :func:`write_traces` writes per-rank Chrome traces (open them in Perfetto) and per-region
+summaries (JSON and CSV), combined over ranks on rank 0.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import csv
 import json
 import os
 import re
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -39,8 +41,20 @@ def _on_cuda(obj: Any) -> bool:
     return getattr(getattr(obj, "device", None), "type", None) == "cuda"
 
 
+def _capturing() -> bool:
+    """True while this thread's current CUDA stream is being captured into a graph (nothing runs then)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
 class Tracer:
-    """Collects (name, category, start, duration, bytes) events of one rank."""
+    """Collects (name, category, start, duration, bytes) events of one rank.
+
+    On a CUDA device (``bind_device``, or tensors handed to ``begin``) compute and comm regions are timed
+    with CUDA events on the device's current stream, since host clocks only see kernel launches; IO
+    regions keep the host clock. Regions opened while a CUDA graph is being captured are skipped and
+    counted in ``skipped_in_capture``: capture runs nothing, and events cannot be recorded into it.
+    """
 
     def __init__(self, enabled: bool = True, rank: int = 0, scorep: bool | None = None, cuda: bool | None = None,
                  clock=None):
@@ -52,12 +66,19 @@ class Tracer:
         self._clock = clock or time.perf_counter
         self._t0 = self._clock()
         self._scorep = _scorep_user() if (enabled and scorep is not False) else None
-        self._cuda = cuda  # None: use CUDA events when the region's tensors are on a GPU
+        self._cuda = cuda  # None: CUDA events when bound to a CUDA device or the region's tensors are on a GPU
+        self._device = None  # the CUDA device bound by bind_device
         self._pending: list[tuple[int, Any, Any]] = []  # (event index, start event, end event)
+        self.skipped_in_capture = 0
 
     @property
     def scorep_active(self) -> bool:
         return self._scorep is not None
+
+    def bind_device(self, device) -> None:
+        """Time compute and comm regions with CUDA events on ``device`` when it is a GPU (the rank's device)."""
+        if getattr(device, "type", None) == "cuda":
+            self._device = device
 
     # ---- recording --------------------------------------------------------------------------
     def region(self, name: str, category: str = "compute"):
@@ -78,28 +99,45 @@ class Tracer:
             end = self._clock()
             self.events.append([name, category, end - seconds, seconds, int(nbytes)])
 
+    def _event_stream(self, category: str, tensors: Any):
+        """The CUDA stream to time this region on, or None for the host clock."""
+        if self._cuda is False or category == "io":
+            return None
+        import torch
+        if self._device is not None and (self._cuda or category in ("compute", "comm")):
+            return torch.cuda.current_stream(self._device)
+        if self._cuda or _on_cuda(tensors):
+            dev = next((t.device for t in (tensors if isinstance(tensors, (tuple, list)) else [tensors])
+                        if _on_cuda(t)), None)
+            return torch.cuda.current_stream(dev)
+        return None
+
     def begin(self, name: str, category: str = "compute", tensors: Any = None, nbytes: int = 0):
         """Open a region (for hooks that cannot use a ``with`` block); pass the token to :meth:`end`."""
         if not self.enabled:
             return None
+        if _capturing():
+            self.skipped_in_capture += 1
+            return None
         if self._scorep is not None:
             self._scorep.region_begin(name)
         start_ev = None
-        if self._cuda or (self._cuda is None and _on_cuda(tensors)):
+        stream = self._event_stream(category, tensors)
+        if stream is not None:
             import torch
             start_ev = torch.cuda.Event(enable_timing=True)
-            start_ev.record()
-        return (name, category, self._clock(), int(nbytes), start_ev)
+            start_ev.record(stream)
+        return (name, category, self._clock(), int(nbytes), start_ev, stream)
 
     def end(self, token, tensors: Any = None) -> None:
         """Close a region opened by :meth:`begin`."""
         if token is None:
             return
-        name, category, start, nbytes, start_ev = token
+        name, category, start, nbytes, start_ev, stream = token
         if start_ev is not None:
             import torch
             end_ev = torch.cuda.Event(enable_timing=True)
-            end_ev.record()
+            end_ev.record(stream)
             self._pending.append((len(self.events), start_ev, end_ev))
             self.events.append([name, category, start, None, nbytes])
         else:
@@ -116,12 +154,11 @@ class Tracer:
             self.end(token)
 
     def _resolve(self) -> None:
-        """Turn pending CUDA events into durations (synchronises once, at summary time)."""
+        """Turn pending CUDA events into durations (waits for the last of them, at summary time)."""
         if not self._pending:
             return
-        import torch
-        torch.cuda.synchronize()
         for idx, s, e in self._pending:
+            e.synchronize()
             self.events[idx][3] = s.elapsed_time(e) / 1e3
         self._pending.clear()
 

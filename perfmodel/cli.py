@@ -63,7 +63,7 @@ def _layout_from(cfg, ranks: int | None, layout: str | None) -> tuple[dict | Non
     return dict(ensemble=e, h=p.h, w=p.w, matmul=p.matmul), ranks
 
 
-def print_prediction(pred: Prediction, out=None) -> None:
+def print_prediction(pred: Prediction, out=None, hardware=None) -> None:
     out = out or sys.stdout
     lay = pred.layout
     print(f"hardware {pred.hardware}, layout ensemble={lay['ensemble']} h={lay['h']} w={lay['w']} "
@@ -82,8 +82,20 @@ def print_prediction(pred: Prediction, out=None) -> None:
               f"io {_gb(d['io'])}, runtime {_gb(d['runtime'])})", file=out)
     print(f"time to solution: {pred.passes} pass(es) x {pred.lead_steps} step(s) x {pred.step_time_s * 1e3:.3f} ms = "
           f"{pred.time_to_solution_s:.3f} s for {pred.members} member(s)", file=out)
+    energy = _energy(pred, hardware)
+    if energy is not None:
+        print(f"energy: {energy.joules_per_member_step:.2f} J per member-step ({energy.joules_per_pass:.2f} J per pass "
+              f"at {energy.mean_watts:.0f} W per GPU; power figures from the hardware file)", file=out)
     for n in pred.notes:
         print(f"note: {n}", file=out)
+
+
+def _energy(pred: Prediction, hardware=None):
+    from .energy import predict_energy
+    try:
+        return predict_energy(pred, hardware or pred.hardware)
+    except ValueError:  # a hardware file given by path that is not at hand by name
+        return None
 
 
 def _auto_batch(kw, layout, hw, members, precision, lead, training):
@@ -119,9 +131,10 @@ def cmd_predict(a) -> int:
         pred = predict(kw, layout=layout, hardware=hw, members=cfg.ensemble.members, members_per_pass=mpp,
                        precision=cfg.inference.precision, lead_steps=lead, training=a.training)
     if a.json:
-        print(json.dumps(pred.as_dict(), indent=1))
+        energy = _energy(pred, hw)
+        print(json.dumps(dict(pred.as_dict(), energy=energy.as_dict() if energy else None), indent=1))
     else:
-        print_prediction(pred)
+        print_prediction(pred, hardware=hw)
     return 0
 
 

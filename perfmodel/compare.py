@@ -2,8 +2,9 @@
 
 A summary's ``meta`` says what ran: ``model_kwargs``, ``layout``, ``members_per_pass``, ``precision``,
 ``passes`` (forward passes traced) and optionally ``measured_fastest`` (per-region seconds of the fastest pass), ``group`` (configs of one strong-scaling series) and
-``peak_rss_bytes``/``peak_tensor_bytes`` (measured memory). Measured region time is the busiest rank's
-total divided by ``passes``; the whole pass is the ``step`` region.
+``peak_rss_bytes``/``peak_tensor_bytes`` (measured memory), and ``joules_per_member_step`` (NVML; else it
+is read from the ``timings.json`` of the ensemble run whose ``traces/`` holds the summary). Measured region
+time is the busiest rank's total divided by ``passes``; the whole pass is the ``step`` region.
 """
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ REGIONS = ("patch_embed", "norm1", "filter", "norm2", "mlp", "head")
 OUTSIDE_HOOKS = {"head"}  # collectives issued after the region's module returned (the head's all-reduce)
 
 
+def measured_energy(path: Path, meta: dict) -> float | None:
+    """Measured joules per member-step: the summary's own, else its ensemble run's ``timings.json``."""
+    if meta.get("joules_per_member_step") is not None:
+        return float(meta["joules_per_member_step"])
+    timings = path.resolve().parent.parent / "timings.json"
+    if timings.is_file():
+        value = (json.loads(timings.read_text()).get("energy") or {}).get("joules_per_member_step")
+        return None if value is None else float(value)
+    return None
+
+
 def load_summary(path: str | Path) -> dict:
     data = json.loads(Path(path).read_text())
     if "regions" not in data or "meta" not in data:
@@ -24,6 +36,7 @@ def load_summary(path: str | Path) -> dict:
     for key in ("model_kwargs", "layout", "passes"):
         if key not in data["meta"]:
             raise ValueError(f"{path}: meta has no '{key}' (write_traces(..., meta=...) must record it)")
+    data["energy_measured"] = measured_energy(Path(path), data["meta"])
     return data
 
 
@@ -63,6 +76,13 @@ def predicted(summary: dict, hardware) -> Prediction:
                    ranks_per_node=m.get("ranks_per_node"))
 
 
+def _energy_pred(pred: Prediction, hardware, summary: dict) -> float | None:
+    """Predicted joules per member-step (None when the hardware file has no power figures)."""
+    from .energy import predict_energy
+    e = predict_energy(pred, run_hardware(summary, hardware))
+    return e.joules_per_member_step if e else None
+
+
 def compare(summaries: list[dict], hardware) -> dict:
     """Rows per config and region with predicted and measured seconds, and MAPEs."""
     hw = load_hardware(run_hardware(summaries[0], hardware))
@@ -76,7 +96,9 @@ def compare(summaries: list[dict], hardware) -> dict:
                "step_meas": meas.get("step"), "regions": {}, "memory_pred": pred.memory_inference.tensors,
                "memory_meas": s["meta"].get("peak_tensor_bytes"), "group": s["meta"].get("group", ""),
                "flops": {k: v.flops for k, v in pred.regions.items()}, "bytes": {k: v.bytes for k, v in pred.regions.items()},
-               "bound": {k: v.bound for k, v in pred.regions.items()}}
+               "bound": {k: v.bound for k, v in pred.regions.items()},
+               "energy_pred": _energy_pred(pred, hardware if hardware == "run" else hw, s),
+               "energy_meas": s.get("energy_measured")}
         for r in REGIONS:
             if r in meas and r in regs:
                 row["regions"][r] = (regs[r], meas[r])
@@ -97,6 +119,14 @@ def print_report(res: dict) -> None:
         err = 100 * (r["step_pred"] - r["step_meas"]) / r["step_meas"] if r["step_meas"] else float("nan")
         print(f"{r['label'][:33]:<34}{r['ranks']:>6}{r['step_pred'] * 1e3:>10.2f}{(r['step_meas'] or 0) * 1e3:>10.2f}{err:>8.1f}")
     print(f"step MAPE: {res['step_mape']:.1f} %")
+    energy = [r for r in res["rows"] if r.get("energy_pred") is not None or r.get("energy_meas") is not None]
+    if energy:
+        print(f"{'energy per member-step':<34}{'':>6}{'pred J':>10}{'meas J':>10}{'err %':>8}")
+        for r in energy:
+            p, m = r.get("energy_pred"), r.get("energy_meas")
+            err = 100 * (p - m) / m if (p is not None and m) else float("nan")
+            fmt = lambda v: f"{v:>10.3f}" if v is not None else f"{'n/a':>10}"  # noqa: E731
+            print(f"{r['label'][:33]:<34}{r['ranks']:>6}{fmt(p)}{fmt(m)}{err:>8.1f}")
     print("region MAPE: " + ", ".join(f"{k} {v:.1f} %" for k, v in res["region_mape"].items()))
 
 

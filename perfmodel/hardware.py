@@ -14,7 +14,7 @@ import math
 import yaml
 
 HARDWARE_DIR = Path(__file__).resolve().parent / "hardware"
-PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
 
 
 @dataclass
@@ -42,12 +42,15 @@ class Hardware:
     gemm_curve: list[list[float]] = field(default_factory=list)  # [FLOPs per call, FLOP/s] (fp32), measured
     intra: dict[str, Link] = field(default_factory=dict)  # collective -> Link inside a node
     inter: dict[str, Link] = field(default_factory=dict)  # collective -> Link between nodes
+    # board power per state (W): idle (context held, nothing running), compute (matmul/FFT-bound),
+    # memory (bandwidth-bound), comm (collectives, launch gaps); empty = energy is not predicted
+    power_watts: dict[str, float] = field(default_factory=dict)
     source: str = ""  # where the numbers come from
 
     def flops(self, precision: str) -> float:
         """Dense matmul rate at ``precision``, falling back to the closest slower one that exists."""
         order = {"fp8": ("fp8", "bf16", "fp16", "fp32"), "fp16": ("fp16", "bf16", "fp32"),
-                 "bf16": ("bf16", "fp16", "fp32"), "fp32": ("fp32",)}[precision]
+                 "bf16": ("bf16", "fp16", "fp32"), "tf32": ("tf32", "fp32"), "fp32": ("fp32",)}[precision]
         for p in order:
             if self.peak_flops.get(p):
                 return float(self.peak_flops[p])
@@ -99,7 +102,8 @@ class Hardware:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("name", "kind", "peak_flops", "mem_bandwidth_Bps", "mem_capacity_bytes",
                                             "fft_flops", "vector_flops", "op_overhead_s", "runtime_bytes",
-                                            "allocator_overhead", "devices_per_node", "cores", "threads", "gemm_curve", "source")}
+                                            "allocator_overhead", "devices_per_node", "cores", "threads", "gemm_curve",
+                                            "power_watts", "source")}
         d["intra"] = {k: {"alpha_s": v.alpha_s, "bandwidth_Bps": v.bandwidth_Bps} for k, v in self.intra.items()}
         d["inter"] = {k: {"alpha_s": v.alpha_s, "bandwidth_Bps": v.bandwidth_Bps} for k, v in self.inter.items()}
         return d
@@ -124,6 +128,7 @@ def hardware_from_dict(data: dict, source: str = "") -> Hardware:
     data["intra"] = _links(data.get("intra"), "intra")
     data["inter"] = _links(data.get("inter"), "inter")
     data["peak_flops"] = {k: float(v) for k, v in (data.get("peak_flops") or {}).items()}
+    data["power_watts"] = {k: float(v) for k, v in (data.get("power_watts") or {}).items()}
     for k in ("mem_bandwidth_Bps", "mem_capacity_bytes", "fft_flops", "vector_flops", "op_overhead_s",
               "runtime_bytes", "allocator_overhead"):
         if k in data:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from hpc_fcn.model.config import ModelShape
 from hpc_fcn.parallel.layout import Layout
 
-ELEM = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
+ELEM = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 LN_FLOPS = 8  # per element: mean, centre, square, sum, scale, shift (+ rsqrt per token)
 GELU_FLOPS = 8  # per element (erf polynomial)
 
@@ -166,7 +166,8 @@ def forward_ops(net: Net, lay: Layout, batch: int, precision: str = "fp32") -> l
     Tw = L.B * net.win_rows * L.win_cols  # kept modes on this rank
     K = Tw * Cm * f4  # one real (or imaginary) part of the kept modes
     mm = 8 * 2.0 * Tw * L.nbm * net.bs * net.bs
-    ops.append(Op("filter", "spectral_mlp", "gemm", mm + 14 * Tw * Cm, mm, precision="fp32",
+    spectral = "tf32" if precision == "tf32" else "fp32"  # autocast leaves the filter fp32; TF32 applies to it
+    ops.append(Op("filter", "spectral_mlp", "gemm", mm + 14 * Tw * Cm, mm, precision=spectral,
                   bytes=72 * K + spec_bytes, kernels=40, count=D, meta={"gemm_calls": 8}))
     ops.append(Op("filter", "add_input", "vector", T * Cm, bytes=3 * T * Cm * f4, count=D))
     ops.append(Op("residual", "add", "vector", 2 * T * Cm, bytes=6 * T * Cm * f4, kernels=2, count=D))

@@ -163,8 +163,8 @@ def predict(model_kwargs: dict, *, layout=None, hardware="h100", members: int = 
     problem = layout_problem(lay, net.shape)
     if problem:
         raise ValueError(f"layout {lay.as_dict()}: {problem}")
-    if precision not in ("fp32", "bf16", "fp16", "fp8"):
-        raise ValueError(f"precision must be fp32, bf16, fp16 or fp8, got {precision!r}")
+    if precision not in ("fp32", "tf32", "bf16", "fp16", "fp8"):
+        raise ValueError(f"precision must be fp32, tf32, bf16, fp16 or fp8, got {precision!r}")
     members_local = -(-members // lay.ensemble)
     batch = max(1, min(members_per_pass, members_local))
     passes = -(-members_local // batch)

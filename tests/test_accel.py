@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from hpc_fcn.accel import (AccelError, FusedAFNONet, GraphedStep, Int8Linear, auto_members_per_pass, check_compile,
-                           check_cuda_graphs, check_precision, check_quantize, cpu_native_fp16, quantize_model,
-                           supports_fp8)
+                           check_cuda_graphs, check_precision, check_quantize, cpu_native_fp16, member_bytes,
+                           members_that_fit, pass_size, quantize_model, supports_fp8)
 from hpc_fcn.accel.fastpath import interleaved_bias, interleaved_weight, spectral_mlp
 from hpc_fcn.model import AFNONet, spectral_block_mlp
 
@@ -74,6 +74,8 @@ def test_quantize_model_replaces_every_mlp_linear_only():
 
 def test_option_checks_on_cpu():
     assert check_precision("bf16", CPU) == torch.bfloat16
+    with pytest.raises(AccelError, match="tf32 is a GPU tensor-core mode"):
+        check_precision("tf32", CPU)
     if not cpu_native_fp16():
         with pytest.raises(AccelError, match="fp16 on this CPU"):
             check_precision("fp16", CPU)
@@ -96,6 +98,63 @@ def test_auto_members_per_pass_is_bounded():
     net = small_net()
     n = auto_members_per_pass(net, CPU, (32, 64), 5)
     assert 1 <= n <= 8192 // (8 * 16)  # the CPU token budget: 8192 tokens, 128 per member
+
+
+GiB = 1 << 30
+
+
+@pytest.mark.parametrize("budget_gib", [0.5, 1, 3, 7.5, 13, 64, 97.3, 1000])
+def test_pass_sizes_never_exceed_the_members_and_are_balanced(budget_gib):
+    per = GiB  # one member's bytes
+    fit = members_that_fit(int(budget_gib * GiB), per)
+    assert fit == max(1, min(int(budget_gib), 256))
+    for n in range(1, 201):
+        s = pass_size(n, fit)
+        passes = -(-n // s)
+        assert 1 <= s <= min(n, fit)
+        assert passes == -(-n // min(n, fit))  # the fewest passes the memory allows
+        assert s * passes - n < passes  # padding the last pass wastes less than one member per pass
+        assert s == -(-n // -(-n // fit))
+
+
+def test_pass_size_examples_from_the_issue():
+    assert pass_size(13, 90) == 13  # 100 members on 8 GPUs: 13 per rank run as 13, not 90 (or 93)
+    assert pass_size(100, 90) == 50  # two passes of 50, not 90 + 10 padded to 90
+    assert pass_size(200, 90) == 67
+    assert pass_size(1, 1) == 1
+    with pytest.raises(ValueError, match="at least one member"):
+        pass_size(0, 4)
+
+
+def test_production_model_fits_about_ninety_members_on_an_h200():
+    # member_bytes only reads shapes: the 720 x 1440, embed 768, depth 12 network on the meta device
+    with torch.device("meta"):
+        net = AFNONet(img_size=(720, 1440), patch_size=8, in_chans=20, out_chans=20, embed_dim=768, depth=12)
+    budget = int(0.7 * 139 * GiB)  # GPU_MEMORY_FRACTION of an idle H200's free memory
+    eager = members_that_fit(budget, member_bytes(net, (720, 1440), 20, "bf16"))
+    graphed = members_that_fit(budget, member_bytes(net, (720, 1440), 20, "bf16", cuda_graphs=True))
+    assert 60 <= graphed < eager <= 120  # static graph buffers cost memory
+    assert pass_size(13, graphed) == 13
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+def test_tf32_context_switches_tensor_core_rounding_and_restores_it():
+    from hpc_fcn.accel import autocast
+    dev = torch.device("cuda", torch.cuda.current_device())
+    assert check_precision("tf32", dev) == torch.float32
+    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (mm.allow_tf32, cudnn.allow_tf32)
+    a = torch.randn(2048, 2048, device=dev, dtype=torch.float64)
+    exact = a @ a
+    a32 = a.float()
+    with autocast(dev, "fp32"):
+        assert not mm.allow_tf32 and not cudnn.allow_tf32
+        err32 = ((a32 @ a32).double() - exact).norm() / exact.norm()
+    with autocast(dev, "tf32"):
+        assert mm.allow_tf32 and cudnn.allow_tf32
+        errtf = ((a32 @ a32).double() - exact).norm() / exact.norm()
+    assert (mm.allow_tf32, cudnn.allow_tf32) == saved
+    assert err32 < 1e-5 < errtf < 1e-2  # TF32 keeps 10 mantissa bits: about 1e-4 relative on this product
 
 
 @pytest.mark.skipif(not GPU, reason="CUDA graphs need a CUDA GPU")

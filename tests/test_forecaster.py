@@ -56,6 +56,35 @@ def test_fp32_fused_path_equals_published_forward(case):
     assert "fp32" in fc.describe()
 
 
+def test_tf32_is_refused_on_the_cpu(case):
+    with pytest.raises(AccelError, match="tf32"):
+        Forecaster(case[0], InferenceConfig(device="cpu", precision="tf32"))
+
+
+def test_automatic_passes_are_balanced_and_never_larger_than_the_members(case, monkeypatch):
+    import hpc_fcn.accel.memory as memory
+    net = case[0]
+    per = memory.member_bytes(net, tuple(net.img_size), net.in_chans)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * per)  # 5 members fit
+    monkeypatch.setattr(memory, "CPU_TOKENS_PER_PASS", 10 ** 9)
+    fc = Forecaster(net, InferenceConfig(device="cpu", members_per_pass=0))
+    sizes = []
+    forward = fc._pass
+    monkeypatch.setattr(fc, "_pass", lambda x: sizes.append(x.shape[0]) or forward(x))
+    x = torch.randn(13, net.in_chans, *net.img_size)
+    y = fc.step(x)
+    assert fc.max_members_per_pass == 5 and fc.members_per_pass == 5
+    assert sizes == [5, 5, 3]  # ceil(13 / ceil(13 / 5)) = 5: three passes, none above the memory limit
+    sizes.clear()
+    y3 = fc.step(x[:3])
+    assert sizes == [3] and fc.members_per_pass == 3  # a step of 3 members runs one pass of 3
+    torch.testing.assert_close(y3, y[:3], rtol=1e-5, atol=1e-5)
+    sizes.clear()
+    fc.step(torch.randn(6, net.in_chans, *net.img_size))
+    assert sizes == [3, 3]  # balanced: 6 within a limit of 5 runs as 3 + 3, not 5 + 1
+    assert "3 (at most 5, from memory)" in fc.describe()
+
+
 def test_members_per_pass_does_not_change_results(case):
     net, x, ref = case
     _, one = run(net, x, members_per_pass=1)
@@ -118,10 +147,22 @@ def test_compile_matches_eager(case):
     torch.testing.assert_close(states[-1], ref[-1], rtol=1e-4, atol=1e-4)
 
 
+@pytest.fixture
+def no_tf32():
+    """fp32 comparisons at tight tolerances: TF32 off for everything outside the forecaster's own passes too."""
+    mm, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = (mm.allow_tf32, cudnn.allow_tf32)
+    mm.allow_tf32 = cudnn.allow_tf32 = False
+    yield
+    mm.allow_tf32, cudnn.allow_tf32 = saved
+
+
+# tf32 rounds GEMM and conv inputs (filter GEMMs too) to 10 mantissa bits: about 1e-3 relative per step.
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kw,tol", [(dict(), 1e-4), (dict(cuda_graphs=True), 1e-4), (dict(precision="bf16"), 3e-2),
-                                    (dict(precision="fp16"), 1e-2), (dict(precision="bf16", cuda_graphs=True), 3e-2)])
-def test_gpu_options_within_tolerance(case, kw, tol):
+                                    (dict(precision="fp16"), 1e-2), (dict(precision="bf16", cuda_graphs=True), 3e-2),
+                                    (dict(precision="tf32"), 1e-2), (dict(precision="tf32", cuda_graphs=True), 1e-2)])
+def test_gpu_options_within_tolerance(case, kw, tol, no_tf32):
     net, x, ref = case
     gnet = model().cuda()
     fc = Forecaster(gnet, InferenceConfig(device="cuda", members_per_pass=2, **kw))

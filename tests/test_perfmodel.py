@@ -141,3 +141,45 @@ def test_cli_predict_and_suggest(tmp_path, capsys):
     assert "suggested layout for 4 ranks" in capsys.readouterr().out
     assert cli_main(["predict", str(cfg), "parallel.h=1", "--layout", "1,1,1,3", "--channels", "3"]) == 2
     assert math.isfinite(pm.predict({}, hardware="this_machine").step_time_s)
+
+
+def test_predicted_energy_is_time_times_board_power():
+    from perfmodel.energy import STATES, predict_energy
+    hw = pm.load_hardware("h100")
+    one = pm.predict(PRODUCTION, hardware=hw, members=1, members_per_pass=1, precision="bf16")
+    e1 = predict_energy(one, hw)
+    assert sum(e1.seconds.values()) == pytest.approx(one.step_time_s)
+    assert e1.joules_per_pass == pytest.approx(sum(e1.seconds[s] * hw.power_watts[s] for s in STATES))
+    assert min(hw.power_watts.values()) <= e1.mean_watts <= max(hw.power_watts.values())
+    # 2 ensemble groups x 2 passes of 4 members each: every GPU draws per pass, spread over the members
+    many = pm.predict(PRODUCTION, layout=dict(ensemble=2), hardware=hw, members=16, members_per_pass=4,
+                      precision="bf16")
+    e = predict_energy(many, hw)
+    assert many.passes == 2
+    assert e.joules_per_member_step == pytest.approx(2 * 2 * e.joules_per_pass / 16)
+    assert e.joules_per_member_step < e1.joules_per_member_step  # batching amortises launches and weights
+    assert predict_energy(pm.predict(PRODUCTION, hardware="this_machine"), "this_machine") is None  # no figures
+
+
+def test_tf32_is_predicted_between_fp32_and_bf16():
+    t = {p: pm.predict(PRODUCTION, hardware="h200", members=8, members_per_pass=8, precision=p).step_time_s
+         for p in ("fp32", "tf32", "bf16")}
+    assert t["bf16"] < t["tf32"] < t["fp32"]
+    assert pm.load_hardware("h200").flops("tf32") == 494.7e12
+
+
+def test_compare_shows_predicted_and_measured_energy(tmp_path, capsys):
+    import json
+    from perfmodel.compare import compare, load_summary, print_report
+    run = tmp_path / "run"
+    (run / "traces").mkdir(parents=True)
+    meta = dict(model_kwargs=CASES[0], layout=dict(ensemble=1, h=1, w=1, matmul=1), passes=1, members_per_pass=2,
+                label="small")
+    (run / "traces" / "summary.json").write_text(json.dumps(
+        {"meta": meta, "ranks": 1, "regions": {"step": {"kind": "step", "category": "compute", "seconds_max": 2e-4}}}))
+    (run / "timings.json").write_text(json.dumps({"energy": {"joules_per_member_step": 0.05}}))
+    res = compare([load_summary(run / "traces" / "summary.json")], "h100")
+    row = res["rows"][0]
+    assert row["energy_meas"] == 0.05 and 0 < row["energy_pred"] < 1
+    print_report(res)
+    assert "energy per member-step" in capsys.readouterr().out

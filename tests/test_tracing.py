@@ -129,3 +129,48 @@ def test_cuda_regions_use_events():
     assert t._pending  # timed by CUDA events, resolved lazily
     s = t.summary()
     assert not t._pending and all(v["seconds"] > 0 for v in s.values())
+
+
+def test_regions_opened_during_graph_capture_are_skipped(monkeypatch):
+    import hpc_fcn.tracing as tracing
+    t = Tracer(enabled=True)
+    monkeypatch.setattr(tracing, "_capturing", lambda: True)
+    with t.region("forecaster.pass"), t.comm("x", 8):
+        pass
+    assert t.begin("blocks.0.mlp") is None
+    assert t.events == [] and t.skipped_in_capture == 3
+    monkeypatch.setattr(tracing, "_capturing", lambda: False)
+    with t.region("forecaster.pass"):
+        pass
+    assert list(t.summary()) == ["forecaster.pass"]
+
+
+def test_cpu_bound_tracer_uses_the_host_clock():
+    t = Tracer(enabled=True)
+    t.bind_device(torch.device("cpu"))
+    with t.region("a"), t.comm("b", 4):
+        pass
+    assert not t._pending and all(v["seconds"] >= 0 for v in t.summary().values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_bound_cuda_tracer_times_gpu_work_not_launches_and_survives_capture():
+    t = Tracer(enabled=True)
+    t.bind_device(torch.device("cuda", torch.cuda.current_device()))
+    a = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.synchronize()
+    with t.region("gemm"):
+        for _ in range(20):
+            a @ a  # about 2.7 TFLOP: launches take microseconds, the GPU takes milliseconds
+    with t.region("io.write", "io"):
+        pass
+    assert len(t._pending) == 1  # the io region used the host clock
+    s = t.summary()
+    assert s["gemm"]["seconds"] > 20 * 2 * 4096 ** 3 / 2e15  # slower than 2 PFLOP/s: GPU time, not launch time
+    model = AFNONet(**SMALL).cuda().eval()
+    x = torch.randn(1, 3, 16, 32, device="cuda")
+    with instrument(model, t), torch.no_grad():
+        from hpc_fcn.accel import GraphedStep
+        step = GraphedStep(model)
+        torch.testing.assert_close(step(x), model(x), rtol=1e-4, atol=1e-4)
+    assert t.skipped_in_capture >= 10  # every hooked module of the captured pass, skipped

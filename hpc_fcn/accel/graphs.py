@@ -1,7 +1,8 @@
 """CUDA graphs: capture one forward pass per input shape into static buffers and replay it.
 
 Warm-up runs on a side stream (as capture requires: lazy initialisation, cuBLAS/cuFFT plans and
-NCCL communicators must exist before capture), then one capture; ``__call__`` copies the input
+NCCL communicators must exist before capture), the allocator's cache is emptied (the graph's private
+pool cannot reuse the warm-up's cached blocks), then one capture; ``__call__`` copies the input
 into the static buffer, replays, and returns a clone of the static output. Collectives captured
 this way must be NCCL (torch backend); MPI calls run on the host and cannot be captured.
 """
@@ -52,6 +53,10 @@ class GraphedStep:
             for _ in range(WARMUP_ITERS):
                 self._run(static_in)
         torch.cuda.current_stream(x.device).wait_stream(side)
+        # The warm-up's activations sit in the allocator's cache; the graph's private pool cannot reuse them.
+        # Hand them back so that capture finds the memory the pass size was computed for.
+        torch.cuda.synchronize(x.device)
+        torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()

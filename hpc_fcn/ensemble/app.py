@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..accel.power import PowerSampler, joules_per_member_step
 from ..config import save_resolved
 from ..tracing import Tracer
 from .config import EnsembleConfig
@@ -61,9 +62,11 @@ class EnsembleRun:
         products = Products(run, member_comm=scoring.comm)
         store = ResumeStore(self.outdir, comm, dict(self.grid.shape, members=run.members,
                                                      inits=len(self.plan.init_indices), steps=self.plan.lead_steps))
+        power = PowerSampler(run.device).start()
         t_start = time.perf_counter()
-        Rollout(run, self.forecaster, self.perturber, products, scoring).run_all(store)
+        member_steps = Rollout(run, self.forecaster, self.perturber, products, scoring).run_all(store)
         wall = time.perf_counter() - t_start
+        self.energy = dict(power.stop().as_dict(), member_steps=member_steps)  # GPU joules (None without NVML)
         doc = self.finish(scoring, products, wall)
         scoring.close()
         self.grid.close()  # releases the axis communicators and any torch.distributed groups
@@ -76,9 +79,11 @@ class EnsembleRun:
         doc = metrics_document(scores, run.channels, self.plan.lead_hours, run.members,
                                [run.ds.times[i] for i in self.plan.init_indices], self.cfg.scoring.lat_weights)
         timings = self.grid.world.gather(dict(rank_timings(self.tracer), wall=wall,
-                                              group=self.grid.coords["ensemble"]), root=0, tag="timings")
+                                              group=self.grid.coords["ensemble"], energy=self.energy), root=0,
+                                         tag="timings")
         if self.comm.rank == 0:
-            products.write_report(doc, timings, self.tracer.summary())
+            energy = joules_per_member_step([t["energy"] for t in timings], self.energy["member_steps"])
+            products.write_report(doc, timings, self.tracer.summary(), energy)
         if self.cfg.trace:
             from ..tracing import write_traces
             c = self.cfg

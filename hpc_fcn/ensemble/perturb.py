@@ -1,10 +1,12 @@
 """Initial-condition perturbations, in normalised units (a fraction of each channel's std).
 
-The noise of member k is keyed by (seed, initial time, k): it is generated on the GLOBAL model grid
-and then sliced to the rank's window, so a member is the same whatever the layout or batch size.
+The noise of member k is keyed by (seed, initial time, k) and drawn by a counter-based generator
+(:mod:`.philox`) at the GLOBAL grid index of every point, on the device the members live on: a rank
+generates only its window, and a member is the same whatever the layout, rank count or batch size.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable, Sequence
 
@@ -13,16 +15,18 @@ import torch
 
 from ..config import ConfigError
 from .config import PerturbationConfig
+from .philox import normals, row_normals
 
 EARTH_RADIUS_KM = 6371.0
 _TAGS = {"gaussian": 1, "spherical": 2, "bred": 3}
+_GRID, _SPECTRUM_RE, _SPECTRUM_IM = 0, 1, 2  # counter streams of one member's key
 
 
-def member_generator(seed: int, init_hours: int, member: int, tag: int) -> torch.Generator:
-    """A torch generator whose stream depends only on (seed, initial time, member, purpose)."""
+def member_key(seed: int, init_hours: int, member: int, tag: int) -> tuple[int, int]:
+    """The 64-bit Philox key of (seed, initial time, member, purpose)."""
     words = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, init_hours & 0xFFFFFFFF,
                                     (init_hours >> 32) & 0xFFFFFFFF, member, tag]).generate_state(2)
-    return torch.Generator().manual_seed(int(words[0]) << 31 ^ int(words[1]))
+    return int(words[0]), int(words[1])
 
 
 def channel_amplitudes(cfg: PerturbationConfig, channels: Sequence[str]) -> torch.Tensor:
@@ -51,21 +55,42 @@ class NoiseField:
             spectrum[0] = 0.0  # no global-mean offset
             self.sigma = spectrum.sqrt().float()[:, None]
             self.mask = torch.tril(torch.ones(self.lmax, self.lmax)).bool()  # m <= l
+            self._isht_on: dict[torch.device, torch.nn.Module] = {}
         elif kind != "gaussian":
             raise ValueError(f"unknown noise kind {kind!r}")
 
-    def sample(self, gen: torch.Generator) -> torch.Tensor:
-        """(C, nlat, nlon) float32 with unit RMS per channel."""
+    def sample(self, key: tuple[int, int], rows: slice | None = None, cols: slice | None = None,
+               device: torch.device | str = "cpu") -> torch.Tensor:
+        """(C, rows, cols) float32 on ``device`` with unit RMS per channel over the global grid.
+
+        White noise is drawn for the window only (counter = global flat index); correlated noise is a
+        global field (random spectral coefficients, inverse transform, global RMS) that is then sliced.
+        """
+        rows = rows if rows is not None else slice(None)
+        cols = cols if cols is not None else slice(None)
         if self.kind == "gaussian":
-            return torch.randn(self.n_channels, self.nlat, self.nlon, generator=gen)
+            c = torch.arange(self.n_channels, device=device).view(-1, 1)
+            r = torch.arange(*rows.indices(self.nlat), device=device).view(1, -1)
+            c0, c1, _ = cols.indices(self.nlon)
+            start = (c * self.nlat + r) * self.nlon  # counter of each row's first point
+            if self.nlon % 2 == 0:
+                return row_normals(start, c1 - c0, c0, key, _GRID)
+            return normals(start.unsqueeze(-1) + torch.arange(c0, c1, device=device), key, _GRID)
         shape = (self.n_channels, self.lmax, self.lmax)
-        re = torch.randn(shape, generator=gen)
-        im = torch.randn(shape, generator=gen)
+        index = torch.arange(math.prod(shape), device=device).view(shape)
+        re = normals(index, key, _SPECTRUM_RE)
+        im = normals(index, key, _SPECTRUM_IM)
         im[..., 0] = 0.0  # m = 0 coefficients are real
-        coeffs = torch.complex(re, im) * (self.sigma * self.mask)
-        field = self.isht(coeffs)[:, : self.nlat]
+        coeffs = torch.complex(re, im) * (self.sigma * self.mask).to(device)
+        field = self._isht(torch.device(device))(coeffs)[:, : self.nlat]
         rms = field.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt().clamp_min(1e-12)
-        return (field / rms).float()
+        return (field / rms).float()[:, rows, cols].contiguous()
+
+    def _isht(self, device: torch.device):
+        """The inverse transform with its tables on ``device`` (moved once per device)."""
+        if device not in self._isht_on:
+            self._isht_on[device] = self.isht if device.type == "cpu" else copy.deepcopy(self.isht).to(device)
+        return self._isht_on[device]
 
 
 class Perturber:
@@ -84,12 +109,12 @@ class Perturber:
     def is_control(self, member: int) -> bool:
         return self.cfg.method == "none" or (self.control and member == 0)
 
-    def initial_noise(self, init_hours: int, member: int) -> torch.Tensor:
-        """The member's scaled noise on this rank's window (zeros for the control member)."""
+    def initial_noise(self, init_hours: int, member: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The member's scaled noise on this rank's window, generated on ``device`` (zeros for the control)."""
         if self.is_control(member):
-            return torch.zeros((self.amp.shape[0],) + self._window_shape())
-        gen = member_generator(self.seed, init_hours, member, _TAGS[self.cfg.method])
-        return (self.noise.sample(gen)[:, self.rows, self.cols] * self.amp).contiguous()
+            return torch.zeros((self.amp.shape[0],) + self._window_shape(), device=device)
+        key = member_key(self.seed, init_hours, member, _TAGS[self.cfg.method])
+        return self.noise.sample(key, self.rows, self.cols, device) * self.amp.to(device)
 
     def _window_shape(self) -> tuple[int, int]:
         n_r = self.rows.stop - self.rows.start
@@ -98,8 +123,8 @@ class Perturber:
 
     def perturb(self, x0: torch.Tensor, init_hours: int, members: Sequence[int]) -> torch.Tensor:
         """(C, r, c) initial condition -> (len(members), C, r, c) perturbed members."""
-        noise = torch.stack([self.initial_noise(init_hours, m) for m in members])
-        return x0.unsqueeze(0) + noise.to(x0.device, x0.dtype)
+        noise = torch.stack([self.initial_noise(init_hours, m, x0.device) for m in members])
+        return x0.unsqueeze(0) + noise.to(x0.dtype)
 
 
 def breed(x_analyses: Callable[[int], torch.Tensor], delta0: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor],

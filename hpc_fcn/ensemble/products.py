@@ -87,12 +87,12 @@ class Products:
             for f in files.values():
                 f.flush()
 
-    def write_report(self, doc: dict, timings: list[dict], rank0_regions: dict) -> None:
+    def write_report(self, doc: dict, timings: list[dict], rank0_regions: dict, energy: dict | None = None) -> None:
         """metrics.json, metrics.md and timings.json, and the tables on stdout (rank 0)."""
         run = self.run
         (self.outdir / "metrics.json").write_text(json.dumps(doc, indent=1))
-        (self.outdir / "timings.json").write_text(json.dumps({"ranks": timings, "rank0_regions": rank0_regions},
-                                                             indent=1))
+        (self.outdir / "timings.json").write_text(json.dumps({"ranks": timings, "rank0_regions": rank0_regions,
+                                                              "energy": energy}, indent=1))
         table = format_table(doc, run.cfg.scoring.table_leads)
         (self.outdir / "metrics.md").write_text(table + "\n")
         print(table, flush=True)

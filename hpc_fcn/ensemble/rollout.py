@@ -62,7 +62,7 @@ class Rollout:
             raise UserError(f"bred vectors need {back} earlier analyses ({pc.bred_cycles} cycles x {pc.bred_steps} "
                             f"steps) before {run.ds.times[init_index]}; choose a later initial time")
         amp = self.perturber.amp
-        seeds = torch.stack([self.perturber.initial_noise(init_hours, m) for m in run.my_members]).to(device)
+        seeds = torch.stack([self.perturber.initial_noise(init_hours, m, device) for m in run.my_members])
         ctrl = [self.perturber.is_control(m) for m in run.my_members]
 
         def analysis(c: int) -> torch.Tensor:
@@ -82,8 +82,9 @@ class Rollout:
         return x0.unsqueeze(0) + delta * keep
 
     # ---- the loop -----------------------------------------------------------------------------
-    def run_all(self, store: ResumeStore) -> None:
-        """Every initial time, from the last complete snapshot when ``resume`` is set."""
+    def run_all(self, store: ResumeStore) -> int:
+        """Every initial time, from the last complete snapshot when ``resume`` is set; returns the member-steps
+        of the initial times this call started (for energy per member-step)."""
         run, plan = self.run, self.run.plan
         start_init, payload = 0, None
         if run.cfg.resume:
@@ -103,6 +104,7 @@ class Rollout:
             store.save({"init_pos": k + 1, "step": -1}, {"accs": self.scoring.accumulators})
         if bar is not None:
             bar.close()
+        return run.members * plan.lead_steps * (len(plan.init_indices) - start_init)
 
     def _progress_bar(self, start_init: int, payload):
         run = self.run
