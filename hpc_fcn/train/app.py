@@ -38,7 +38,7 @@ def build_trainer(cfg: TrainConfig, comm, out_dir: str | Path | None = None) -> 
     out = Path(out_dir or cfg.output.dir)
     if comm.rank == 0:
         save_resolved(cfg, out)
-    comm.Barrier()
+    topo.world.barrier(tag="start")
     trainer = Trainer(cfg, topo, shards, train_ds, valid_ds, out, device)
     last = trainer.ckpt_dir / "last.ckpt"
     if cfg.resume and last.is_file():
