@@ -215,7 +215,8 @@ def test_full_disk_is_named_and_the_last_snapshot_resumes_identically(setup, tmp
                             stderr=subprocess.PIPE, text=True)
     assert wait_for(marker_at(out, 1, 2), proc), "the run finished before the disk could be filled"
     filler = tmpfs / "filler"
-    subprocess.run(["fallocate", "-l", str(os.statvfs(tmpfs).f_bavail * os.statvfs(tmpfs).f_frsize), str(filler)])
+    st = os.statvfs(tmpfs)  # leave less than the writers' margin: a fallocate racing the run would roll back
+    subprocess.run(["fallocate", "-l", str(st.f_bavail * st.f_frsize - (256 << 10)), str(filler)], check=True)
     t0 = time.monotonic()
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode != 0 and time.monotonic() - t0 < 60
