@@ -7,6 +7,7 @@ section check values that types cannot (they raise ``ConfigError`` via :func:`fa
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -33,6 +34,22 @@ def duration_hours(text: Any) -> int | None:
     """A duration written as '5d' or '120h', in hours; None when ``text`` is not one."""
     m = _DURATION.match(str(text))
     return None if m is None else int(m.group(1)) * (24 if m.group(2) == "d" else 1)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 numbers: ``1e-3`` is a float, not the string YAML 1.1 makes of it."""
+
+
+_Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_FLOAT = re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?
+                      |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text (YAML 1.2 numbers)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def _type_name(tp: Any) -> str:
@@ -96,7 +113,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         fail(key, f"expected an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str) and _FLOAT.match(value.strip()):  # 1e-3 read by a YAML 1.1 loader
+            value = load_yaml(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                fail(key, f"must be a finite number, got {value!r}")
             return float(value)
         fail(key, f"expected a number, got {value!r}")
     if tp is str:
@@ -124,10 +145,16 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _coerce(value, hints[name], key)
     obj = cls(**kwargs)
+    object.__setattr__(obj, "_given", frozenset(kwargs))  # the keys set explicitly (see given_keys)
     validate = getattr(obj, "validate", None)
     if callable(validate):
         validate(prefix)
     return obj
+
+
+def given_keys(section: Any) -> frozenset[str]:
+    """The keys of a config section that the YAML file or an override set (not left at their defaults)."""
+    return getattr(section, "_given", frozenset())
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -139,7 +166,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -165,9 +192,12 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = "; ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+        raise ConfigError(f"config file {path}{where}: not valid YAML ({what or str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must contain a mapping at the top level")
     return data

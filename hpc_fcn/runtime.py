@@ -18,6 +18,27 @@ class UserError(RuntimeError):
     """A problem with the user's input that every rank detects the same way (printed once)."""
 
 
+def root_decides(comm, fn: Callable[[], object]):
+    """Run ``fn`` on rank 0 of ``comm`` only and return its result on every rank (collective).
+
+    A user-facing failure there (a config, input or output-folder problem: ``UserError``,
+    ``ConfigError`` or ``OSError``) is raised on every rank as a ``UserError`` with rank 0's message,
+    so the job ends with one line and status 2 instead of a hang.
+    """
+    from .config import ConfigError
+    result, error = None, None
+    if comm.rank == 0:
+        try:
+            result = fn()
+        except (UserError, ConfigError, OSError) as exc:
+            error = str(exc)
+    if comm.size > 1:
+        result, error = comm.bcast((result, error), root=0)
+    if error is not None:
+        raise UserError(error)
+    return result
+
+
 def world():
     from mpi4py import MPI
     return MPI.COMM_WORLD
@@ -95,7 +116,7 @@ def main_guard(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] 
         user = isinstance(exc, (ConfigError, UserError))
         code = 2 if user or isinstance(exc, SystemExit) else 130 if isinstance(exc, KeyboardInterrupt) else 1
         msg = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        if user:
+        if user or getattr(exc, "one_line", False):
             msg = str(exc)
         if os.environ.get("HPC_FCN_DEBUG") or not (user or isinstance(exc, (ValueError, RuntimeError, OSError,
                                                                             SystemExit, KeyboardInterrupt))):
@@ -106,6 +127,6 @@ def main_guard(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] 
                 print(f"error: {msg}", file=sys.stderr, flush=True)
             sys.stdout.flush()
             return code
-        print(f"error [rank {comm.rank}]: {msg}", file=sys.stderr, flush=True)
+        print(f"\nerror [rank {comm.rank}]: {msg}", file=sys.stderr, flush=True)  # not on a progress bar's line
         comm.Abort(code)
         return code

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError
+from .config import ConfigError, given_keys
 from .runtime import UserError
 
 log = logging.getLogger("hpc_fcn")
@@ -52,7 +52,8 @@ def rank_device(requested: str, comm=None, key: str = "inference.device", local_
     return device
 
 
-def _checkpoint_path(ck: str) -> Path:
+def checkpoint_path(ck: str) -> Path:
+    """The file ``model.checkpoint`` names (``builtin``: the committed model)."""
     path = BUILTIN_CHECKPOINT if ck == "builtin" else Path(ck).expanduser()
     if ck == "builtin" and not path.is_file():
         raise ConfigError("config key 'model.checkpoint': the built-in model is not installed "
@@ -74,8 +75,9 @@ def serial_model(model_cfg, n_chans: int, grid_shape: tuple[int, int]):
         model = AFNONet(**model_cfg.kwargs(n_chans, n_chans))
         mcfg = model_cfg
     else:
-        model = load_checkpoint(_checkpoint_path(ck))
+        model = load_checkpoint(checkpoint_path(ck))
         mcfg = checkpoint_model_config(model_cfg, model)
+        refuse_ignored_keys(model_cfg, mcfg, ck)
         if model.in_chans != n_chans or model.out_chans != n_chans:
             raise ConfigError(f"config key 'data.channels': the checkpoint has {model.in_chans} input and "
                               f"{model.out_chans} output channels but {n_chans} channels are selected")
@@ -94,11 +96,28 @@ def checkpoint_model_config(model_cfg, model):
                    hard_thresholding_fraction=mc["hard_thresholding_fraction"])
 
 
+ARCHITECTURE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "mlp_ratio", "num_blocks", "sparsity_threshold",
+                     "hard_thresholding_fraction")
+
+
+def refuse_ignored_keys(given_cfg, checkpoint_cfg, ck: str) -> None:
+    """A ConfigError for an architecture key the config sets to another value than the checkpoint's."""
+    for key in ARCHITECTURE_KEYS:
+        if key not in given_keys(given_cfg):
+            continue
+        want, have = getattr(given_cfg, key), getattr(checkpoint_cfg, key)
+        if (tuple(want) != tuple(have)) if isinstance(have, tuple) else (want != have):
+            have_s = list(have) if isinstance(have, tuple) else have
+            raise ConfigError(f"config key 'model.{key}': {list(want) if isinstance(want, tuple) else want} "
+                              f"but the checkpoint {ck} has {have_s}, which it would use; remove the key or set it "
+                              f"to {have_s}")
+
+
 def process_grid(parallel_cfg, comm, device: torch.device, tracer=None):
     """The ensemble x h x w x matmul grid of ``comm``, its communicators on ``device`` (``cuda:N``, not ``cuda``)."""
     from .parallel.grid import ProcessGrid
     return ProcessGrid.from_config(parallel_cfg, comm, tracer=tracer, device=str(device))
 
 
-__all__ = ["BUILTIN_CHECKPOINT", "checkpoint_model_config", "data_root", "process_grid", "rank_device",
-           "serial_model"]
+__all__ = ["ARCHITECTURE_KEYS", "BUILTIN_CHECKPOINT", "checkpoint_model_config", "checkpoint_path", "data_root",
+           "process_grid", "rank_device", "refuse_ignored_keys", "serial_model"]

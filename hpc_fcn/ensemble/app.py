@@ -3,16 +3,24 @@
 A thin driver over the run's parts: :mod:`.resolve` (config, checkpoint, layout, device and grid,
 decided once), :mod:`.rollout` (the loop and resume), :mod:`.products` (ensemble statistics and the
 files) and :mod:`.scoring` (the member exchange and the score accumulators).
+
+The output folder belongs to the run from start to end: rank 0 takes its lock (:mod:`hpc_fcn.io.outdir`)
+before anything is resolved or written, checks that the first output step fits on the disk, and
+checks that a resumed folder holds this run (:mod:`.identity`) before it writes anything into it.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from ..accel.power import PowerSampler, joules_per_member_step
 from ..config import save_resolved
+from ..io.outdir import OutputLock, free_bytes, human
+from ..runtime import UserError, root_decides
 from ..tracing import Tracer
 from .config import EnsembleConfig
+from .identity import run_identity
 from .perturb import Perturber
 from .products import Products
 from .report import metrics_document, rank_timings
@@ -21,17 +29,42 @@ from .resume import ResumeStore
 from .rollout import Rollout
 from .scoring import Scoring
 
+log = logging.getLogger("hpc_fcn")
+
 
 class EnsembleRun:
     """One configured ensemble run on the ranks of ``comm``."""
 
     def __init__(self, cfg: EnsembleConfig, comm, suggest=None):
-        from ..forecaster import Forecaster
+        self.suggest = suggest
         self.comm = comm
+        self.outdir = Path(cfg.output.dir).expanduser()
+        self.lock: OutputLock | None = None
+        root_decides(comm, self._lock)
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock(self) -> None:
+        self.lock = OutputLock.acquire(self.outdir)
+
+    def release(self) -> None:
+        """Give the output folder back (rank 0)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _build(self, cfg: EnsembleConfig) -> None:
+        from ..forecaster import Forecaster
+        comm = self.comm
         self.tracer = Tracer(enabled=True, rank=comm.rank)
-        run: ResolvedRun = resolve(cfg, comm, self.tracer, suggest)
+        run: ResolvedRun = resolve(cfg, comm, self.tracer, self.suggest)
         self.resolved = run
         self.cfg, self.grid, self.plan = run.cfg, run.grid, run.plan
+        self.identity = root_decides(comm, self._identity)
+        root_decides(comm, self._check_space)
         if self.grid.model.size > 1:
             from ..parallel.model import DistributedAFNONet
             net = DistributedAFNONet.from_serial(run.serial, None, self.grid).eval()
@@ -49,25 +82,68 @@ class EnsembleRun:
         else:
             self.perturber = Perturber(self.cfg.perturbation, channels=run.channels, nlat=ds.nlat, nlon=ds.nlon,
                                        rows=run.rows, cols=run.cols, seed=ens.seed, control=ens.control)
-        self.outdir = Path(self.cfg.output.dir)
+
+    def _identity(self) -> dict:
+        from ..setup import checkpoint_path
+        run, ck = self.resolved, self.cfg.model.checkpoint
+        return run_identity(self.cfg, run.data_root, [run.ds.times[i] for i in self.plan.init_indices],
+                            self.plan.lead_steps, checkpoint_path(ck) if ck is not None else None)
+
+    def step_bytes(self) -> tuple[int, int]:
+        """(netCDF, resume snapshot) bytes of one output step, before compression."""
+        run = self.resolved
+        plane = run.ds.nlat * run.ds.nlon * 4
+        files = len(run.out_vars) * plane * (2 + (run.members if self.cfg.output.members else 0))
+        snapshot = run.members * len(run.channels) * plane * self.grid.shape["matmul"]
+        return files, snapshot
+
+    def _check_space(self) -> None:
+        from .products import MARGIN
+        files, snapshot = self.step_bytes()
+        free = free_bytes(self.outdir)
+        log.info("output.dir %s: about %s per output step (%s of netCDF, %s of resume snapshot), %s free",
+                 self.outdir, human(files + snapshot), human(files), human(snapshot), human(free))
+        if free < files + snapshot + MARGIN:  # the writers keep MARGIN free too
+            raise UserError(f"output.dir {self.outdir}: No space left on device for the first output step: it "
+                            f"needs about {human(files + snapshot)} ({human(files)} of netCDF, {human(snapshot)} of "
+                            f"resume snapshot) but {human(free)} is free; free some space or choose another output.dir")
+
+    def _start(self, store: ResumeStore) -> dict | None:
+        """Rank 0: the snapshot to resume from (checked against this run), else a clean folder; the resolved config."""
+        marker = None
+        if self.cfg.resume:
+            marker = store.check()
+            if marker is None:
+                log.info("resume=true but %s holds no resume state: starting a new run", self.outdir)
+        else:
+            store.remove()
+        save_resolved(self.cfg, self.outdir)
+        return marker
 
     def run(self) -> dict:
         """Roll out every initial time, write the products and return the metrics document."""
+        try:
+            return self._run()
+        finally:
+            self.release()
+
+    def _run(self) -> dict:
         run, comm = self.resolved, self.comm
-        if comm.rank == 0:
-            self.outdir.mkdir(parents=True, exist_ok=True)
-            save_resolved(self.cfg, self.outdir)
+        store = ResumeStore(self.outdir, comm, dict(self.grid.shape, members=run.members,
+                                                     inits=len(self.plan.init_indices), steps=self.plan.lead_steps),
+                            identity=self.identity)
+        marker = root_decides(comm, lambda: self._start(store))
         self.grid.world.barrier(tag="start")
         scoring = Scoring(run)
-        products = Products(run, member_comm=scoring.comm)
-        store = ResumeStore(self.outdir, comm, dict(self.grid.shape, members=run.members,
-                                                     inits=len(self.plan.init_indices), steps=self.plan.lead_steps))
+        products = Products(run, member_comm=scoring.comm, identity=self.identity)
         power = PowerSampler(run.device).start()
         t_start = time.perf_counter()
-        member_steps = Rollout(run, self.forecaster, self.perturber, products, scoring).run_all(store)
+        member_steps = Rollout(run, self.forecaster, self.perturber, products, scoring).run_all(store, marker)
         wall = time.perf_counter() - t_start
         self.energy = dict(power.stop().as_dict(), member_steps=member_steps)  # GPU joules (None without NVML)
         doc = self.finish(scoring, products, wall)
+        if comm.rank == 0 and not self.cfg.output.keep_resume_state:
+            store.remove()
         scoring.close()
         self.grid.close()  # releases the axis communicators and any torch.distributed groups
         return doc

@@ -92,6 +92,7 @@ class OutputConfig:
     variables: list[str] | None = None  # null = every model channel
     members: bool = False  # also write every member (mean and spread are always written)
     format: Literal["netcdf"] = "netcdf"
+    keep_resume_state: bool = False  # keep .resume/ (the last snapshot) after a successful run
 
 
 @dataclass

@@ -46,6 +46,7 @@ class ResolvedRun:
     cfg: EnsembleConfig  # model and parallel sections as run: the checkpoint's architecture, the chosen layout
     comm: object  # the run's MPI communicator
     tracer: Tracer
+    data_root: object  # Path of the data
     ds: object  # the initial-condition split (hpc_fcn.data.era5 reader)
     plan: RunPlan
     channels: list[str]  # the model's channels
@@ -91,7 +92,8 @@ def resolve(cfg: EnsembleConfig, comm, tracer: Tracer, suggest=None) -> Resolved
                         int(mcfg.embed_dim * mcfg.mlp_ratio))
     M, E = cfg.ensemble.members, grid.shape["ensemble"]
     rows, cols = grid.local_window(mcfg.img_size, mcfg.patch_size)
-    return ResolvedRun(cfg=cfg, comm=comm, tracer=tracer, ds=ds, plan=plan, channels=channels, out_vars=out_vars,
-                       out_idx=[channels.index(v) for v in out_vars], serial=serial, device=device, grid=grid,
+    return ResolvedRun(cfg=cfg, comm=comm, tracer=tracer, data_root=root, ds=ds, plan=plan, channels=channels,
+                       out_vars=out_vars, out_idx=[channels.index(v) for v in out_vars], serial=serial, device=device,
+                       grid=grid,
                        rows=rows, cols=cols, my_members=member_split(M, E, grid.coords["ensemble"]),
                        group_counts=[len(member_split(M, E, e)) for e in range(E)])

@@ -42,7 +42,8 @@ class Rollout:
         bad = (~torch.isfinite(x)).nonzero()[0].tolist()
         member = self.run.my_members[bad[0]]
         raise RuntimeError(f"the forecast became non-finite (NaN/Inf): initial time {init_tag}, member {member}, "
-                           f"step {step} (lead {step * self.run.plan.dt_hours} h), variable {self.run.channels[bad[1]]}")
+                           f"step {step} (lead {step * self.run.plan.dt_hours} h), "
+                           f"variable {self.run.channels[bad[1]]}")
 
     def initial_state(self, init_index: int, x0_phys: np.ndarray) -> torch.Tensor:
         """(m_local, C, r, c) perturbed members of this rank's group, normalised units."""
@@ -82,29 +83,35 @@ class Rollout:
         return x0.unsqueeze(0) + delta * keep
 
     # ---- the loop -----------------------------------------------------------------------------
-    def run_all(self, store: ResumeStore) -> int:
-        """Every initial time, from the last complete snapshot when ``resume`` is set; returns the member-steps
-        of the initial times this call started (for energy per member-step)."""
+    def run_all(self, store: ResumeStore, marker: dict | None) -> int:
+        """Every initial time, from the snapshot ``marker`` names (rank 0 checked it) when there is one; returns
+        the member-steps of the initial times this call started (for energy per member-step)."""
         run, plan = self.run, self.run.plan
+        n = len(plan.init_indices)
         start_init, payload = 0, None
-        if run.cfg.resume:
-            loaded = store.load()
-            if loaded is not None:
-                marker, payload = loaded
-                start_init = int(marker["init_pos"])
-                self.scoring.accumulators = payload["accs"]
-                log.info("resuming at initial time %d of %d, step %s", start_init + 1, len(plan.init_indices),
-                         marker.get("step"))
-        elif run.comm.rank == 0 and store.marker.exists():
-            store.marker.unlink()
+        if marker is not None:
+            payload = store.load(marker)
+            start_init = int(marker["init_pos"])
+            self.scoring.accumulators = payload["accs"]
+            step = int(marker.get("step", -1))
+            if start_init >= n:
+                log.info("resuming after the last initial time: only the scores remain to be written")
+            elif step >= 0:
+                log.info("resuming at initial time %d of %d after step %d of %d", start_init + 1, n, step,
+                         plan.lead_steps)
+            else:
+                log.info("resuming at initial time %d of %d, from its start", start_init + 1, n)
         bar = self._progress_bar(start_init, payload)
-        for k in range(start_init, len(plan.init_indices)):
-            resume_payload = payload if (payload is not None and payload.get("step", -1) >= 0 and k == start_init) else None
-            self.run_initial_time(k, store, bar, resume_payload)
-            store.save({"init_pos": k + 1, "step": -1}, {"accs": self.scoring.accumulators})
-        if bar is not None:
-            bar.close()
-        return run.members * plan.lead_steps * (len(plan.init_indices) - start_init)
+        try:
+            for k in range(start_init, n):
+                resume_payload = payload if (payload is not None and payload.get("step", -1) >= 0
+                                             and k == start_init) else None
+                self.run_initial_time(k, store, bar, resume_payload)
+                store.save({"init_pos": k + 1, "step": -1}, {"accs": self.scoring.accumulators})
+        finally:
+            if bar is not None:
+                bar.close()  # an error message then starts on a line of its own
+        return run.members * plan.lead_steps * max(n - start_init, 0)
 
     def _progress_bar(self, start_init: int, payload):
         run = self.run
@@ -147,6 +154,7 @@ class Rollout:
                     if s < plan.lead_steps:
                         store.save({"init_pos": k, "step": s},
                                    {"state": state.cpu(), "step": s, "accs": self.scoring.accumulators})
-        finally:
-            for f in files.values():
-                f.close()
+        except BaseException:
+            self.products.abandon(files)
+            raise
+        self.products.close(files)

@@ -237,6 +237,13 @@ class ForecastWriter:
             os.replace(src, self.path)
             _fsync(self.path.parent)
 
+    def abandon(self) -> None:
+        """Close after a failure without writing anything more (no flush, no rename): the file stays as last flushed."""
+        if self._ds is None:
+            return
+        ds, self._ds = self._ds, None
+        ds.close()
+
     def __enter__(self) -> "ForecastWriter":
         return self
 
