@@ -225,6 +225,28 @@ class ScoreAccumulator:
                                                      [sums[k] for k in self._SUMS]))
         self._ranks[lead_index] += rank_histogram(m, o, self.rng)
 
+    def summed(self, comm=None) -> "ScoreAccumulator":
+        """A copy holding the sums over the ranks of ``comm`` (collective; None = serial); for resume snapshots."""
+        import copy
+        out = copy.deepcopy(self)
+        if comm is not None and comm.Get_size() > 1:
+            from mpi4py import MPI
+            for lead, rows in enumerate(out._rows):
+                if rows:
+                    block = np.ascontiguousarray(np.stack(rows))
+                    comm.Allreduce(MPI.IN_PLACE, block, op=MPI.SUM)
+                    out._rows[lead] = list(block)
+            comm.Allreduce(MPI.IN_PLACE, out._ranks, op=MPI.SUM)
+        return out
+
+    def zeroed(self) -> "ScoreAccumulator":
+        """A copy with the same forecasts counted and every sum zero (what a rank holds beside a ``summed`` one)."""
+        import copy
+        out = copy.deepcopy(self)
+        out._rows = [[np.zeros_like(r) for r in rows] for rows in out._rows]
+        out._ranks = np.zeros_like(out._ranks)
+        return out
+
     def reduce(self, comm=None) -> dict[str, Any]:
         """Sum the partial sums over ``comm`` (None = serial) and return the scores (same on every rank)."""
         counts = [len(r) for r in self._rows]

@@ -16,7 +16,7 @@ from .perturb import Perturber
 from .products import Products
 from .report import metrics_document, rank_timings
 from .resolve import ResolvedRun, resolve
-from .resume import ResumeStore
+from .snapshot import SnapshotStore
 from .rollout import Rollout
 from .scoring import Scoring
 
@@ -55,8 +55,11 @@ class EnsembleRun:
         comm.Barrier()
         scoring = Scoring(run)
         products = Products(run, member_comm=scoring.comm)
-        store = ResumeStore(self.outdir, comm, dict(self.grid.shape, members=run.members,
-                                                     inits=len(self.plan.init_indices), steps=self.plan.lead_steps))
+        store = SnapshotStore(self.outdir, comm, dict(
+            members=run.members, inits=[str(run.ds.times[i]) for i in self.plan.init_indices],
+            steps=self.plan.lead_steps, output_steps=self.plan.output_steps, grid=[run.ds.nlat, run.ds.nlon],
+            channels=run.channels, variables=run.out_vars, format=self.cfg.output.format,
+            output_members=self.cfg.output.members))
         t_start = time.perf_counter()
         Rollout(run, self.forecaster, self.perturber, products, scoring).run_all(store)
         wall = time.perf_counter() - t_start
