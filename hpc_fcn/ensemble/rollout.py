@@ -137,7 +137,7 @@ class Rollout:
         files = self.products.writers(init_time, lead_done)
         need_host = bool(run.cfg.output.members or self.scoring.active)
         snap_every = run.cfg.forecast.snapshot_every
-        finite = FiniteFlags(run.my_members, run.channels, run.plan.dt_hours, tag)
+        finite = FiniteFlags(run.comm, run.my_members, run.channels, run.plan.dt_hours, tag)
         complete = None
         try:
             for s in range(first, plan.lead_steps + 1):
@@ -167,9 +167,13 @@ class Rollout:
 
 
 class FiniteFlags:
-    """NaN/Inf checks without a host sync per step: per-step (member, channel) flags kept on the device."""
+    """NaN/Inf checks without a host sync per step: per-step (member, channel) flags kept on the device.
 
-    def __init__(self, members: range, channels: list[str], dt_hours: int, init_tag: str):
+    Read at output steps; the verdict is shared over ``comm`` so every rank stops with the same message.
+    """
+
+    def __init__(self, comm, members: range, channels: list[str], dt_hours: int, init_tag: str):
+        self.comm = comm
         self.members, self.channels, self.dt, self.tag = members, channels, dt_hours, init_tag
         self._flags: list[tuple[int, torch.Tensor]] = []
 
@@ -178,15 +182,22 @@ class FiniteFlags:
             self._flags.append((step, torch.isfinite(x).flatten(2).all(dim=-1)))
 
     def check(self) -> None:
-        """Read the flags (one host copy) and raise naming the first non-finite member, step and variable."""
-        if not self._flags:
-            return
-        flags = torch.stack([f for _, f in self._flags])
-        steps = [s for s, _ in self._flags]
+        """Read the flags (one host copy) and raise, on every rank, naming the first non-finite member, step and
+        variable (collective)."""
+        bad = None
+        if self._flags:
+            flags = torch.stack([f for _, f in self._flags])
+            steps = [s for s, _ in self._flags]
+            if not bool(flags.all()):
+                i, m, c = (~flags).nonzero()[0].tolist()
+                bad = (steps[i], self.members[m], self.channels[c])
         self._flags = []
-        if bool(flags.all()):
-            return
-        i, m, c = (~flags).nonzero()[0].tolist()
-        raise RuntimeError(f"the forecast became non-finite (NaN/Inf): initial time {self.tag}, "
-                           f"member {self.members[m]}, step {steps[i]} (lead {steps[i] * self.dt} h), "
-                           f"variable {self.channels[c]}")
+        found = [b for b in self.comm.allgather(bad) if b is not None]
+        if found:
+            step, member, var = min(found, key=lambda b: (b[0], b[1]))
+            raise NonFiniteForecast(f"the forecast became non-finite (NaN/Inf): initial time {self.tag}, "
+                                    f"member {member}, step {step} (lead {step * self.dt} h), variable {var}")
+
+
+class NonFiniteForecast(UserError):
+    """A member's state became NaN or Inf (raised alike on every rank)."""
