@@ -122,24 +122,10 @@ class Products:
         return stores
 
     def statistics(self, phys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Ensemble mean and spread of the written channels on this window, reduced on the device.
-
-        Two passes in float32 (sum, then the sum of squared deviations from the mean), so the spread has
-        no cancellation; only (C, rows, cols) sums cross the ensemble axis.
-        """
+        """Ensemble mean and spread of the written channels on this window (see :func:`ensemble_statistics`)."""
         run = self.run
-        g, tr, M = run.grid, run.tracer, run.members
-        x = phys[:, run.out_idx]
-        with tr.region("ensemble_stats", "compute"):
-            s1 = x.sum(dim=0)
-            if g.ensemble.size > 1:
-                s1 = g.ensemble.all_reduce(s1, tag="ens_mean")
-            mean = s1 / M
-            s2 = (x - mean).square().sum(dim=0)
-            if g.ensemble.size > 1:
-                s2 = g.ensemble.all_reduce(s2, tag="ens_var")
-            spread = (s2 / (M - 1)).sqrt() if M > 1 else torch.zeros_like(s2)
-        return mean, spread
+        with run.tracer.region("ensemble_stats", "compute"):
+            return ensemble_statistics(phys[:, run.out_idx], run.members, run.grid.ensemble)
 
     def write(self, li: int, phys: torch.Tensor, host: np.ndarray | None, files: dict) -> None:
         """Write lead ``li``: mean and spread of ``phys`` (this group's members on the device), and the members.
@@ -244,3 +230,20 @@ def _region_job(store, li: int, data, **where):
             ev.synchronize()
         store.write(li, data.numpy() if isinstance(data, torch.Tensor) else data, **where)
     return job
+
+
+def ensemble_statistics(x: torch.Tensor, members: int, ensemble_axis) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and spread (standard deviation, ddof 1) over ``members`` members, of which ``x`` holds this group's.
+
+    On the device, in two float32 passes (the sum, then the sum of squared deviations from the mean), so the
+    spread has no cancellation; only (C, rows, cols) sums cross the ensemble axis (its Communicator).
+    """
+    s1 = x.sum(dim=0)
+    if ensemble_axis.size > 1:
+        s1 = ensemble_axis.all_reduce(s1, tag="ens_mean")
+    mean = s1 / members
+    s2 = (x - mean).square().sum(dim=0)
+    if ensemble_axis.size > 1:
+        s2 = ensemble_axis.all_reduce(s2, tag="ens_var")
+    spread = (s2 / (members - 1)).sqrt() if members > 1 else torch.zeros_like(s2)
+    return mean, spread
