@@ -13,7 +13,7 @@ from ensemble_setup import tiny_config, tiny_dataset  # noqa: E402
 from hpc_fcn.ensemble.app import EnsembleRun  # noqa: E402
 from hpc_fcn.parallel.testing import shared_tempdir  # noqa: E402
 
-pytestmark = pytest.mark.skipif(MPI.COMM_WORLD.size != 4, reason="layouts are laid out for 4 ranks")
+FOUR = pytest.mark.skipif(MPI.COMM_WORLD.size != 4, reason="layouts are laid out for 4 ranks")
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +21,22 @@ def shared_tmp():
     return shared_tempdir("hpc_fcn_zarr_", lambda p: tiny_dataset(p / "data"))
 
 
+@FOUR
 @pytest.mark.parametrize("layout", [["parallel.ensemble=4"], ["parallel.h=2", "parallel.ensemble=2"],
                                     ["parallel.w=2", "parallel.matmul=2", "parallel.ensemble=1"]],
                          ids=["ens4", "h2xens2", "w2xmatmul2"])
 def test_zarr_equals_netcdf(shared_tmp, layout):
+    _compare(shared_tmp, layout)
+
+
+@pytest.mark.odd_ranks
+@pytest.mark.skipif(MPI.COMM_WORLD.size != 3, reason="an uneven split of the rows over 3 ranks")
+def test_zarr_on_uneven_row_blocks_equals_netcdf(shared_tmp):
+    """8 token rows over h=3: blocks of 12, 12 and 8 pixel rows; the chunks still have one writer each."""
+    _compare(shared_tmp, ["parallel.h=3", "parallel.ensemble=1"])
+
+
+def _compare(shared_tmp, layout):
     import xarray as xr
     world = MPI.COMM_WORLD
     name = "_".join(o.split(".")[1] for o in layout)
