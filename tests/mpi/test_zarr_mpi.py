@@ -63,3 +63,15 @@ def _compare(shared_tmp, layout):
         for c in ("time", "lead_time", "valid_time", "lat", "lon"):
             np.testing.assert_array_equal(z[c].values, n[c].values)
         assert np.isfinite(z["u"].values).all()
+
+
+@FOUR
+def test_a_store_of_another_run_is_refused_on_every_rank(shared_tmp):
+    from hpc_fcn.runtime import UserError
+    world = MPI.COMM_WORLD
+    common = ["initial_conditions.count=1", "forecast.lead_time=1d", "output.format=zarr", "output.members=false",
+              "parallel.ensemble=4"]
+    EnsembleRun(tiny_config(shared_tmp / "data", shared_tmp / "other", common + ["ensemble.members=5"]), world).run()
+    with pytest.raises(UserError, match=r"holds another run's output \(members 5 \(this run: 4\)\); choose another"):
+        EnsembleRun(tiny_config(shared_tmp / "data", shared_tmp / "other", common + ["ensemble.members=4"]),
+                    world).run()
