@@ -225,6 +225,26 @@ class ScoreAccumulator:
                                                      [sums[k] for k in self._SUMS]))
         self._ranks[lead_index] += rank_histogram(m, o, self.rng)
 
+    def summed(self, comm=None) -> "ScoreAccumulator":
+        """A copy holding the sums over the ranks of ``comm`` (a Communicator, collective; None = serial); for
+        resume snapshots."""
+        import copy
+        out = copy.deepcopy(self)
+        if comm is not None and comm.size > 1:  # a Communicator
+            for lead, rows in enumerate(out._rows):
+                if rows:
+                    out._rows[lead] = list(comm.all_reduce(np.ascontiguousarray(np.stack(rows)), tag="snapshot_scores"))
+            out._ranks = comm.all_reduce(out._ranks, tag="snapshot_scores")
+        return out
+
+    def zeroed(self) -> "ScoreAccumulator":
+        """A copy with the same forecasts counted and every sum zero (what a rank holds beside a ``summed`` one)."""
+        import copy
+        out = copy.deepcopy(self)
+        out._rows = [[np.zeros_like(r) for r in rows] for rows in out._rows]
+        out._ranks = np.zeros_like(out._ranks)
+        return out
+
     def reduce(self, comm=None) -> dict[str, Any]:
         """Sum the partial sums over ``comm`` (a :class:`hpc_fcn.parallel.comm.Communicator`; None =
         serial) and return the scores (same on every rank)."""

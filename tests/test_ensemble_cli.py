@@ -78,36 +78,49 @@ def test_nan_in_the_initial_condition_stops_without_hanging(setup, tmp_path):
 
 
 def _outputs(outdir):
+    """Every forecast file or store of a run: {name: {variable: values}}."""
+    import xarray as xr
     files = {}
     for f in sorted(Path(outdir).glob("forecast_*.nc")):
         with netCDF4.Dataset(f) as ds:
             files[f.name] = {v: np.asarray(ds[v][:]) for v in ("u", "v", "z")}
+    for f in sorted(Path(outdir).glob("forecast_*.zarr")):
+        ds = xr.open_zarr(f, consolidated=True, decode_timedelta=True)
+        assert ds.attrs["leads_complete"] == ds.sizes["lead_time"], f
+        files[f.name] = {v: np.ma.masked_invalid(ds[v].values) for v in ("u", "v", "z")}
     return files
 
 
-def test_killed_run_resumes_to_identical_outputs(setup, tmp_path):
-    tmp, _ = setup
-    over = ["initial_conditions.count=3", "forecast.lead_time=3d", "ensemble.members=4", "output.members=true"]
-    cfg = tiny_config(tmp / "data", tmp_path / "full", over)
-    full_cfg = tmp_path / "full.yaml"
-    full_cfg.write_text(dump_yaml(cfg))
-    assert run_cli(2, full_cfg).returncode == 0
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(command(2, full_cfg, f"output.dir={killed}"), env=ENV, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    marker = killed / ".resume" / "progress.json"
+def _kill_after_snapshot(cmd, marker, init_pos, step):
+    """Start ``cmd``, SIGKILL its process group once the snapshot marker reaches (init_pos, step)."""
+    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.monotonic() + 200
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             m = json.loads(marker.read_text())
         except (OSError, ValueError):
             m = {}
-        if m.get("init_pos", 0) >= 1 and m.get("step", -1) >= 2:
+        if m.get("init_pos", 0) >= init_pos and m.get("step", -1) >= step:
             break
         time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+
+
+def test_killed_run_resumes_to_identical_outputs(setup, tmp_path):
+    tmp, _ = setup
+    over = ["initial_conditions.count=3", "forecast.lead_time=3d", "ensemble.members=4", "output.members=true",
+            "forecast.snapshot_every=1"]
+    cfg = tiny_config(tmp / "data", tmp_path / "full", over)
+    full_cfg = tmp_path / "full.yaml"
+    full_cfg.write_text(dump_yaml(cfg))
+    assert run_cli(2, full_cfg).returncode == 0
+    assert not (tmp_path / "full" / ".resume" / "progress.json").exists()  # no snapshots without resume
+    killed = tmp_path / "killed"
+    _kill_after_snapshot(command(2, full_cfg, f"output.dir={killed}", "resume=true"),
+                         killed / ".resume" / "progress.json", 1, 2)
     assert not (killed / "metrics.json").exists()
     resumed = run_cli(2, full_cfg, f"output.dir={killed}", "resume=true")
     assert resumed.returncode == 0, resumed.stderr
@@ -119,6 +132,42 @@ def test_killed_run_resumes_to_identical_outputs(setup, tmp_path):
     ma = json.loads((tmp_path / "full" / "metrics.json").read_text())
     mb = json.loads((killed / "metrics.json").read_text())
     assert ma["scores"] == mb["scores"] and ma["persistence"] == mb["persistence"]
+
+
+@pytest.mark.parametrize("fmt", ["netcdf", "zarr"])
+def test_run_killed_on_4_ranks_resumes_on_2_ranks_in_another_layout(setup, tmp_path, fmt):
+    """Killed on h=2 x ensemble=2, resumed on ensemble=2: the outputs and scores of an uninterrupted run."""
+    tmp, _ = setup
+    over = ["initial_conditions.count=1", "forecast.lead_time=3d", "ensemble.members=4", "output.members=true",
+            f"output.format={fmt}", "forecast.snapshot_every=1"]
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(dump_yaml(tiny_config(tmp / "data", tmp_path / "full", over)))
+    h2e2 = ["parallel.h=2", "parallel.ensemble=2"]
+    full = run_cli(4, cfg, *h2e2)
+    assert full.returncode == 0, full.stderr
+    killed = tmp_path / "killed"
+    _kill_after_snapshot(command(4, cfg, *h2e2, f"output.dir={killed}", "resume=true"),
+                         killed / ".resume" / "progress.json", 0, 2)
+    marker = json.loads((killed / ".resume" / "progress.json").read_text())
+    assert marker["init_pos"] == 0 and 2 <= marker["step"] < 12 and marker["leads_complete"] >= 2
+    resumed = run_cli(2, cfg, "parallel.ensemble=2", f"output.dir={killed}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _outputs(tmp_path / "full"), _outputs(killed)
+    assert a.keys() == b.keys() and len(a) == 3
+    for name in a:
+        for v in a[name]:  # later steps ran on another layout: equal to round-off, as across layouts
+            np.testing.assert_allclose(b[name][v], a[name][v], rtol=1e-5, atol=1e-5 * np.abs(a[name][v]).max(),
+                                       err_msg=f"{name} {v}")
+    ma = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    mb = json.loads((killed / "metrics.json").read_text())
+    for score in ("rmse", "acc", "crps", "spread"):
+        for v in ("u", "v", "z"):
+            np.testing.assert_allclose(np.array(mb["scores"][score][v], float), np.array(ma["scores"][score][v], float),
+                                       rtol=1e-4, equal_nan=True, err_msg=f"{score} {v}")
+    for score, per_var in ma["persistence"].items():  # the same sums, added in another order
+        for v, values in per_var.items():
+            np.testing.assert_allclose(np.array(mb["persistence"][score][v], float), np.array(values, float),
+                                       rtol=1e-10, equal_nan=True, err_msg=f"persistence {score} {v}")
 
 
 def test_output_is_cf_and_decodes_with_xarray(setup):

@@ -18,8 +18,9 @@ from ensemble_setup import tiny_config, tiny_dataset
 
 from hpc_fcn.config import ConfigError, dump_yaml, from_dict, load_config
 from hpc_fcn.ensemble.config import EnsembleConfig
-from hpc_fcn.ensemble.resume import ResumeStore
+from hpc_fcn.ensemble.snapshot import SnapshotStore
 from hpc_fcn.io.outdir import LOCK_NAME, OutputError, OutputLock, _start_time
+from hpc_fcn.parallel.comm import make_communicator
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HPC_FCN_ERROR_GRACE="3")
@@ -230,20 +231,24 @@ def test_full_disk_is_named_and_the_last_snapshot_resumes_identically(setup, tmp
 
 
 def test_snapshot_on_a_full_disk_keeps_the_previous_one(tmp_path, monkeypatch):
-    store = ResumeStore(tmp_path, MPI.COMM_SELF, {"members": 2}, identity={"k": 1})
-    store.save({"init_pos": 0, "step": 2}, {"state": torch.ones(3), "step": 2})
+    world = make_communicator("mpi", MPI.COMM_SELF, "world")
+    box = dict(members=range(0, 2), rows=slice(0, 3), cols=slice(0, 4))
+    store = SnapshotStore(tmp_path, world, {"members": 2}, identity={"k": 1})
+    store.save({"init_pos": 0, "step": 2}, torch.ones(2, 1, 3, 4), **box, scores={"s": 1})
 
     def full(obj, f, *a, **k):
         Path(f).write_bytes(b"torn")
         raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos 64 vs 0")
     monkeypatch.setattr(torch, "save", full)
     monkeypatch.setattr("hpc_fcn.io.outdir.free_bytes", lambda p: 0 if "resume" in str(p) else 10 ** 12)
-    monkeypatch.setattr("hpc_fcn.ensemble.resume.check_space", lambda *a: None)  # the write itself fails
-    with pytest.raises(OutputError, match=r"cannot write .*rank00000.pt: No space left on device"):
-        store.save({"init_pos": 0, "step": 4}, {"state": torch.zeros(3), "step": 4})
+    monkeypatch.setattr("hpc_fcn.ensemble.snapshot.check_space", lambda *a: None)  # the write itself fails
+    with pytest.raises(OutputError, match=r"cannot write .*m0-2_r0-3_c0-4.pt: No space left on device"):
+        store.save({"init_pos": 0, "step": 4}, torch.zeros(2, 1, 3, 4), **box, scores={"s": 2})
     marker = store.check()
     assert marker["step"] == 2
-    assert torch.equal(ResumeStore(tmp_path, MPI.COMM_SELF, {"members": 2}).load(marker)["state"], torch.ones(3))
+    monkeypatch.undo()
+    state, scores = SnapshotStore(tmp_path, world, {"members": 2}).load(marker, **box, channels=1)
+    assert torch.equal(state, torch.ones(2, 1, 3, 4)) and scores == {"s": 1}
     assert not list((tmp_path / ".resume").rglob("*.tmp"))
 
 

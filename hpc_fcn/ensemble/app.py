@@ -25,9 +25,9 @@ from .perturb import Perturber
 from .products import Products
 from .report import metrics_document, rank_timings
 from .resolve import ResolvedRun, resolve
-from .resume import ResumeStore
 from .rollout import Rollout
 from .scoring import Scoring
+from .snapshot import SnapshotStore
 
 log = logging.getLogger("hpc_fcn")
 
@@ -94,7 +94,7 @@ class EnsembleRun:
         run = self.resolved
         plane = run.ds.nlat * run.ds.nlon * 4
         files = len(run.out_vars) * plane * (2 + (run.members if self.cfg.output.members else 0))
-        snapshot = run.members * len(run.channels) * plane * self.grid.shape["matmul"]
+        snapshot = run.members * len(run.channels) * plane if self.cfg.resume else 0  # scoring ranks' windows
         return files, snapshot
 
     def _check_space(self) -> None:
@@ -108,7 +108,7 @@ class EnsembleRun:
                             f"needs about {human(files + snapshot)} ({human(files)} of netCDF, {human(snapshot)} of "
                             f"resume snapshot) but {human(free)} is free; free some space or choose another output.dir")
 
-    def _start(self, store: ResumeStore) -> dict | None:
+    def _start(self, store: SnapshotStore) -> dict | None:
         """Rank 0: the snapshot to resume from (checked against this run), else a clean folder; the resolved config."""
         marker = None
         if self.cfg.resume:
@@ -129,9 +129,11 @@ class EnsembleRun:
 
     def _run(self) -> dict:
         run, comm = self.resolved, self.comm
-        store = ResumeStore(self.outdir, comm, dict(self.grid.shape, members=run.members,
-                                                     inits=len(self.plan.init_indices), steps=self.plan.lead_steps),
-                            identity=self.identity)
+        store = SnapshotStore(self.outdir, self.grid.world, dict(
+            members=run.members, inits=[str(run.ds.times[i]) for i in self.plan.init_indices],
+            steps=self.plan.lead_steps, output_steps=self.plan.output_steps, grid=[run.ds.nlat, run.ds.nlon],
+            channels=run.channels, variables=run.out_vars, format=self.cfg.output.format,
+            output_members=self.cfg.output.members), identity=self.identity)
         marker = root_decides(comm, lambda: self._start(store))
         self.grid.world.barrier(tag="start")
         scoring = Scoring(run)

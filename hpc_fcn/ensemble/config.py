@@ -80,10 +80,13 @@ class PerturbationConfig:
 class ForecastConfig:
     lead_time: str | int = "10d"  # '10d', '240h' or a number of 6-hourly steps
     output_every: int = 4  # write (and score) every this many steps
+    snapshot_every: int = 4  # with resume=true: a resume snapshot every this many output steps
 
     def validate(self, prefix: str) -> None:
         if self.output_every < 1:
             fail(f"{prefix}.output_every", f"must be >= 1, got {self.output_every}")
+        if self.snapshot_every < 1:
+            fail(f"{prefix}.snapshot_every", f"must be >= 1 (output steps), got {self.snapshot_every}")
 
 
 @dataclass
@@ -91,7 +94,7 @@ class OutputConfig:
     dir: str = "runs/ensemble"
     variables: list[str] | None = None  # null = every model channel
     members: bool = False  # also write every member (mean and spread are always written)
-    format: Literal["netcdf"] = "netcdf"
+    format: Literal["netcdf", "zarr"] = "netcdf"  # zarr: every rank writes its own window (large runs)
     keep_resume_state: bool = False  # keep .resume/ (the last snapshot) after a successful run
 
 
@@ -118,7 +121,7 @@ class EnsembleConfig:
     forecast: ForecastConfig = field(default_factory=ForecastConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
-    resume: bool = False
+    resume: bool = False  # take snapshots, and continue from the last one if the output dir has one
     progress: bool = True
     trace: bool = False  # write per-rank Chrome traces and a region summary into output.dir
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -1,8 +1,9 @@
 """The rollout: perturbed members stepped from each initial time to the last lead, with resume snapshots.
 
 Each rank steps its ensemble group's members on its window. At every output step the products are
-written and the scores added; after it (and after each initial time) a snapshot of the state and the
-score accumulators is saved, so an interrupted run resumes where it stopped.
+written and the scores added. With ``resume`` set, every ``forecast.snapshot_every`` output steps
+(and after each initial time) a snapshot of the members and the score sums is saved, keyed by member
+index, so an interrupted run resumes where it stopped, on any layout.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .perturb import Perturber, breed
 from .plan import as_hours, time_tag
 from .products import Products
 from .resolve import ResolvedRun
-from .resume import ResumeStore
+from .snapshot import SnapshotStore
 from .scoring import Scoring
 
 log = logging.getLogger("hpc_fcn")
@@ -36,15 +37,6 @@ class Rollout:
         return self.forecaster.step(x)
 
     # ---- initial states -----------------------------------------------------------------------
-    def check_finite(self, x: torch.Tensor, step: int, init_tag: str) -> None:
-        if bool(torch.isfinite(x).all()):
-            return
-        bad = (~torch.isfinite(x)).nonzero()[0].tolist()
-        member = self.run.my_members[bad[0]]
-        raise RuntimeError(f"the forecast became non-finite (NaN/Inf): initial time {init_tag}, member {member}, "
-                           f"step {step} (lead {step * self.run.plan.dt_hours} h), "
-                           f"variable {self.run.channels[bad[1]]}")
-
     def initial_state(self, init_index: int, x0_phys: np.ndarray) -> torch.Tensor:
         """(m_local, C, r, c) perturbed members of this rank's group, normalised units."""
         run = self.run
@@ -83,16 +75,16 @@ class Rollout:
         return x0.unsqueeze(0) + delta * keep
 
     # ---- the loop -----------------------------------------------------------------------------
-    def run_all(self, store: ResumeStore, marker: dict | None) -> int:
+    def run_all(self, store: SnapshotStore, marker: dict | None) -> int:
         """Every initial time, from the snapshot ``marker`` names (rank 0 checked it) when there is one; returns
         the member-steps of the initial times this call started (for energy per member-step)."""
         run, plan = self.run, self.run.plan
         n = len(plan.init_indices)
-        start_init, payload = 0, None
+        start_init, state = 0, None
         if marker is not None:
-            payload = store.load(marker)
+            state, scores = store.load(marker, run.my_members, run.rows, run.cols, len(run.channels))
             start_init = int(marker["init_pos"])
-            self.scoring.accumulators = payload["accs"]
+            self.scoring.restore(scores)
             step = int(marker.get("step", -1))
             if start_init >= n:
                 log.info("resuming after the last initial time: only the scores remain to be written")
@@ -101,43 +93,57 @@ class Rollout:
                          plan.lead_steps)
             else:
                 log.info("resuming at initial time %d of %d, from its start", start_init + 1, n)
-        bar = self._progress_bar(start_init, payload)
+        bar = self._progress_bar(start_init, marker)
         try:
             for k in range(start_init, n):
-                resume_payload = payload if (payload is not None and payload.get("step", -1) >= 0
-                                             and k == start_init) else None
-                self.run_initial_time(k, store, bar, resume_payload)
-                store.save({"init_pos": k + 1, "step": -1}, {"accs": self.scoring.accumulators})
+                step = marker.get("step", -1) if (marker is not None and k == start_init) else -1
+                self.run_initial_time(k, store, bar, (step, state) if step >= 0 else None)
+                if run.cfg.resume:
+                    self.snapshot(store, {"init_pos": k + 1, "step": -1}, None)
         finally:
+            self.products.shutdown()
             if bar is not None:
                 bar.close()  # an error message then starts on a line of its own
         return run.members * plan.lead_steps * max(n - start_init, 0)
 
-    def _progress_bar(self, start_init: int, payload):
+    def snapshot(self, store: SnapshotStore, progress: dict, state: torch.Tensor | None) -> None:
+        """A resume snapshot: this rank's members and window, and the score sums over the scoring ranks."""
+        run = self.run
+        with run.tracer.region("snapshot", "io"):
+            scores = self.scoring.summed()
+            store.save(progress, state if run.scorer else None, run.my_members, run.rows, run.cols, scores)
+
+    def _progress_bar(self, start_init: int, marker):
         run = self.run
         if run.comm.rank != 0 or not run.cfg.progress:
             return None
         from tqdm import tqdm
         total = len(run.plan.init_indices) * run.plan.lead_steps * run.members
         done = start_init * run.plan.lead_steps * run.members
-        if payload is not None and payload.get("step", -1) >= 0:
-            done += payload["step"] * run.members
+        if marker is not None and marker.get("step", -1) >= 0:
+            done += marker["step"] * run.members
         return tqdm(total=total, initial=done, unit="member-step", desc="ensemble", dynamic_ncols=True,
                     smoothing=0.1, mininterval=1.0)
 
-    def run_initial_time(self, k: int, store: ResumeStore, bar, payload) -> None:
+    def run_initial_time(self, k: int, store: SnapshotStore, bar, resume) -> None:
+        """One initial time; ``resume``: (step, state) of the snapshot to continue from, or None."""
         run, plan, ds = self.run, self.run.plan, self.run.ds
         init_index = plan.init_indices[k]
         init_time = ds.times[init_index]
         tag = time_tag(init_time)
         with run.tracer.region("io.read", "io"):
             x0 = ds.read(init_index, run.rows, run.cols)
-        if payload is not None:
-            state, first = payload["state"].to(run.device), payload["step"] + 1
-            lead_done = plan.output_steps.index(payload["step"]) + 1
+        if resume is not None:
+            step, state = resume
+            state, first = state.to(run.device), step + 1
+            lead_done = plan.output_steps.index(step) + 1
         else:
             state, first, lead_done = self.initial_state(init_index, x0), 0, None
         files = self.products.writers(init_time, lead_done)
+        need_host = bool(run.cfg.output.members or self.scoring.active)
+        snap_every = run.cfg.forecast.snapshot_every
+        finite = FiniteFlags(run.grid.world, run.my_members, run.channels, run.plan.dt_hours, tag)
+        complete = None
         try:
             for s in range(first, plan.lead_steps + 1):
                 if s > 0:
@@ -145,16 +151,58 @@ class Rollout:
                         state = self.step(state)
                     if bar is not None:
                         bar.update(run.members)
-                self.check_finite(state, s, tag)
+                finite.add(s, state)
                 if s in plan.output_steps:
+                    finite.check()
                     li = plan.output_steps.index(s)
-                    phys = ds.denormalise(state).cpu().numpy()
-                    self.products.write(li, phys, files)
-                    self.scoring.add(li, s, init_index, phys, x0)
-                    if s < plan.lead_steps:
-                        store.save({"init_pos": k, "step": s},
-                                   {"state": state.cpu(), "step": s, "accs": self.scoring.accumulators})
-        except BaseException:
-            self.products.abandon(files)
-            raise
-        self.products.close(files)
+                    phys = ds.denormalise(state)
+                    host = None
+                    if need_host:
+                        with run.tracer.region("io.to_host", "io"):
+                            host = phys.float().cpu().numpy()
+                    self.products.write(li, phys, host, files)
+                    if host is not None:
+                        self.scoring.add(li, s, init_index, host, x0)
+                    if run.cfg.resume and s < plan.lead_steps and (li + 1) % snap_every == 0:
+                        self.products.settle(files, li + 1)
+                        self.snapshot(store, {"init_pos": k, "step": s, "leads_complete": li + 1}, state)
+            complete = len(plan.output_steps)
+        finally:
+            self.products.close(files, complete)
+
+
+class FiniteFlags:
+    """NaN/Inf checks without a host sync per step: per-step (member, channel) flags kept on the device.
+
+    Read at output steps; the verdict is shared over ``comm`` so every rank stops with the same message.
+    """
+
+    def __init__(self, comm, members: range, channels: list[str], dt_hours: int, init_tag: str):
+        self.comm = comm
+        self.members, self.channels, self.dt, self.tag = members, channels, dt_hours, init_tag
+        self._flags: list[tuple[int, torch.Tensor]] = []
+
+    def add(self, step: int, x: torch.Tensor) -> None:
+        if x.shape[0]:
+            self._flags.append((step, torch.isfinite(x).flatten(2).all(dim=-1)))
+
+    def check(self) -> None:
+        """Read the flags (one host copy) and raise, on every rank, naming the first non-finite member, step and
+        variable (collective)."""
+        bad = None
+        if self._flags:
+            flags = torch.stack([f for _, f in self._flags])
+            steps = [s for s, _ in self._flags]
+            if not bool(flags.all()):
+                i, m, c = (~flags).nonzero()[0].tolist()
+                bad = (steps[i], self.members[m], self.channels[c])
+        self._flags = []
+        found = [b for b in self.comm.allgather(bad) if b is not None]
+        if found:
+            step, member, var = min(found, key=lambda b: (b[0], b[1]))
+            raise NonFiniteForecast(f"the forecast became non-finite (NaN/Inf): initial time {self.tag}, "
+                                    f"member {member}, step {step} (lead {step * self.dt} h), variable {var}")
+
+
+class NonFiniteForecast(UserError):
+    """A member's state became NaN or Inf (raised alike on every rank)."""

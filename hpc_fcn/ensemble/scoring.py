@@ -5,6 +5,8 @@ hold sums per lead; they are part of the resume state and are reduced over the s
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from .exchange import members_for_rows
@@ -58,6 +60,30 @@ class Scoring:
             acc["ensemble"].add(li, members, o, cl, w)
             acc["persistence"].add(li, x0[None, :, blk], o, cl, w)
             acc["climatology"].add(li, cl[None], o, cl, w)
+
+    def summed(self) -> dict | None:
+        """The accumulators summed over the scoring ranks and each scoring rank's tie-breaking random state,
+        on world rank 0 (None elsewhere); collective."""
+        if self.comm is None:
+            return None
+        accs = {k: a.summed(self.comm) for k, a in self.accumulators.items()}
+        rngs = self.comm.gather({k: a.rng for k, a in self.accumulators.items()}, root=0, tag="snapshot_rngs")
+        return {"accumulators": accs, "rngs": rngs} if self.run.comm.rank == 0 else None
+
+    def restore(self, summed: dict) -> None:
+        """Continue from ``summed`` (a snapshot's): rank 0 holds the sums, the other scoring ranks zeros.
+
+        On as many scoring ranks as before, each continues its own random stream (rank histograms equal an
+        uninterrupted run's); on another layout the ties of the rank histogram are broken by other draws.
+        """
+        accs, rngs = summed["accumulators"], summed["rngs"]
+        if self.comm is None:
+            return
+        me = self.comm.rank
+        self.accumulators = {k: (a if me == 0 else a.zeroed()) for k, a in accs.items()}
+        own = rngs[me] if self.comm.size == len(rngs) else rngs[0]
+        for k, a in self.accumulators.items():
+            a.rng = copy.deepcopy(own[k])
 
     def reduce(self) -> dict:
         """The scores of the whole run on every rank (collective over the run's communicator)."""
