@@ -251,7 +251,7 @@ def setup_in_a_fresh_clone(clone: Path, sandbox: Path, tmp_path: Path):
     fake_openmpi_mpirun(fakes, tmp_path / "launched")
     env = env_with(fakes, Path(sys.base_prefix) / "bin", "/usr/bin", "/bin")
     env["PYTHON"] = str(Path(sys.base_prefix) / "bin" / "python3")
-    p = subprocess.run(["make", "setup"], cwd=clone, env=env, capture_output=True, text=True, timeout=1500)
+    p = subprocess.run(["make", "setup"], cwd=clone, env=env, capture_output=True, text=True, timeout=3600)
     assert p.returncode == 0, p.stdout + p.stderr
     assert ("[setup] mpi: mpicc found but mpi.h missing: using MPICH from PyPI; install libopenmpi-dev to use "
             "Open MPI") in p.stdout

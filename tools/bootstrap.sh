@@ -71,7 +71,7 @@ if [ -z "$kept" ]; then
   eval "$decision"
   say "mpi: $MPI_REASON"
   if [ "$MPI_CHOICE" = system ]; then
-    say "building mpi4py against $MPI_MPICC (a minute or two)"
+    say "building mpi4py against $MPI_MPICC (a few minutes of compiling)"
     if install_system "$MPI_MPICC" && probe system; then
       :
     elif [ "$MPI_MODE" = system ]; then
