@@ -155,7 +155,7 @@ def kept(setup):
     save_checkpoint(ckpt, AFNONet(**base.model.kwargs(3, 3)))
     out = tmp / "kept"
     proc = run_cli(2, cfg, f"output.dir={out}", f"model.checkpoint={ckpt}", "output.keep_resume_state=true",
-                   "initial_conditions.count=1", "forecast.lead_time=1d")
+                   "resume=true", "initial_conditions.count=1", "forecast.lead_time=1d")  # snapshots need resume
     assert proc.returncode == 0, proc.stderr
     assert (out / ".resume" / "progress.json").is_file()
     return cfg, out, ckpt
@@ -212,8 +212,8 @@ def tmpfs(tmp_path):
 def test_full_disk_is_named_and_the_last_snapshot_resumes_identically(setup, tmpfs):
     _, cfg, full = setup
     out = tmpfs / "run"
-    proc = subprocess.Popen(command(2, cfg, f"output.dir={out}"), env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command(2, cfg, f"output.dir={out}", "resume=true", "forecast.snapshot_every=1"),
+                            env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert wait_for(marker_at(out, 1, 2), proc), "the run finished before the disk could be filled"
     filler = tmpfs / "filler"
     st = os.statvfs(tmpfs)  # leave less than the writers' margin: a fallocate racing the run would roll back
@@ -225,7 +225,7 @@ def test_full_disk_is_named_and_the_last_snapshot_resumes_identically(setup, tmp
     assert lines and "No space left on device" in lines[0] and str(out) in lines[0], err
     assert not (out / "metrics.json").exists()
     filler.unlink()
-    resumed = run_cli(2, cfg, f"output.dir={out}", "resume=true")
+    resumed = run_cli(2, cfg, f"output.dir={out}", "resume=true", "forecast.snapshot_every=1")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_outputs(full, out, 9)
 
