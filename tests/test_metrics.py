@@ -227,7 +227,8 @@ def test_spread_skill_is_pooled_the_same_way_in_metrics_json_and_the_tool(rng):
     acc_scores, tool_scores = _both_paths(forecasts, w)
     var = np.mean([[_loop_wmean(e[:, c].var(axis=0, ddof=1), w) for c in range(2)] for e, _ in forecasts], 0)
     mse = np.mean([[_loop_wmean((e[:, c].mean(0) - o[c]) ** 2, w) for c in range(2)] for e, o in forecasts], 0)
-    for k, want in (("spread", np.sqrt(var)), ("ssr", np.sqrt(var / mse)), ("ssr_corrected", np.sqrt(var / mse * 6 / 5))):
+    wants = {"spread": np.sqrt(var), "ssr": np.sqrt(var / mse), "ssr_corrected": np.sqrt(var / mse * 6 / 5)}
+    for k, want in wants.items():
         np.testing.assert_allclose(acc_scores[k], want, **TOL, err_msg=k)
         np.testing.assert_allclose(tool_scores[k], want, **TOL, err_msg=k)
     # the old per-forecast average differs on these forecasts (their scales differ): the test can fail
