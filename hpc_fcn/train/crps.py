@@ -26,7 +26,7 @@ def member_sizes(n_members: int, axis: Communicator) -> list[int]:
     """Members per rank of the ensemble axis (balanced split; every rank needs at least one)."""
     if n_members < 1:
         raise ValueError(f"the CRPS loss needs at least one member, got {n_members}")
-    return split_sizes(n_members, axis.size, "ensemble of members")
+    return split_sizes(n_members, axis.size, "member ensemble")
 
 
 def fair_crps_share(members: torch.Tensor, target: torch.Tensor, axis: Communicator,

@@ -13,7 +13,7 @@ from hpc_fcn.parallel.grid import ProcessGrid
 from hpc_fcn.parallel.split import shard_range, split_offsets
 from hpc_fcn.parallel.testing import sub_comm
 from hpc_fcn.tracing import Tracer
-from hpc_fcn.train.crps import EnsembleCRPS
+from hpc_fcn.train.crps import EnsembleCRPS, member_sizes
 from hpc_fcn.train.loss import channel_weights, latitude_weights
 
 B, C, R, W = 2, 3, 9, 16
@@ -34,7 +34,7 @@ def _serial(M):
         a = x.clone().requires_grad_()
         loss = EnsembleCRPS(lat_w, chan_w, slice(None), slice(None), W, one.ensemble, M)(a, y)
         loss.backward()
-    return float(loss), a.grad
+    return float(loss.detach()), a.grad
 
 
 def check(comm, shape, M):
@@ -49,7 +49,7 @@ def check(comm, shape, M):
         own = x[mine][..., rows, cols].clone().requires_grad_()
         loss = fn(own, y[..., rows, cols])
         loss.backward()
-        total = grid.world.all_reduce(float(loss), tag="test")  # shares over ensemble x h x w
+        total = grid.world.all_reduce(float(loss.detach()), tag="test")  # shares over ensemble x h x w
         assert total == pytest.approx(want_loss, rel=1e-5)
         ref = want_grad[mine][..., rows, cols]
         scale = float(want_grad.abs().max())
@@ -57,6 +57,8 @@ def check(comm, shape, M):
         summ = grid.tracer.summary()
         assert any(k.startswith("crps_members/all_gather@ensemble") for k in summ), sorted(summ)
         assert any(k.startswith("crps_members/reduce_scatter@ensemble") for k in summ), sorted(summ)
+        with pytest.raises(ValueError, match="member ensemble of size .* a rank would get nothing"):
+            member_sizes(grid.ensemble.size - 1, grid.ensemble)
 
 
 @pytest.mark.parametrize("M", [5, 7])
