@@ -9,9 +9,12 @@ Variants (see the reference "Metric definitions"):
 - RMSE and ACC are computed per forecast (one initial time) over the globe, then averaged over initial
   times, as FourCastNet does; ACC is uncentred, on anomalies against a climatology;
 - CRPS is the fair (unbiased) ensemble estimator unless the plain kernel form is asked for;
-- the spread-skill ratio averages member variance (ddof 1) and squared error of the ensemble mean over
-  space and initial times before taking square roots;
-- the rank histogram counts grid points (not area weighted), ties between truth and members broken at random.
+- the spread-skill ratio pools: it averages member variance (ddof 1) and squared error of the ensemble
+  mean over space and initial times before taking square roots (:func:`pooled_spread_skill`, the one
+  definition every tool uses); for M members of a perfect ensemble it is sqrt(M / (M + 1)), so the
+  corrected ratio sqrt((M + 1) / M) x spread / RMSE of the mean is offered too (1 when calibrated);
+- the rank histogram counts grid points (not area weighted), ties between truth and members broken at
+  random; points where the truth or any member is NaN are left out.
 """
 from __future__ import annotations
 
@@ -140,29 +143,56 @@ def crps_plain(members: Any, truth: Any) -> np.ndarray:
 
 
 def truth_ranks(members: Any, truth: Any, rng: np.random.Generator) -> np.ndarray:
-    """Rank 0..M of the truth among the members at each point; ties get a uniformly random rank among them."""
+    """Rank 0..M of the truth among the members at each point; ties get a uniformly random rank among them.
+
+    -1 where the truth or any member is NaN (no rank: a NaN compares false with everything).
+    """
     m, o = _np(members), _np(truth)
     below = (m < o).sum(axis=0)
     ties = (m == o).sum(axis=0)
-    return below + rng.integers(0, ties + 1)
+    ranks = below + rng.integers(0, ties + 1)
+    return np.where(np.isnan(o) | np.isnan(m).any(axis=0), -1, ranks)
 
 
 def rank_histogram(members: Any, truth: Any, rng: np.random.Generator) -> np.ndarray:
-    """Counts of truth ranks over the last two axes: shape truth.shape[:-2] + (M + 1,)."""
+    """Counts of truth ranks over the last two axes: shape truth.shape[:-2] + (M + 1,); NaN points are skipped."""
     M = _np(members).shape[0]
     r = truth_ranks(members, truth, rng)
     lead = r.shape[:-2]
     n = int(np.prod(lead))
-    bins = r.reshape(n, -1) + (M + 1) * np.arange(n)[:, None]  # one block of M + 1 bins per leading index
-    return np.bincount(bins.ravel(), minlength=n * (M + 1)).reshape(lead + (M + 1,))
+    r = r.reshape(n, -1)
+    bins = r + (M + 1) * np.arange(n)[:, None]  # one block of M + 1 bins per leading index
+    return np.bincount(bins[r >= 0], minlength=n * (M + 1)).reshape(lead + (M + 1,))
 
 
-def spread_skill_ratio(members: Any, truth: Any, row_weights: Any) -> np.ndarray:
-    """sqrt(<member variance, ddof 1>) / sqrt(<(ensemble mean - o)^2>) over the last two axes."""
+def pooled_spread_skill(mean_var: Any, mean_mse: Any, n_members: int) -> dict[str, np.ndarray]:
+    """Spread and spread/skill ratios pooled over forecasts (axis 0).
+
+    ``mean_var``, ``mean_mse``: (n_forecasts, ...) spatial (weighted) means, one row per forecast, of
+    the member variance (ddof 1) and of the squared error of the ensemble mean. Returns ``spread`` =
+    sqrt(mean variance), ``ssr`` = spread / sqrt(mean MSE) and ``ssr_corrected`` = sqrt((M + 1) / M) x
+    ssr, which is 1 for a perfect M-member ensemble (the uncorrected ratio is then sqrt(M / (M + 1))).
+    """
+    var, mse = np.mean(_np(mean_var), axis=0), np.mean(_np(mean_mse), axis=0)
+    spread = np.sqrt(var)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a perfect forecast has no finite ratio
+        ssr = spread / np.sqrt(mse)
+    return {"spread": spread, "ssr": ssr, "ssr_corrected": np.sqrt((n_members + 1) / n_members) * ssr}
+
+
+def spread_skill_sums(members: Any, truth: Any, row_weights: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(weighted mean member variance (ddof 1), weighted mean squared error of the ensemble mean) of one
+    forecast over the last two axes: one row of :func:`pooled_spread_skill`'s input."""
     m = _np(members)
     var = m.var(axis=0, ddof=1)
     mse = (m.mean(axis=0) - _np(truth)) ** 2
-    return np.sqrt(weighted_sum(var, row_weights) / weighted_sum(mse, row_weights))
+    return weighted_mean(var, row_weights), weighted_mean(mse, row_weights)
+
+
+def spread_skill_ratio(members: Any, truth: Any, row_weights: Any) -> np.ndarray:
+    """sqrt(<member variance, ddof 1>) / sqrt(<(ensemble mean - o)^2>) over the last two axes (one forecast)."""
+    var, mse = spread_skill_sums(members, truth, row_weights)
+    return pooled_spread_skill(var[None], mse[None], _np(members).shape[0])["ssr"]
 
 
 # -- accumulation over windows, initial times and ranks ------------------------------------------------
@@ -178,7 +208,8 @@ class ScoreAccumulator:
     Scores, each (n_leads, C), after the reduction:
       rmse, acc   of the ensemble mean, per forecast over the globe, then averaged over initial times;
       crps        fair CRPS, area-weighted mean, averaged over initial times;
-      spread      sqrt(mean member variance), ssr = spread / sqrt(mean MSE of the ensemble mean);
+      spread      sqrt(mean member variance), ssr = spread / sqrt(mean MSE of the ensemble mean),
+                  ssr_corrected = sqrt((M + 1) / M) ssr (see :func:`pooled_spread_skill`);
       mae_control, rmse_control  of member ``control_member`` if given (per forecast, then averaged);
       rank_hist   (n_leads, C, M + 1) grid-point counts; count (n_leads,) forecasts added per lead.
     Leads without forecasts give NaN.
@@ -257,7 +288,7 @@ class ScoreAccumulator:
         if comm is not None:
             flat = comm.all_reduce(flat, tag="scores")
         nc, L = len(self.channels), self.n_leads
-        out = {k: np.full((L, nc), np.nan) for k in ("rmse", "acc", "crps", "spread", "ssr",
+        out = {k: np.full((L, nc), np.nan) for k in ("rmse", "acc", "crps", "spread", "ssr", "ssr_corrected",
                                                       "mae_control", "rmse_control")}
         pos = 0
         for lead, n in enumerate(counts):
@@ -271,9 +302,8 @@ class ScoreAccumulator:
             with np.errstate(invalid="ignore", divide="ignore"):  # a zero anomaly (climatology) has no ACC
                 out["acc"][lead] = (s["fo"] / np.sqrt(s["ff"] * s["oo"])).mean(axis=0)
             out["crps"][lead] = (s["crps"] / wt).mean(axis=0)
-            mean_var, mean_mse = (s["var"] / wt).mean(axis=0), (s["se"] / wt).mean(axis=0)
-            out["spread"][lead] = np.sqrt(mean_var)
-            out["ssr"][lead] = np.sqrt(mean_var) / np.sqrt(mean_mse)
+            for k, v in pooled_spread_skill(s["var"] / wt, s["se"] / wt, self.n_members).items():
+                out[k][lead] = v
             if self.control_member is not None:
                 out["mae_control"][lead] = (s["ae_ctl"] / wt).mean(axis=0)
                 out["rmse_control"][lead] = np.sqrt(s["se_ctl"] / wt).mean(axis=0)

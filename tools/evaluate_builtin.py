@@ -103,26 +103,44 @@ def evaluate(args) -> tuple[str, dict]:
     k = args.ens_day * steps_per_day
     ens_inits = spread_starts(ds.times, k, args.ens_inits)
     rng = torch.Generator().manual_seed(args.seed)
-    crps, mae, ens_rmse, det_rmse, ssr = [], [], [], [], []
     t0 = time.perf_counter()
-    for i in ens_inits:
-        x0 = torch.from_numpy(ds.read(int(i), normalise=True)[None])
-        members = x0 + args.amplitude * torch.randn((args.members,) + tuple(x0.shape[1:]), generator=rng)
-        ens = ds.denormalise(rollout(model, members, k, {k})[k])
-        det = ds.denormalise(rollout(model, x0, k, {k})[k][0])
-        truth = ds.read(int(i) + k)
+
+    def forecasts():
+        for i in ens_inits:
+            x0 = torch.from_numpy(ds.read(int(i), normalise=True)[None])
+            members = x0 + args.amplitude * torch.randn((args.members,) + tuple(x0.shape[1:]), generator=rng)
+            yield (ds.denormalise(rollout(model, members, k, {k})[k]), ds.denormalise(rollout(model, x0, k, {k})[k][0]),
+                   ds.read(int(i) + k))
+
+    ens = ensemble_scores(forecasts(), w)
+    t_ens = time.perf_counter() - t0
+
+    checks = skill_checks(table, ens, names)
+    md = render(args, ds, names, table, ens, checks, inits, ens_inits, t_det, t_ens)
+    return md, {"table": table, "ensemble": ens, "checks": checks}
+
+
+def ensemble_scores(forecasts, w) -> dict[str, np.ndarray]:
+    """Scores per channel of ensembles (members, det, truth), each (M, C, r, c), (C, r, c), (C, r, c), physical units.
+
+    CRPS, MAE and RMSEs per forecast averaged over forecasts; spread and spread/skill pooled over forecasts
+    (:func:`hpc_fcn.metrics.pooled_spread_skill`, the definition metrics.json uses).
+    """
+    crps, mae, ens_rmse, det_rmse, var, mse = [], [], [], [], [], []
+    n_members = None
+    for ens, det, truth in forecasts:
+        n_members = ens.shape[0]
         crps.append(metrics.weighted_mean(metrics.crps_fair(ens, truth), w))
         mae.append(metrics.weighted_mean(np.abs(det - truth), w))
         ens_rmse.append(metrics.rmse(ens.mean(0), truth, w))
         det_rmse.append(metrics.rmse(det, truth, w))
-        ssr.append(metrics.spread_skill_ratio(ens, truth, w))
-    t_ens = time.perf_counter() - t0
-
-    ens = {"crps": np.mean(crps, 0), "mae": np.mean(mae, 0), "ens_rmse": np.mean(ens_rmse, 0),
-           "det_rmse": np.mean(det_rmse, 0), "ssr": np.mean(ssr, 0)}
-    checks = skill_checks(table, ens, names)
-    md = render(args, ds, names, table, ens, checks, inits, ens_inits, t_det, t_ens)
-    return md, {"table": table, "ensemble": ens, "checks": checks}
+        v, e = metrics.spread_skill_sums(ens, truth, w)
+        var.append(v)
+        mse.append(e)
+    if n_members is None:
+        raise ValueError("no ensemble forecasts to score")
+    return {"crps": np.mean(crps, 0), "mae": np.mean(mae, 0), "ens_rmse": np.mean(ens_rmse, 0),
+            "det_rmse": np.mean(det_rmse, 0), **metrics.pooled_spread_skill(var, mse, n_members)}
 
 
 def skill_checks(table, ens, names) -> dict[str, bool]:
@@ -159,12 +177,15 @@ def render(args, ds, names, table, ens, checks, inits, ens_inits, t_det, t_ens) 
     lines += [f"## Ensemble at day {args.ens_day}", "",
               f"{args.members} members, Gaussian initial perturbations of {args.amplitude} sigma (normalised units), "
               f"{len(ens_inits)} initial times. Fair CRPS of the ensemble vs the mean absolute error of the "
-              f"unperturbed (deterministic) forecast; lower is better.", "",
-              "| variable | CRPS (ensemble) | MAE (deterministic) | RMSE ens. mean | RMSE deterministic | spread/skill |",
-              "|---|---|---|---|---|---|"]
+              f"unperturbed (deterministic) forecast; lower is better. Spread/skill pools variance and MSE over "
+              f"the initial times; the corrected ratio is sqrt((M + 1) / M) x spread / RMSE of the mean "
+              f"(1 for a calibrated ensemble, see docs/ensembles.md).", "",
+              "| variable | CRPS (ensemble) | MAE (deterministic) | RMSE ens. mean | RMSE deterministic | spread/skill "
+              "| spread/skill (corrected) |",
+              "|---|---|---|---|---|---|---|"]
     for j, n in enumerate(names):
         lines.append(f"| {n} | {ens['crps'][j]:.3g} | {ens['mae'][j]:.3g} | {ens['ens_rmse'][j]:.3g} | "
-                     f"{ens['det_rmse'][j]:.3g} | {ens['ssr'][j]:.2f} |")
+                     f"{ens['det_rmse'][j]:.3g} | {ens['ssr'][j]:.2f} | {ens['ssr_corrected'][j]:.2f} |")
     lines += ["", "## Required properties (u, v, z)", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in checks.items()]
     return "\n".join(lines) + "\n"

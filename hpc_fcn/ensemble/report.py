@@ -17,14 +17,16 @@ def metrics_document(scores: dict, channels: list[str], lead_hours: list[int], m
     doc = {"variables": channels, "lead_hours": list(lead_hours), "members": members,
            "initial_times": [str(np.datetime64(t, "h")) for t in init_times],
            "forecasts_per_lead": ens["count"].tolist(),
-           "scores": {k: _per_var(ens[k], channels) for k in ("rmse", "acc", "crps", "spread", "ssr")},
+           "scores": {k: _per_var(ens[k], channels) for k in ("rmse", "acc", "crps", "spread", "ssr",
+                                                                        "ssr_corrected")},
            "persistence": {k: _per_var(pers[k], channels) for k in ("rmse", "acc")},
            "climatology": {k: _per_var(clim[k], channels) for k in ("rmse", "acc")}}
     doc["scores"]["rank_hist"] = {c: ens["rank_hist"][:, i].tolist() for i, c in enumerate(channels)}
     if np.isfinite(ens["mae_control"]).any():
         doc["control"] = {k: _per_var(ens[k + "_control"], channels) for k in ("mae", "rmse")}
     doc["notes"] = ("rmse/acc: of the ensemble mean, per forecast then averaged over initial times; acc uncentred "
-                    f"against the dataset climatology; crps: fair CRPS; ssr: spread / rmse; "
+                    f"against the dataset climatology; crps: fair CRPS; ssr: spread / rmse, variance and MSE pooled "
+                    f"over initial times; ssr_corrected: sqrt((M + 1) / M) ssr, 1 for a calibrated ensemble; "
                     f"{lat_weights} latitude weights")
     return doc
 
@@ -49,7 +51,8 @@ def format_table(doc: dict, leads: list[str]) -> str:
     rows = [("RMSE ens. mean", doc["scores"]["rmse"]), ("RMSE persistence", doc["persistence"]["rmse"]),
             ("RMSE climatology", doc["climatology"]["rmse"]), ("ACC ens. mean", doc["scores"]["acc"]),
             ("ACC persistence", doc["persistence"]["acc"]), ("CRPS", doc["scores"]["crps"]),
-            ("spread/skill", doc["scores"]["ssr"])]
+            ("spread/skill", doc["scores"]["ssr"]),
+            ("spread/skill (corrected)", doc["scores"]["ssr_corrected"])]
     if "control" in doc:
         rows.append(("MAE control", doc["control"]["mae"]))
     for var in doc["variables"]:

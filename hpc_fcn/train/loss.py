@@ -33,15 +33,20 @@ def channel_weights(channels: Sequence[str], weights: Mapping[str, float]) -> np
     return w / w.mean()
 
 
+def window_weights(lat_w: np.ndarray, chan_w: np.ndarray, rows: slice, cols: slice, nlon: int) -> torch.Tensor:
+    """Channel x latitude weights (C, r, c) of a window of a field with ``nlon`` columns (fp32)."""
+    w = np.asarray(chan_w)[:, None, None] * np.asarray(lat_w)[rows][None, :, None]
+    ncols = len(range(*cols.indices(int(nlon))))
+    return torch.as_tensor(np.broadcast_to(w, (w.shape[0], w.shape[1], ncols)).copy(), dtype=torch.float32)
+
+
 class WeightedMSE:
     """The partial loss of one window: sum of weighted squared errors over the field's total size."""
 
     def __init__(self, lat_w: np.ndarray, chan_w: np.ndarray, rows: slice, cols: slice, nlon: int):
         self.nlat, self.nlon = len(lat_w), int(nlon)
         self.nchan = len(chan_w)
-        w = np.asarray(chan_w)[:, None, None] * np.asarray(lat_w)[rows][None, :, None]
-        ncols = len(range(*cols.indices(self.nlon)))
-        self.weight = torch.as_tensor(np.broadcast_to(w, (self.nchan, w.shape[1], ncols)).copy(), dtype=torch.float32)
+        self.weight = window_weights(lat_w, chan_w, rows, cols, self.nlon)
 
     def to(self, device) -> "WeightedMSE":
         self.weight = self.weight.to(device)

@@ -1,0 +1,90 @@
+"""Fair CRPS of an ensemble whose members are split over the ensemble axis: the CRPS training loss.
+
+fair CRPS = mean_m |x_m - y| - 1 / (2 M (M - 1)) sum_{m,m'} |x_m - x_m'| at each point. Members are
+split over ``grid.ensemble`` (balanced, :func:`hpc_fcn.parallel.split_sizes`), each rank holding a
+window of its members. The cross-member term needs all members: they are all-gathered over the ensemble
+axis with :func:`hpc_fcn.parallel.gather_to`, whose backward is the adjoint reduce-scatter (every rank's
+gradient with respect to the gathered members, summed and returned to each member's owner). Each rank
+returns its own members' share at its own points, weighted like :class:`hpc_fcn.train.loss.WeightedMSE`,
+so the shares add up over the ensemble and spatial ranks to the loss of the whole ensemble
+(docs/ensembles.md).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..parallel.comm import Communicator
+from ..parallel.primitives import gather_to
+from ..parallel.split import offsets, split_sizes
+from .loss import window_weights
+
+TAG = "crps_members"
+
+
+def member_sizes(n_members: int, axis: Communicator) -> list[int]:
+    """Members per rank of the ensemble axis (balanced split; every rank needs at least one)."""
+    if n_members < 1:
+        raise ValueError(f"the CRPS loss needs at least one member, got {n_members}")
+    return split_sizes(n_members, axis.size, "member ensemble")
+
+
+def fair_crps_share(members: torch.Tensor, target: torch.Tensor, axis: Communicator,
+                    sizes: list[int]) -> torch.Tensor:
+    """This rank's members' share of the fair CRPS at each point (shape of ``target``).
+
+    ``members``: (sizes[axis.rank], *target.shape), this rank's members; ``sizes``: members per rank.
+    Summed over the ranks of ``axis`` it is the fair CRPS of all sum(sizes) members. Collective over
+    ``axis`` (forward and backward). Computed in fp32 (fp64 input stays fp64).
+    """
+    own, M = sizes[axis.rank], sum(sizes)
+    if members.shape[0] != own or tuple(members.shape[1:]) != tuple(target.shape):
+        raise ValueError(f"rank {axis.rank} of the ensemble axis must hold {own} of the {M} members, each "
+                         f"shaped like the target {tuple(target.shape)}; got members {tuple(members.shape)}")
+    dtype = torch.float64 if members.dtype == torch.float64 else torch.float32
+    x, y = members.to(dtype), target.to(dtype)
+    skill = (x - y).abs().sum(dim=0) / M
+    if M == 1:
+        return skill  # the spread term vanishes (as in hpc_fcn.metrics.crps_fair)
+    everyone = gather_to(x, axis, 0, sizes, tag=TAG)
+    # e_m = sum_m' |x_m - x_m'|: at sorted position k (1-based), (2k - M) x_(k) - 2 S_k + S_M, S = cumsum
+    srt, order = torch.sort(everyone, dim=0)
+    cum = torch.cumsum(srt, dim=0)
+    k = torch.arange(1, M + 1, dtype=dtype, device=x.device).reshape((M,) + (1,) * y.dim())
+    e_sorted = (2 * k - M) * srt - 2 * cum + cum[-1:]
+    e = torch.zeros_like(e_sorted).scatter(0, order, e_sorted)  # back to member order
+    mine = e.narrow(0, offsets(sizes)[axis.rank], own)
+    return skill - mine.sum(dim=0) / (2.0 * M * (M - 1))
+
+
+class EnsembleCRPS:
+    """The partial fair-CRPS loss of one window and one rank's members, latitude and channel weighted.
+
+    Sum over the batch of each sample's share of its weighted mean fair CRPS, divided by the global
+    element count (channels x rows x columns), as :class:`hpc_fcn.train.loss.WeightedMSE` does for the
+    MSE. Adding the results over the ensemble and spatial (h x w) ranks gives the loss of the whole
+    ensemble; sum (do not average) parameter gradients over the ensemble axis.
+    """
+
+    def __init__(self, lat_w: np.ndarray, chan_w: np.ndarray, rows: slice, cols: slice, nlon: int,
+                 ensemble: Communicator, n_members: int):
+        self.axis = ensemble
+        self.sizes = member_sizes(n_members, ensemble)
+        self.n_members = n_members
+        self.count = len(chan_w) * len(lat_w) * int(nlon)
+        self.weight = window_weights(lat_w, chan_w, rows, cols, nlon)
+
+    @property
+    def local_members(self) -> int:
+        return self.sizes[self.axis.rank]
+
+    def to(self, device) -> "EnsembleCRPS":
+        self.weight = self.weight.to(device)
+        return self
+
+    def __call__(self, members: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """members (m_local, *batch, C, r, c), target (*batch, C, r, c) -> this rank's partial loss."""
+        if tuple(target.shape[-3:]) != tuple(self.weight.shape):
+            raise ValueError(f"target {tuple(target.shape)} does not end with the window {tuple(self.weight.shape)}")
+        crps = fair_crps_share(members, target, self.axis, self.sizes)
+        return (crps * self.weight.to(crps.dtype)).sum() / self.count
