@@ -1,4 +1,8 @@
-"""A tiny dataset and config for ensemble tests (three channels, a 32 x 64 model grid, patch 4)."""
+"""A tiny dataset and config for ensemble tests (three channels, a 32 x 64 model grid, patch 4), and the
+command line that runs it."""
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from helpers_layout import write_layout
@@ -22,3 +26,22 @@ def tiny_config(data_root, outdir, overrides=()) -> EnsembleConfig:
             "output": {"dir": str(outdir), "members": True},
             "progress": False}
     return from_dict(EnsembleConfig, base, list(overrides))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI_ENV = dict(os.environ, OMP_NUM_THREADS="1", HPC_FCN_ERROR_GRACE="3")
+
+
+def command(n, config, *overrides):
+    """The ensemble command line on ``n`` ranks (through tools/mpirun.sh when n > 1)."""
+    prog = [sys.executable, "-m", "hpc_fcn.ensemble", str(config), *overrides]
+    return [str(ROOT / "tools" / "mpirun.sh"), "-n", str(n), *prog] if n > 1 else prog
+
+
+def run_cli(n, config, *overrides, timeout=240):
+    return subprocess.run(command(n, config, *overrides), capture_output=True, text=True, timeout=timeout,
+                          env=CLI_ENV, cwd=ROOT)
+
+
+def error_lines(proc):
+    return [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]

@@ -3,7 +3,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -14,22 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from ensemble_setup import tiny_config, tiny_dataset
+from ensemble_setup import CLI_ENV as ENV, ROOT, command, error_lines, run_cli, tiny_config, tiny_dataset
 
 from hpc_fcn.config import dump_yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", HPC_FCN_ERROR_GRACE="3")
-
-
-def command(n, config, *overrides):
-    prog = [sys.executable, "-m", "hpc_fcn.ensemble", str(config), *overrides]
-    return [str(ROOT / "tools" / "mpirun.sh"), "-n", str(n), *prog] if n > 1 else prog
-
-
-def run_cli(n, config, *overrides, timeout=240):
-    return subprocess.run(command(n, config, *overrides), capture_output=True, text=True, timeout=timeout,
-                          env=ENV, cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +26,6 @@ def setup(tmp_path_factory):
     path = tmp / "tiny.yaml"
     path.write_text(dump_yaml(cfg))
     return tmp, path
-
-
-def error_lines(proc):
-    return [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
 
 
 @pytest.mark.parametrize("n, overrides, expected", [

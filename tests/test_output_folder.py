@@ -1,7 +1,7 @@
 """One output folder, one run: the lock, resume that checks what it resumes, a full disk named, start-up checks."""
-import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,30 +14,13 @@ import torch
 import yaml
 from mpi4py import MPI
 
-from ensemble_setup import tiny_config, tiny_dataset
+from ensemble_setup import CLI_ENV as ENV, ROOT, command, error_lines, run_cli, tiny_config, tiny_dataset
 
 from hpc_fcn.config import ConfigError, dump_yaml, from_dict, load_config
 from hpc_fcn.ensemble.config import EnsembleConfig
 from hpc_fcn.ensemble.snapshot import SnapshotStore
 from hpc_fcn.io.outdir import LOCK_NAME, OutputError, OutputLock, _start_time
 from hpc_fcn.parallel.comm import make_communicator
-
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", HPC_FCN_ERROR_GRACE="3")
-
-
-def command(n, config, *overrides):
-    prog = [sys.executable, "-m", "hpc_fcn.ensemble", str(config), *overrides]
-    return [str(ROOT / "tools" / "mpirun.sh"), "-n", str(n), *prog] if n > 1 else prog
-
-
-def run_cli(n, config, *overrides, timeout=240):
-    return subprocess.run(command(n, config, *overrides), capture_output=True, text=True, timeout=timeout,
-                          env=ENV, cwd=ROOT)
-
-
-def error_lines(proc):
-    return [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
 
 
 def outputs(outdir):
@@ -56,6 +39,23 @@ def assert_same_outputs(a, b, n):
             np.testing.assert_array_equal(fb[name][v], fa[name][v], err_msg=f"{name} {v}")
     ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
     assert ma["scores"] == mb["scores"] and ma["persistence"] == mb["persistence"]
+
+
+def descendants(pid):
+    """Every process below ``pid`` (from /proc), children first."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
 
 
 def wait_for(pred, proc, limit=200):
@@ -95,12 +95,20 @@ def setup(tmp_path_factory):
 def test_second_run_into_a_folder_is_refused_and_the_first_completes(setup, tmp_path):
     _, cfg, _ = setup
     out = tmp_path / "shared"
-    longer = [f"output.dir={out}", "ensemble.members=40"]  # outlasts the second run's start-up
+    longer = [f"output.dir={out}", "ensemble.members=40"]
     first = subprocess.Popen(command(2, cfg, *longer), env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: (out / LOCK_NAME).exists(), first), "the first run never took the lock"
-    second = run_cli(2, cfg, *longer)
-    assert first.poll() is None, "the first run ended before the second started: no overlap was tested"
+    held = [first.pid] + descendants(first.pid)  # mpirun, its proxies and the ranks (other process groups)
+    for pid in held:  # held mid-run, however fast this machine is, while the second run starts
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        second = run_cli(2, cfg, *longer)
+        assert first.poll() is None, "the first run ended before the second started: no overlap was tested"
+        assert (out / LOCK_NAME).exists(), "the first run released the lock before it was held"
+    finally:
+        for pid in held:
+            os.kill(pid, signal.SIGCONT)
     assert second.returncode == 2, second.stderr
     lines = error_lines(second)
     assert len(lines) == 1 and "is in use by another run, pid " in lines[0], lines

@@ -353,15 +353,7 @@ def _define(ds: netCDF4.Dataset, *, variables, units, standard_names, long_names
     for name in variables:
         v = ds.createVariable(name, "f4", dims, zlib=True, complevel=complevel, shuffle=True,
                               chunksizes=chunks, fill_value=FILL_VALUE)
-        va = {"long_name": str(long_names[name])}
-        if standard_names.get(name):
-            va["standard_name"] = str(standard_names[name])
-        va["units"] = str(units[name])
-        if product in CELL_METHODS:
-            va["cell_methods"] = CELL_METHODS[product]
-        va["coordinates"] = "valid_time"
-        va["missing_value"] = FILL_VALUE
-        v.setncatts(va)
+        v.setncatts(variable_attributes(name, units, standard_names, long_names, product))
 
     stamp = _now().isoformat(timespec="seconds").replace("+00:00", "Z")
     from .. import __version__
@@ -387,6 +379,20 @@ def _define(ds: netCDF4.Dataset, *, variables, units, standard_names, long_names
 
 
 # -- checks and small helpers ----------------------------------------------------------------------
+
+def variable_attributes(name: str, units: Mapping, standard_names: Mapping, long_names: Mapping,
+                        product: str) -> dict:
+    """The CF attributes of output variable ``name`` (the same in the netCDF files and the zarr stores)."""
+    va = {"long_name": str(long_names[name])}
+    if standard_names.get(name):
+        va["standard_name"] = str(standard_names[name])
+    va["units"] = str(units[name])
+    if product in CELL_METHODS:
+        va["cell_methods"] = CELL_METHODS[product]
+    va["coordinates"] = "valid_time"
+    va["missing_value"] = FILL_VALUE
+    return va
+
 
 def _check_product(product: str) -> None:
     if product not in PRODUCTS:

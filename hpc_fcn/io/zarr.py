@@ -21,8 +21,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .netcdf import (CALENDAR, CELL_METHODS, FILL_VALUE, TIME_UNITS, _check_axis, _check_leads, _check_product,
-                     _check_variables, _now, hours_since_epoch, software_versions)
+from .netcdf import (CALENDAR, FILL_VALUE, TIME_UNITS, _check_axis, _check_leads, _check_product, _check_variables,
+                     _now, hours_since_epoch, software_versions, variable_attributes)
 
 ZARR_SUFFIX = ".zarr"
 COMPRESSION_LEVEL = 1  # zstd level: fast enough that compression does not dominate the write
@@ -145,14 +145,8 @@ class ZarrForecastStore:
         shape = ((n_members,) if members else ()) + (1, len(leads), len(lat), len(lon))
         chunks = (1,) * (len(dims) - 2) + (chunk_rows, chunk_cols)
         for name in variables:
-            va = {"long_name": str(long_names[name])}
-            if standard_names.get(name):
-                va["standard_name"] = str(standard_names[name])
-            va["units"] = str(units[name])
-            if product in CELL_METHODS:
-                va["cell_methods"] = CELL_METHODS[product]
-            va["coordinates"] = "valid_time"
-            va["missing_value"] = float(FILL_VALUE)
+            va = variable_attributes(name, units, standard_names, long_names, product)
+            va["missing_value"] = float(va["missing_value"])  # JSON attributes
             root.create_array(name, shape=shape, chunks=chunks, dtype="f4", fill_value=FILL_VALUE,
                               dimension_names=dims, attributes=va,
                               compressors=ZstdCodec(level=COMPRESSION_LEVEL))
