@@ -48,6 +48,7 @@ class Forecaster:
         if cfg.cuda_graphs:
             check_cuda_graphs(self.device, self.grid)
         self.in_chans = int(getattr(model, "in_chans"))
+        self.noise_dim = int(getattr(model, "noise_dim", 0))  # > 0: a stochastic model (step takes noise)
         net = model
         if cfg.quantize != "none" or (cfg.compile and not isinstance(model, AFNONet)):
             memo = {id(self.grid): self.grid} if self.grid is not None else {}
@@ -90,23 +91,32 @@ class Forecaster:
         return self.members_per_pass
 
     # ---- stepping -----------------------------------------------------------------------------
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         with autocast(self.device, self.cfg.precision):
-            return self.runner(x).float()
+            return (self.runner(x) if noise is None else self.runner(x, noise)).float()
 
-    def _pass(self, x: torch.Tensor) -> torch.Tensor:
+    def _pass(self, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         if self._graphed is None:
-            return self._forward(x)
+            return self._forward(x, noise)
         n, mpp = x.shape[0], self.members_per_pass
+        xs = (x,) if noise is None else (x, noise)
         if n < mpp:  # pad the last pass (fewer members short than there are passes) to the captured size
-            x = torch.cat([x, x.new_zeros(mpp - n, *x.shape[1:])])
-        return self._graphed(x)[:n]
+            xs = tuple(torch.cat([t, t.new_zeros(mpp - n, *t.shape[1:])]) for t in xs)
+        return self._graphed(*xs)[:n]
 
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        """One 6-hour step of members ``x`` (B, C, rows, cols), normalised units; returns fp32 on this device."""
+    def step(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One 6-hour step of members ``x`` (B, C, rows, cols), normalised units; returns fp32 on this device.
+
+        ``noise``: a stochastic model's token noise of these members (B, h, w, noise_dim; see
+        :class:`hpc_fcn.ensemble.model_noise.ModelNoise`), None for the deterministic path.
+        """
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected members as (B, {self.in_chans}, rows, cols), got {tuple(x.shape)}")
         x = x.to(self.device, torch.float32, non_blocking=True).contiguous()
+        if noise is not None:
+            if noise.shape[0] != x.shape[0]:
+                raise ValueError(f"model noise for {noise.shape[0]} members given with {x.shape[0]} members")
+            noise = noise.to(self.device, torch.float32, non_blocking=True).contiguous()
         mpp = self.resolve_members_per_pass(x)
         outs = []
         with torch.no_grad():  # not inference_mode: callers may update the returned state in place
@@ -114,7 +124,7 @@ class Forecaster:
                 first = self.first_pass_seconds is None
                 t0 = time.perf_counter()
                 with self.tracer.region("forecaster.pass"):
-                    outs.append(self._pass(x[s:s + mpp]))
+                    outs.append(self._pass(x[s:s + mpp], None if noise is None else noise[s:s + mpp]))
                 if first:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)

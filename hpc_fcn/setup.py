@@ -18,6 +18,7 @@ from .runtime import UserError
 
 log = logging.getLogger("hpc_fcn")
 BUILTIN_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "builtin_model.ckpt"
+BUILTIN_STOCHASTIC = BUILTIN_CHECKPOINT.with_name("builtin_stochastic.ckpt")
 
 
 def data_root(data_cfg, comm) -> Path:
@@ -52,21 +53,28 @@ def rank_device(requested: str, comm=None, key: str = "inference.device", local_
     return device
 
 
-def checkpoint_path(ck: str) -> Path:
-    """The file ``model.checkpoint`` names (``builtin``: the committed model)."""
-    path = BUILTIN_CHECKPOINT if ck == "builtin" else Path(ck).expanduser()
-    if ck == "builtin" and not path.is_file():
-        raise ConfigError("config key 'model.checkpoint': the built-in model is not installed "
-                          f"({path} is missing); train it with python -m hpc_fcn.train config/train_builtin.yaml")
+def checkpoint_path(ck: str, stochastic: bool = False) -> Path:
+    """The file ``model.checkpoint`` names (``builtin``: the committed model, or its stochastic version)."""
+    if ck == "builtin":
+        path = BUILTIN_STOCHASTIC if stochastic else BUILTIN_CHECKPOINT
+        recipe = "train_stochastic" if stochastic else "train_builtin"
+        if not path.is_file():
+            raise ConfigError("config key 'model.checkpoint': the built-in model is not installed "
+                              f"({path} is missing); train it with python -m hpc_fcn.train config/{recipe}.yaml")
+        return path
+    path = Path(ck).expanduser()
     if not path.is_file():
         raise ConfigError(f"config key 'model.checkpoint': {path} does not exist")
     return path
 
 
-def serial_model(model_cfg, n_chans: int, grid_shape: tuple[int, int]):
+def serial_model(model_cfg, n_chans: int, grid_shape: tuple[int, int], add_noise: bool = False):
     """The serial AFNONet: the checkpoint's (``builtin`` = the committed model) or seeded random weights.
 
-    Returns the model in eval mode and the model config actually used (the checkpoint's wins).
+    ``model.stochastic`` asks for a stochastic model (token noise, :func:`hpc_fcn.model.afnonet.add_noise`):
+    a deterministic checkpoint is refused, unless ``add_noise`` (training) gives it a new noise
+    projection seeded by ``model.seed``. Returns the model in eval mode and the model config actually
+    used (the checkpoint's wins).
     """
     from .model import AFNONet, load_checkpoint
     ck = model_cfg.checkpoint
@@ -75,7 +83,13 @@ def serial_model(model_cfg, n_chans: int, grid_shape: tuple[int, int]):
         model = AFNONet(**model_cfg.kwargs(n_chans, n_chans))
         mcfg = model_cfg
     else:
-        model = load_checkpoint(checkpoint_path(ck))
+        model = load_checkpoint(checkpoint_path(ck, model_cfg.stochastic))
+        if model_cfg.stochastic and not getattr(model, "noise_dim", 0):
+            if not add_noise:
+                raise ConfigError(f"config key 'model.stochastic': the checkpoint {ck} is a deterministic model; use a "
+                                  "stochastic one (python -m hpc_fcn.train config/train_stochastic.yaml makes the "
+                                  "built-in one) or set model.stochastic: false")
+            model = with_new_noise(model, model_cfg.noise_dim, model_cfg.seed)
         mcfg = checkpoint_model_config(model_cfg, model)
         refuse_ignored_keys(model_cfg, mcfg, ck)
         if model.in_chans != n_chans or model.out_chans != n_chans:
@@ -87,13 +101,26 @@ def serial_model(model_cfg, n_chans: int, grid_shape: tuple[int, int]):
     return model.eval(), mcfg
 
 
+def with_new_noise(model, noise_dim: int, seed: int):
+    """A copy of the deterministic AFNONet ``model`` with a new token-noise projection (seeded, small)."""
+    from .model import AFNONet
+    net = AFNONet(**dict(model.config(), noise_dim=noise_dim))
+    net.load_state_dict(model.state_dict(), strict=False)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        net.noise_proj.weight.copy_(torch.randn(net.noise_proj.weight.shape, generator=gen) * 0.01)
+    return net.eval()
+
+
 def checkpoint_model_config(model_cfg, model):
     """``model_cfg`` with the architecture fields replaced by those the checkpoint ``model`` was built with."""
     mc = model.config()
+    noise = int(mc.get("noise_dim", 0))
     return replace(model_cfg, img_size=tuple(mc["img_size"]), patch_size=int(mc["patch_size"][0]),
                    embed_dim=mc["embed_dim"], depth=mc["depth"], mlp_ratio=float(mc["mlp_ratio"]),
                    num_blocks=mc["num_blocks"], sparsity_threshold=mc["sparsity_threshold"],
-                   hard_thresholding_fraction=mc["hard_thresholding_fraction"])
+                   hard_thresholding_fraction=mc["hard_thresholding_fraction"],
+                   noise_dim=noise or model_cfg.noise_dim, stochastic=bool(model_cfg.stochastic and noise))
 
 
 ARCHITECTURE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "mlp_ratio", "num_blocks", "sparsity_threshold",
@@ -119,5 +146,5 @@ def process_grid(parallel_cfg, comm, device: torch.device, tracer=None):
     return ProcessGrid.from_config(parallel_cfg, comm, tracer=tracer, device=str(device))
 
 
-__all__ = ["ARCHITECTURE_KEYS", "BUILTIN_CHECKPOINT", "checkpoint_model_config", "checkpoint_path", "data_root",
+__all__ = ["ARCHITECTURE_KEYS", "BUILTIN_CHECKPOINT", "BUILTIN_STOCHASTIC", "with_new_noise", "checkpoint_model_config", "checkpoint_path", "data_root",
            "process_grid", "rank_device", "refuse_ignored_keys", "serial_model"]

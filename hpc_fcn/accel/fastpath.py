@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..model.afnonet import AFNONet, mode_window, unpatchify
+from ..model.afnonet import AFNONet, add_noise, mode_window, unpatchify
 
 
 def interleaved_weight(w: torch.Tensor) -> torch.Tensor:
@@ -92,9 +92,10 @@ class FusedAFNONet(nn.Module):
     def spectral_weights(self, i: int) -> tuple[torch.Tensor, ...]:
         return tuple(getattr(self, f"spec{i}_{k}") for k in ("m1", "c1", "m2", "c2"))
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         net = self.net
         t = (net.patch_embed(x) + net.pos_embed).reshape(x.shape[0], net.h, net.w, net.embed_dim)
+        t = add_noise(net, t, noise)
         return t, net.blocks[0].norm1(t)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,11 +124,11 @@ class FusedAFNONet(nn.Module):
             s = torch.fft.ifft(s, dim=1, norm="ortho")
             return torch.fft.irfft(s, n=W, dim=2, norm="ortho")  # zero-pads the dropped columns
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         net = self.net
         if tuple(x.shape[-2:]) != net.img_size:
             raise ValueError(f"input grid {tuple(x.shape[-2:])} does not match img_size {net.img_size}")
-        h, n = self.embed_fn(x)
+        h, n = self.embed_fn(x) if noise is None else self.embed_fn(x, noise)
         lambd = net.sparsity_threshold
         for i, blk in enumerate(net.blocks):
             z = self.spectral_fn(self.forward_modes(n), *self.spectral_weights(i), lambd)

@@ -29,33 +29,38 @@ def check_cuda_graphs(device: torch.device, grid=None) -> None:
 
 
 class GraphedStep:
-    """A CUDA-graph replay of ``fn`` (one graph per input shape and dtype, captured on first use)."""
+    """A CUDA-graph replay of ``fn`` (one graph per input shapes and dtypes, captured on first use).
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], context: Callable[[], object] | None = None):
+    ``fn`` takes one or more tensors (a stochastic model's step also takes its noise); each is copied
+    into its static buffer before the replay.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor], context: Callable[[], object] | None = None):
         self.fn = fn
         self.context = context  # e.g. the autocast context, entered during warm-up and capture
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], torch.Tensor]] = {}
         self.pool = None  # one memory pool shared by every captured shape
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if self.context is None:
-            return self.fn(x)
+            return self.fn(*xs)
         with self.context():
-            return self.fn(x)
+            return self.fn(*xs)
 
-    def _capture(self, x: torch.Tensor):
-        if not x.is_cuda:
-            raise AccelError("CUDA graph replay needs its input on the GPU")
-        static_in = x.clone()
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
+    def _capture(self, xs: tuple[torch.Tensor, ...]):
+        if not all(x.is_cuda for x in xs):
+            raise AccelError("CUDA graph replay needs its inputs on the GPU")
+        device = xs[0].device
+        static_in = tuple(x.clone() for x in xs)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP_ITERS):
                 self._run(static_in)
-        torch.cuda.current_stream(x.device).wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(side)
         # The warm-up's activations sit in the allocator's cache; the graph's private pool cannot reuse them.
         # Hand them back so that capture finds the memory the pass size was computed for.
-        torch.cuda.synchronize(x.device)
+        torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
         if self.pool is None:
@@ -64,12 +69,13 @@ class GraphedStep:
             static_out = self._run(static_in)
         return graph, static_in, static_out
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        key = (tuple(x.shape), x.dtype, x.device)
+    def __call__(self, *xs: torch.Tensor) -> torch.Tensor:
+        key = tuple((tuple(x.shape), x.dtype, x.device) for x in xs)
         entry = self.graphs.get(key)
         if entry is None:
-            entry = self.graphs[key] = self._capture(x)
+            entry = self.graphs[key] = self._capture(xs)
         graph, static_in, static_out = entry
-        static_in.copy_(x)
+        for buf, x in zip(static_in, xs):
+            buf.copy_(x)
         graph.replay()
         return static_out.clone()

@@ -82,12 +82,22 @@ class EnsembleRun:
         else:
             self.perturber = Perturber(self.cfg.perturbation, channels=run.channels, nlat=ds.nlat, nlon=ds.nlon,
                                        rows=run.rows, cols=run.cols, seed=ens.seed, control=ens.control)
+        self.model_noise = None
+        mc = self.cfg.model
+        if mc.stochastic:
+            from ..model.config import token_grid
+            from .model_noise import ModelNoise
+            rows, cols = self.grid.token_window(mc.img_size, mc.patch_size)
+            self.model_noise = ModelNoise(mc.noise_dim, token_grid(mc.img_size, mc.patch_size), rows, cols,
+                                          seed=ens.seed, control=0 if ens.control else None)
+            log.info("stochastic model: %d noise channels per token, keyed by (seed, initial time, member, step)%s",
+                     mc.noise_dim, "; member 0 (control) runs without noise" if ens.control else "")
 
     def _identity(self) -> dict:
         from ..setup import checkpoint_path
         run, ck = self.resolved, self.cfg.model.checkpoint
         return run_identity(self.cfg, run.data_root, [run.ds.times[i] for i in self.plan.init_indices],
-                            self.plan.lead_steps, checkpoint_path(ck) if ck is not None else None)
+                            self.plan.lead_steps, checkpoint_path(ck, self.cfg.model.stochastic) if ck is not None else None)
 
     def step_bytes(self) -> tuple[int, int]:
         """(netCDF, resume snapshot) bytes of one output step, before compression."""
@@ -140,7 +150,8 @@ class EnsembleRun:
         products = Products(run, member_comm=scoring.comm, identity=self.identity)
         power = PowerSampler(run.device).start()
         t_start = time.perf_counter()
-        member_steps = Rollout(run, self.forecaster, self.perturber, products, scoring).run_all(store, marker)
+        member_steps = Rollout(run, self.forecaster, self.perturber, products, scoring,
+                               self.model_noise).run_all(store, marker)
         wall = time.perf_counter() - t_start
         self.energy = dict(power.stop().as_dict(), member_steps=member_steps)  # GPU joules (None without NVML)
         doc = self.finish(scoring, products, wall)

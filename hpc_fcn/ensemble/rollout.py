@@ -26,15 +26,24 @@ log = logging.getLogger("hpc_fcn")
 class Rollout:
     """The loop over initial times and steps of one run."""
 
-    def __init__(self, run: ResolvedRun, forecaster, perturber: Perturber, products: Products, scoring: Scoring):
+    def __init__(self, run: ResolvedRun, forecaster, perturber: Perturber, products: Products, scoring: Scoring,
+                 model_noise=None):
         self.run = run
+        self.model_noise = model_noise  # a stochastic model's ModelNoise (None: deterministic)
         self.forecaster = forecaster
         self.perturber = perturber
         self.products = products
         self.scoring = scoring
 
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forecaster.step(x)
+    def step(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forecaster.step(x, noise)
+
+    def noise(self, init_hours: int, step: int) -> torch.Tensor | None:
+        """The stochastic model's noise of this rank's members for model step ``step`` (None: deterministic)."""
+        if self.model_noise is None:
+            return None
+        with self.run.tracer.region("model_noise", "compute"):
+            return self.model_noise.sample(init_hours, self.run.my_members, step, self.run.device)
 
     # ---- initial states -----------------------------------------------------------------------
     def initial_state(self, init_index: int, x0_phys: np.ndarray) -> torch.Tensor:
@@ -130,6 +139,7 @@ class Rollout:
         run, plan, ds = self.run, self.run.plan, self.run.ds
         init_index = plan.init_indices[k]
         init_time = ds.times[init_index]
+        init_hours = as_hours(init_time)
         tag = time_tag(init_time)
         with run.tracer.region("io.read", "io"):
             x0 = ds.read(init_index, run.rows, run.cols)
@@ -147,8 +157,9 @@ class Rollout:
         try:
             for s in range(first, plan.lead_steps + 1):
                 if s > 0:
+                    noise = self.noise(init_hours, s)
                     with run.tracer.region("forecast.step", "compute"):
-                        state = self.step(state)
+                        state = self.step(state, noise)
                     if bar is not None:
                         bar.update(run.members)
                 finite.add(s, state)

@@ -124,7 +124,7 @@ class AFNONet(nn.Module):
     def __init__(self, img_size: Sequence[int] = (720, 1440), patch_size: int | Sequence[int] = 8,
                  in_chans: int = 20, out_chans: int = 20, embed_dim: int = 768, depth: int = 12,
                  mlp_ratio: float = 4.0, num_blocks: int = 8, sparsity_threshold: float = 0.01,
-                 hard_thresholding_fraction: float = 1.0):
+                 hard_thresholding_fraction: float = 1.0, noise_dim: int = 0):
         super().__init__()
         self.img_size = pair(img_size)
         self.patch_size = pair(patch_size)
@@ -149,6 +149,10 @@ class AFNONet(nn.Module):
             for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)  # in the checkpoint, never used in forward
         self.head = nn.Linear(embed_dim, out_chans * self.patch_size[0] * self.patch_size[1], bias=False)
+        # Stochastic model: ``noise_dim`` unit normals per token, projected into the token embedding.
+        self.noise_dim = int(noise_dim)
+        if self.noise_dim:
+            self.noise_proj = nn.Linear(self.noise_dim, embed_dim, bias=False)
         if not any(p.is_meta for p in self.parameters()):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
             self.apply(self._init_weights)
@@ -165,24 +169,46 @@ class AFNONet(nn.Module):
 
     def config(self) -> dict:
         """Constructor keywords that rebuild this network (stored in our checkpoints)."""
-        return dict(img_size=list(self.img_size), patch_size=list(self.patch_size),
-                    in_chans=self.in_chans, out_chans=self.out_chans, embed_dim=self.embed_dim,
-                    depth=self.depth, mlp_ratio=self.mlp_ratio, num_blocks=self.num_blocks,
-                    sparsity_threshold=self.sparsity_threshold,
-                    hard_thresholding_fraction=self.hard_thresholding_fraction)
+        cfg = dict(img_size=list(self.img_size), patch_size=list(self.patch_size),
+                   in_chans=self.in_chans, out_chans=self.out_chans, embed_dim=self.embed_dim,
+                   depth=self.depth, mlp_ratio=self.mlp_ratio, num_blocks=self.num_blocks,
+                   sparsity_threshold=self.sparsity_threshold,
+                   hard_thresholding_fraction=self.hard_thresholding_fraction)
+        if self.noise_dim:  # the published (deterministic) config stays as it was
+            cfg["noise_dim"] = self.noise_dim
+        return cfg
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
         if tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(f"input grid {tuple(x.shape[-2:])} does not match img_size {self.img_size}")
         x = self.patch_embed(x) + self.pos_embed
-        x = x.reshape(b, self.h, self.w, self.embed_dim)
+        x = add_noise(self, x.reshape(b, self.h, self.w, self.embed_dim), noise)
         for blk in self.blocks:
             x = blk(x)
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return unpatchify(self.head(self.forward_features(x)), self.patch_size, self.out_chans)
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One step; ``noise`` (B, h, w, noise_dim) token noise of a stochastic model (None: the deterministic path)."""
+        return unpatchify(self.head(self.forward_features(x, noise)), self.patch_size, self.out_chans)
+
+
+def add_noise(net: nn.Module, tokens: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """``tokens`` (B, h, w, C) plus the projected token ``noise`` (B, h, w, noise_dim) of a stochastic model.
+
+    Without noise (or for a deterministic model) the tokens pass unchanged: that path is the control
+    forecast. Noise given to a deterministic model is an error, never silently dropped.
+    """
+    if noise is None:
+        return tokens
+    dim = getattr(net, "noise_dim", 0)
+    if not dim:
+        raise ValueError("model noise was given but this model is deterministic (noise_dim 0): use a stochastic "
+                         "checkpoint (model.stochastic: true)")
+    if noise.shape[:-1] != tokens.shape[:-1] or noise.shape[-1] != dim:
+        raise ValueError(f"model noise {tuple(noise.shape)} does not fit the tokens {tuple(tokens.shape[:-1])} "
+                         f"x noise_dim {dim}")
+    return tokens + net.noise_proj(noise.to(tokens.dtype))
 
 
 class PeriodicPad2d(nn.Module):

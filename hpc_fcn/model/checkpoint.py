@@ -60,6 +60,8 @@ def infer_model_config(state: Mapping[str, torch.Tensor], hint: Mapping | None =
     cfg = dict(patch_size=[p1, p2], in_chans=in_chans, out_chans=head.shape[0] // (p1 * p2),
                embed_dim=embed_dim, depth=depth, mlp_ratio=fc1.shape[0] / embed_dim,
                num_blocks=w1.shape[1], sparsity_threshold=0.01, hard_thresholding_fraction=1.0)
+    if pre + "noise_proj.weight" in state:  # a stochastic model (hpc_fcn.model.afnonet.add_noise)
+        cfg["noise_dim"] = int(state[pre + "noise_proj.weight"].shape[1])
     if "img_size" not in hint:
         n = pos.shape[1]
         h = math.isqrt(n // 2)

@@ -55,6 +55,8 @@ class ModelConfig:
     hard_thresholding_fraction: float = 1.0
     checkpoint: str | None = None  # a file, 'builtin' (the committed trained model) or null (random weights)
     seed: int = 0  # for random weights
+    stochastic: bool = False  # the stochastic model: token noise per member and step (builtin: its own checkpoint)
+    noise_dim: int = 32  # stochastic: noise channels per token (a new model's; a checkpoint's own wins)
 
     def validate(self, prefix: str) -> None:
         p = f"{prefix}." if prefix else ""
@@ -70,13 +72,16 @@ class ModelConfig:
             fail(f"{p}hard_thresholding_fraction", f"must be in (0, 1], got {self.hard_thresholding_fraction}")
         if self.mlp_ratio <= 0:
             fail(f"{p}mlp_ratio", f"must be positive, got {self.mlp_ratio}")
+        if self.noise_dim < 1:
+            fail(f"{p}noise_dim", f"must be >= 1, got {self.noise_dim}")
 
     def kwargs(self, in_chans: int, out_chans: int) -> dict:
         """AFNONet constructor keywords."""
         return dict(img_size=tuple(self.img_size), patch_size=self.patch_size, in_chans=in_chans,
                     out_chans=out_chans, embed_dim=self.embed_dim, depth=self.depth, mlp_ratio=self.mlp_ratio,
                     num_blocks=self.num_blocks, sparsity_threshold=self.sparsity_threshold,
-                    hard_thresholding_fraction=self.hard_thresholding_fraction)
+                    hard_thresholding_fraction=self.hard_thresholding_fraction,
+                    noise_dim=self.noise_dim if self.stochastic else 0)
 
     def shape(self, in_chans: int = 20, out_chans: int | None = None) -> "ModelShape":
         return ModelShape.of(self.kwargs(in_chans, in_chans if out_chans is None else out_chans))

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..model import AFNONet, unpatchify
+from ..model.afnonet import add_noise
 from ..model.checkpoint import infer_model_config
 from ..model.config import pair
 from .grid import ProcessGrid
@@ -25,7 +26,7 @@ from .primitives import gather, reduce_from
 from .split import split_sizes
 
 _MODEL_KEYS = ("img_size", "patch_size", "in_chans", "out_chans", "embed_dim", "depth", "mlp_ratio",
-               "num_blocks", "sparsity_threshold", "hard_thresholding_fraction")
+               "num_blocks", "sparsity_threshold", "hard_thresholding_fraction", "noise_dim")
 
 
 class DistributedAFNONet(nn.Module):
@@ -34,7 +35,7 @@ class DistributedAFNONet(nn.Module):
     def __init__(self, grid: ProcessGrid, img_size=(720, 1440), patch_size=8, in_chans: int = 20,
                  out_chans: int = 20, embed_dim: int = 768, depth: int = 12, mlp_ratio: float = 4.0,
                  num_blocks: int = 8, sparsity_threshold: float = 0.01, hard_thresholding_fraction: float = 1.0,
-                 dtype: torch.dtype = torch.float32):
+                 noise_dim: int = 0, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.grid = grid
         self.img_size, self.patch_size = pair(img_size), pair(patch_size)
@@ -64,6 +65,10 @@ class DistributedAFNONet(nn.Module):
         n_out = out_chans * self.patch_size[0] * self.patch_size[1]
         self.head = nn.Linear(cl, n_out, bias=False, dtype=dtype)
         sharding.attach(self, "head.weight", sharding.split((n_out, embed_dim), (1, "matmul")))
+        self.noise_dim = int(noise_dim)
+        if self.noise_dim:  # stochastic model: token noise projected onto this rank's embedding channels
+            self.noise_proj = nn.Linear(self.noise_dim, cl, bias=False, dtype=dtype)
+            sharding.attach(self, "noise_proj.weight", sharding.split((embed_dim, self.noise_dim), (0, "matmul")))
 
     # ---- construction and checkpoints --------------------------------------------------------
     @classmethod
@@ -85,10 +90,13 @@ class DistributedAFNONet(nn.Module):
 
     def config(self) -> dict:
         """Constructor keywords of the equivalent serial AFNONet."""
-        return dict(img_size=list(self.img_size), patch_size=list(self.patch_size), in_chans=self.in_chans,
-                    out_chans=self.out_chans, embed_dim=self.embed_dim, depth=self.depth, mlp_ratio=self.mlp_ratio,
-                    num_blocks=self.num_blocks, sparsity_threshold=self.sparsity_threshold,
-                    hard_thresholding_fraction=self.hard_thresholding_fraction)
+        cfg = dict(img_size=list(self.img_size), patch_size=list(self.patch_size), in_chans=self.in_chans,
+                   out_chans=self.out_chans, embed_dim=self.embed_dim, depth=self.depth, mlp_ratio=self.mlp_ratio,
+                   num_blocks=self.num_blocks, sparsity_threshold=self.sparsity_threshold,
+                   hard_thresholding_fraction=self.hard_thresholding_fraction)
+        if self.noise_dim:
+            cfg["noise_dim"] = self.noise_dim
+        return cfg
 
     def load_serial_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load a full serial state dict (same keys and shapes as AFNONet), keeping this rank's shards."""
@@ -123,20 +131,21 @@ class DistributedAFNONet(nn.Module):
                                   1.0 / ens.size if average_data else 1.0)
 
     # ---- forward -----------------------------------------------------------------------------
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         rows, cols = self.window
         want = (rows.stop - rows.start, cols.stop - cols.start)
         if tuple(x.shape[-2:]) != want:
             raise ValueError(f"rank {self.grid.rank}: input window {tuple(x.shape[-2:])} is not this rank's "
                              f"window {want} (rows {rows.start}:{rows.stop}, cols {cols.start}:{cols.stop})")
-        x = self.patch_embed(x) + self.pos_embed
+        x = add_noise(self, self.patch_embed(x) + self.pos_embed, noise)
         for blk in self.blocks:
             x = blk(x)
         return x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, rows_local, cols_local) -> (B, out_chans, rows_local, cols_local)."""
-        y = reduce_from(self.head(self.forward_features(x)), self.grid.matmul, tag="head")
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, in_chans, rows_local, cols_local) -> (B, out_chans, rows_local, cols_local); ``noise``: this rank's
+        token window (B, h_local, w_local, noise_dim) of a stochastic model's noise (replicated over matmul)."""
+        y = reduce_from(self.head(self.forward_features(x, noise)), self.grid.matmul, tag="head")
         return unpatchify(y, self.patch_size, self.out_chans)
 
 

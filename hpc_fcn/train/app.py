@@ -19,7 +19,7 @@ log = logging.getLogger("hpc_fcn.train")
 
 def build_model(cfg: TrainConfig, nchan: int, grid_shape: tuple[int, int]) -> AFNONet:
     """The serial AFNONet (shared set-up): random weights from ``model.seed`` (the same on every rank) or a checkpoint."""
-    net, _ = serial_model(cfg.model, nchan, grid_shape)
+    net, _ = serial_model(cfg.model, nchan, grid_shape, add_noise=True)
     return net.train()
 
 

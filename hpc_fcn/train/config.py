@@ -41,6 +41,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float = 1.0  # maximum global gradient norm; 0 = no clipping
+    train_only: list[str] | None = None  # train only parameters whose names start with one of these (null = all)
 
     def validate(self, prefix: str) -> None:
         if self.weight_decay < 0:
@@ -55,7 +56,9 @@ class OptimConfig:
 
 @dataclass
 class LossConfig:
-    """Latitude-weighted MSE in normalised units, optionally weighted per channel."""
+    """Latitude-weighted MSE, or fair CRPS of an ensemble of a stochastic model's members, in normalised units."""
+    kind: Literal["mse", "crps"] = "mse"
+    members: int = 8  # crps: members per sample, split over the ensemble axis (which then holds members, not data)
     lat_weights: Literal["area", "fourcastnet", "none"] = "area"
     channel_weights: dict[str, float] = field(default_factory=dict)  # by name; missing channels weigh 1
 
@@ -63,6 +66,8 @@ class LossConfig:
         for name, w in self.channel_weights.items():
             if w < 0:
                 fail(f"{prefix}.channel_weights.{name}", f"must be >= 0, got {w}")
+        if self.members < 2:
+            fail(f"{prefix}.members", f"the fair CRPS needs at least 2 members, got {self.members}")
 
 
 @dataclass
@@ -120,3 +125,5 @@ class TrainConfig:
             fail("phases", "needs at least one phase (e.g. pretrain with rollout_steps 1)")
         if self.model.checkpoint == "builtin":
             fail("model.checkpoint", "training starts from a file or from random weights (null), not 'builtin'")
+        if self.loss.kind == "crps" and not self.model.stochastic:
+            fail("loss.kind", "crps trains the members of a stochastic model: set model.stochastic: true")

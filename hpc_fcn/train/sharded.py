@@ -33,7 +33,7 @@ class SerialShards:
     def reduce_gradients(self) -> None:
         """Sum gradients over the data-parallel ranks (each rank's loss is its share of the batch mean)."""
         if self.data is not None:
-            self.data.all_reduce_grads([p for _, p in self.named_parameters()], tag="grad_sum")
+            self.data.all_reduce_grads([p for _, p in self.named_parameters() if p.requires_grad], tag="grad_sum")
 
     def gather(self, local: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Full tensors from per-parameter shards (here: the tensors themselves, on the CPU)."""

@@ -17,9 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import to_dict
+from ..ensemble.model_noise import ModelNoise
+from ..ensemble.plan import as_hours
+from ..model.config import token_grid
+from ..parallel.split import offsets
+from .crps import EnsembleCRPS
 from . import state as ckpt_io
 from .config import PhaseConfig, TrainConfig
 from .data import WindowReader
@@ -33,6 +39,22 @@ from .validate import Validator, format_scores
 log = logging.getLogger("hpc_fcn.train")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def trainable(named: list, prefixes: list[str] | None) -> list:
+    """The (name, parameter) pairs to train: all, or those whose names start with one of ``prefixes`` (the
+    others are frozen: no gradient, no optimizer state)."""
+    if prefixes is None:
+        return list(named)
+    keep = [(k, p) for k, p in named if any(k.startswith(pre) for pre in prefixes)]
+    if not keep:
+        from ..config import ConfigError
+        raise ConfigError(f"config key 'optim.train_only': no parameter name starts with {', '.join(prefixes)}; "
+                          f"names look like {', '.join(k for k, _ in named[:4])}")
+    chosen = {id(p) for _, p in keep}
+    for _, p in named:
+        p.requires_grad_(id(p) in chosen)
+    return keep
 
 
 @dataclass
@@ -50,7 +72,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.module = shards.module
-        self.named = shards.named_parameters()
+        self.named = trainable(shards.named_parameters(), cfg.optim.train_only)
         self.params = [p for _, p in self.named]
         self.copies = shards.copies()
         o = cfg.optim
@@ -62,6 +84,17 @@ class Trainer:
         self.loss_fn = WeightedMSE(latitude_weights(train_ds.lat, cfg.loss.lat_weights),
                                    channel_weights(train_ds.channels, cfg.loss.channel_weights),
                                    topo.rows, topo.cols, train_ds.nlon).to(self.device)
+        self.crps = None
+        if cfg.loss.kind == "crps":  # the ensemble axis holds members of the same samples
+            self.crps = EnsembleCRPS(latitude_weights(train_ds.lat, cfg.loss.lat_weights),
+                                     channel_weights(train_ds.channels, cfg.loss.channel_weights),
+                                     topo.rows, topo.cols, train_ds.nlon, topo.data, cfg.loss.members).to(self.device)
+            first = offsets(self.crps.sizes)[topo.data_rank]
+            self.my_members = range(first, first + self.crps.local_members)
+            mc = cfg.model
+            self.token_window = topo.grid.token_window(mc.img_size, mc.patch_size)
+            self.token_grid = token_grid(mc.img_size, mc.patch_size)
+            self.noise_dim = int(self.module.noise_dim)
         self.validator = None
         if cfg.validation.enabled and valid_ds is not None:
             self.validator = Validator(WindowReader(valid_ds, topo.rows, topo.cols, self.device), topo,
@@ -81,6 +114,8 @@ class Trainer:
     def sampler(self, index: int) -> EpochSampler:
         ph = self.phases[index][1]
         starts = usable_starts(self.train_ds.times, ph.rollout_steps)
+        if self.crps is not None:  # every ensemble rank trains its members on the whole batch
+            return EpochSampler(starts, ph.batch_size, ph.samples_per_epoch, self.cfg.seed, index)
         return EpochSampler(starts, ph.batch_size, ph.samples_per_epoch, self.cfg.seed, index,
                             self.topo.data_rank, self.topo.data_size)
 
@@ -93,10 +128,30 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One model step on this rank's window."""
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One model step on this rank's window (``noise``: a stochastic model's token noise)."""
         with self.autocast():
-            return self.module(x)
+            return self.module(x) if noise is None else self.module(x, noise)
+
+    def member_noise(self, local: list[int], step: int) -> torch.Tensor:
+        """Token noise (m_local * B, h, w, noise_dim), member-major, keyed by (seed, phase, epoch; sample time,
+        member, step) like the ensemble app's, so that any layout draws the same noise for member k."""
+        pos = self.pos
+        seed = int(np.random.SeedSequence([self.cfg.seed, pos.phase, pos.epoch]).generate_state(1)[0])
+        gen = ModelNoise(self.noise_dim, self.token_grid, *self.token_window, seed=seed)
+        hours = [as_hours(self.train_ds.times[i]) for i in local]
+        return torch.stack([gen.member(h, m, step, self.device) for m in self.my_members for h in hours])
+
+    def crps_rollout_loss(self, seq: torch.Tensor, local: list[int], batch_size: int) -> torch.Tensor:
+        """This rank's members' share of the batch's fair CRPS, mean over steps and samples."""
+        steps, B = seq.shape[1] - 1, seq.shape[0]
+        m = self.crps.local_members
+        state = seq[:, 0].unsqueeze(0).expand(m, *seq[:, 0].shape).reshape(m * B, *seq.shape[2:])
+        total = seq.new_zeros(())
+        for k in range(1, steps + 1):
+            state = self.forward(state, self.member_noise(local, k))
+            total = total + self.crps(state.reshape(m, B, *state.shape[1:]), seq[:, k])
+        return total / (batch_size * steps)
 
     def rollout_loss(self, seq: torch.Tensor, batch_size: int) -> torch.Tensor:
         """This rank's share of the batch loss: mean over steps and samples, rolled out autoregressively."""
@@ -111,7 +166,10 @@ class Trainer:
         """One optimizer step on this rank's share ``local`` of a global batch; returns loss and norm."""
         seq = self.reader.sequences(local, phase.rollout_steps)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.rollout_loss(seq, phase.batch_size)
+        if self.crps is not None:
+            loss = self.crps_rollout_loss(seq, local, phase.batch_size)
+        else:
+            loss = self.rollout_loss(seq, phase.batch_size)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         self.shards.reduce_gradients()  # model group, then the sum over data-parallel ranks
         if self.scaler is not None:

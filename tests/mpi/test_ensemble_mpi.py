@@ -37,16 +37,24 @@ def members_of(outdir):
     return out
 
 
-@pytest.mark.parametrize("method", ["gaussian", "spherical", "bred"])
+@pytest.mark.parametrize("method", ["gaussian", "spherical", "bred", "stochastic"])
 def test_member_identical_across_layouts_and_batches(shared_tmp, method):
+    """``stochastic``: the stochastic model (token noise keyed by member and step) with gaussian initial noise."""
     world = MPI.COMM_WORLD
     solo = world.Split(0 if world.rank == 0 else MPI.UNDEFINED, world.rank)
     extra = [f"perturbation.method={method}", "initial_conditions.start=2002-01-03T00"]
+    if method == "stochastic":
+        extra = ["perturbation.method=gaussian", "perturbation.amplitude=0.05", "model.stochastic=true",
+                 "model.noise_dim=6", "initial_conditions.start=2002-01-03T00"]
     layouts = {"serial": (solo, []), "ens4": (world, ["parallel.ensemble=4"]),
                "h2e2": (world, ["parallel.h=2", "inference.members_per_pass=1"]),
                "w2m2": (world, ["parallel.w=2", "parallel.matmul=2", "parallel.ensemble=1"]),
                "h2e2_gloo": (world, ["parallel.h=2", "parallel.backend=torch"])}
-    if method != "gaussian":  # the noise path is layout-independent by construction; check two layouts
+    if method == "stochastic":  # 1 rank, ens4, h2 x ens2 and w2 x matmul2
+        layouts = {k: layouts[k] for k in ("serial", "ens4", "h2e2", "w2m2")}
+        extra.append("initial_conditions.count=1")
+        run(solo, shared_tmp, "stochastic_off", extra + ["model.stochastic=false"])
+    elif method != "gaussian":  # the noise path is layout-independent by construction; check two layouts
         layouts = {k: layouts[k] for k in ("serial", "h2e2")}
         extra.append("initial_conditions.count=1")
     docs = {}
@@ -58,6 +66,9 @@ def test_member_identical_across_layouts_and_batches(shared_tmp, method):
     if world.rank == 0:
         ref = members_of(shared_tmp / f"{method}_serial")
         assert len(ref) == (2 if method == "gaussian" else 1)
+        if method == "stochastic":  # the model noise acts: the members differ from the deterministic model's
+            off = members_of(shared_tmp / "stochastic_off")
+            assert all(np.abs(ref[f] - off[f]).max() > 1e-3 * np.abs(off[f]).max() for f in ref)
         for name in layouts.keys() - {"serial"}:  # each layout against the serial run
             got = members_of(shared_tmp / f"{method}_{name}")
             assert got.keys() == ref.keys()

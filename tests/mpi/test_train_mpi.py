@@ -118,3 +118,47 @@ def test_validation_scores_do_not_depend_on_the_layout(shared, serial_run):
         for var in a["rmse"][lead]:
             assert a["rmse"][lead][var] == pytest.approx(b["rmse"][lead][var], rel=1e-5)
             assert a["acc"][lead][var] == pytest.approx(b["acc"][lead][var], rel=1e-5, abs=1e-6)
+
+
+# ---- the stochastic model trained with the fair CRPS over the ensemble axis -----------------------------
+CRPS = ["model.stochastic=true", "model.noise_dim=4", "loss.kind=crps", "loss.members=5",
+        "phases={crps: {epochs: 1, rollout_steps: 2, batch_size: 2, lr: 1.0e-3}}"]
+CRPS_LAYOUTS = {  # 5 members: 3 + 2 on two ensemble ranks, 2 + 1 + 1 + 1 on four
+    "ens2": (2, ["parallel.ensemble=2"]),
+    "ens2_h2": (4, ["parallel.ensemble=2", "parallel.h=2"]),
+    "ens2_matmul2": (4, ["parallel.ensemble=2", "parallel.matmul=2"]),
+    "ens4": (4, ["parallel.ensemble=4"]),
+}
+
+
+@pytest.fixture(scope="module")
+def crps_serial(shared):
+    """One CRPS step of the stochastic model on one rank: all 5 members, the whole grid."""
+    out = shared / f"crps_serial_{MPI.COMM_WORLD.rank}"
+    trainer = build_trainer(tiny_config(shared / "data", out, CRPS), MPI.COMM_SELF)
+    before = {k: v.clone() for k, v in trainer.shards.full_state_dict().items()}
+    trainer.run(max_steps=1)
+    return {"before": before, "after": trainer.shards.full_state_dict(), "loss": trainer.history[0]["loss"],
+            "grad_norm": trainer.history[0]["grad_norm"]}
+
+
+@pytest.mark.parametrize("layout", list(CRPS_LAYOUTS))
+def test_crps_step_of_the_stochastic_model_matches_serial(shared, crps_serial, layout):
+    """Members over the ensemble axis (cross-member term: all-gather, adjoint reduce-scatter) with h / matmul
+    model parallelism: the loss, the clipped global gradient norm and the updated weights equal one rank's."""
+    world = MPI.COMM_WORLD
+    n, overrides = CRPS_LAYOUTS[layout]
+    comm = world.Split(0 if world.rank < n else MPI.UNDEFINED, world.rank)
+    if comm != MPI.COMM_NULL:
+        trainer = build_trainer(tiny_config(shared / "data", shared / f"crps_{layout}", CRPS + overrides), comm)
+        trainer.run(max_steps=1)
+        got = trainer.shards.full_state_dict()
+        comm.Free()
+        want = crps_serial["after"]
+        moved = _rel(want["noise_proj.weight"], crps_serial["before"]["noise_proj.weight"])
+        assert moved > 1e-4  # the step trained the noise projection
+        worst = max((_rel(got[k], want[k]), k) for k in want)
+        assert worst[0] < 1e-5, f"{layout}: {worst[1]} differs by {worst[0]:.2e} (relative)"
+        assert trainer.history[0]["loss"] == pytest.approx(crps_serial["loss"], rel=1e-5)
+        assert trainer.history[0]["grad_norm"] == pytest.approx(crps_serial["grad_norm"], rel=1e-5)
+    world.Barrier()

@@ -1,0 +1,112 @@
+"""The stochastic model: token noise keyed by (seed, time, member, step), its checkpoints and its switch."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hpc_fcn.accel import FusedAFNONet
+from hpc_fcn.config import ConfigError
+from hpc_fcn.ensemble.model_noise import ModelNoise
+from hpc_fcn.model import AFNONet, load_checkpoint
+from hpc_fcn.model.checkpoint import save_checkpoint
+from hpc_fcn.model.config import ModelConfig
+from hpc_fcn.setup import BUILTIN_CHECKPOINT, BUILTIN_STOCHASTIC, checkpoint_path, serial_model, with_new_noise
+
+KW = dict(img_size=(16, 32), patch_size=4, in_chans=3, out_chans=3, embed_dim=16, depth=2, num_blocks=4)
+
+
+def stochastic_net(noise_dim=6, seed=0):
+    torch.manual_seed(seed)
+    return AFNONet(**KW, noise_dim=noise_dim).eval()
+
+
+def test_noise_free_path_is_the_deterministic_model():
+    """Without noise the stochastic model is its backbone: the control member is the deterministic forecast."""
+    net = stochastic_net()
+    plain = AFNONet(**KW).eval()
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("noise_proj")})
+    x = torch.randn(2, 3, 16, 32)
+    with torch.no_grad():
+        assert torch.equal(net(x), plain(x))
+        z = torch.randn(2, 4, 8, 6)
+        assert (net(x, z) - plain(x)).abs().max() > 1e-3
+
+
+def test_fused_inference_path_takes_the_noise():
+    net = stochastic_net()
+    x, z = torch.randn(3, 3, 16, 32), torch.randn(3, 4, 8, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(FusedAFNONet(net)(x, z), net(x, z), rtol=1e-5, atol=1e-5)
+
+
+def test_noise_for_a_deterministic_model_or_of_the_wrong_shape_is_an_error():
+    x = torch.randn(1, 3, 16, 32)
+    with pytest.raises(ValueError, match="deterministic"):
+        AFNONet(**KW)(x, torch.randn(1, 4, 8, 6))
+    with pytest.raises(ValueError, match="noise_dim 6"):
+        stochastic_net()(x, torch.randn(1, 4, 8, 5))
+
+
+def test_checkpoint_round_trip_keeps_the_noise_dim(tmp_path):
+    net = stochastic_net(noise_dim=5)
+    save_checkpoint(tmp_path / "s.ckpt", net)
+    back = load_checkpoint(tmp_path / "s.ckpt")
+    assert back.noise_dim == 5 and back.config()["noise_dim"] == 5
+    assert "noise_dim" not in AFNONet(**KW).config()  # the published config is unchanged
+    assert torch.equal(back.noise_proj.weight, net.noise_proj.weight)
+
+
+@pytest.mark.parametrize("dim", [6, 5])  # even: the paired fast path; odd: one counter per value
+def test_model_noise_is_keyed_by_member_and_step_and_windows_slice_the_global_field(dim):
+    full = ModelNoise(dim, (8, 12), slice(0, 8), slice(0, 12), seed=7, control=0)
+    a = full.sample(1000, [0, 1, 2], step=3)
+    assert a.shape == (3, 8, 12, dim)
+    assert torch.equal(a[0], torch.zeros(8, 12, dim))  # the control runs the noise-free path
+    assert abs(float(a[1:].std()) - 1.0) < 0.1 and abs(float(a[1:].mean())) < 0.1
+    assert not torch.equal(a[1], a[2])
+    assert not torch.equal(a[1], full.sample(1000, [1], step=4)[0])  # new noise every step
+    assert not torch.equal(a[1], full.sample(1006, [1], step=3)[0])  # and every initial time
+    window = ModelNoise(dim, (8, 12), slice(3, 7), slice(5, 12), seed=7, control=0)
+    assert torch.equal(window.sample(1000, [2], step=3)[0], a[2, 3:7, 5:12])
+    assert torch.equal(full.sample(1000, [2, 1], step=3)[0], a[2])  # independent of the member batch
+
+
+def test_stochastic_switch_resolves_the_builtin_checkpoint_and_refuses_a_deterministic_one(tmp_path):
+    assert checkpoint_path("builtin") == BUILTIN_CHECKPOINT
+    if BUILTIN_STOCHASTIC.is_file():
+        assert checkpoint_path("builtin", stochastic=True) == BUILTIN_STOCHASTIC
+    plain = AFNONet(**KW)
+    save_checkpoint(tmp_path / "plain.ckpt", plain)
+    cfg = ModelConfig(img_size=(16, 32), patch_size=4, embed_dim=16, depth=2, num_blocks=4,
+                      checkpoint=str(tmp_path / "plain.ckpt"), stochastic=True)
+    with pytest.raises(ConfigError, match="model.stochastic"):
+        serial_model(cfg, 3, (16, 32))
+    net, mcfg = serial_model(cfg, 3, (16, 32), add_noise=True)  # training adds a new noise projection
+    assert net.noise_dim == cfg.noise_dim and mcfg.stochastic
+    assert torch.equal(net.patch_embed.proj.weight, plain.patch_embed.proj.weight)
+
+
+def test_with_new_noise_is_seeded():
+    plain = AFNONet(**KW)
+    a, b = with_new_noise(plain, 4, seed=1), with_new_noise(plain, 4, seed=1)
+    assert torch.equal(a.noise_proj.weight, b.noise_proj.weight)
+    assert not torch.equal(a.noise_proj.weight, with_new_noise(plain, 4, seed=2).noise_proj.weight)
+
+
+def test_crps_training_needs_the_stochastic_switch(tmp_path):
+    from hpc_fcn.config import from_dict
+    from hpc_fcn.train.config import TrainConfig
+    with pytest.raises(ConfigError, match="loss.kind"):
+        from_dict(TrainConfig, {"loss": {"kind": "crps"}}, [])
+    with pytest.raises(ConfigError, match="loss.members"):
+        from_dict(TrainConfig, {"model": {"stochastic": True}, "loss": {"kind": "crps", "members": 1}}, [])
+
+
+def test_train_only_freezes_the_rest_and_names_a_prefix_that_matches_nothing():
+    from hpc_fcn.train.trainer import trainable
+    net = stochastic_net()
+    keep = trainable(list(net.named_parameters()), ["noise_proj"])
+    assert [k for k, _ in keep] == ["noise_proj.weight"]
+    assert not net.patch_embed.proj.weight.requires_grad and net.noise_proj.weight.requires_grad
+    with pytest.raises(ConfigError, match="optim.train_only"):
+        trainable(list(net.named_parameters()), ["nothing"])
