@@ -162,6 +162,12 @@ def plot_skill(metrics: dict, out_dir: Path) -> list[Path]:
             ax.plot(days, _series(scores[name][var]), "o-", label="ensemble mean" if name in ("rmse", "acc") else "ensemble")
             if name == "rmse" and var in scores.get("spread", {}):
                 ax.plot(days, _series(scores["spread"][var]), "s--", label="spread")
+            if name == "ssr" and var in scores.get("ssr_corrected", {}):
+                # 1 for a calibrated ensemble; the plain ratio's is sqrt(M / (M + 1)) (docs/ensembles.md)
+                ax.plot(days, _series(scores["ssr_corrected"][var]), "s-", label="corrected")
+                m = metrics.get("members")
+                if isinstance(m, int) and m > 0:
+                    ax.axhline(math.sqrt(m / (m + 1)), color="grey", lw=0.8, ls=":", label="perfect, plain")
             for baseline in ("persistence", "climatology"):
                 curve = metrics.get(baseline, {}).get(name, {}).get(var)
                 if curve is not None:
