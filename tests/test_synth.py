@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 
 import h5py
 import numpy as np
@@ -133,6 +134,29 @@ def test_builtin_root_and_ensure_builtin_reuse(tiny, tmp_path, monkeypatch):
         builtin.ensure_builtin(log=messages.append)
     monkeypatch.delenv(builtin.ENV_VAR)
     assert builtin.builtin_root().name.startswith("builtin-sw-v")
+
+
+def test_a_second_process_waits_for_the_first_generator_instead_of_generating_again(tiny, tmp_path, monkeypatch):
+    import fcntl
+    import shutil
+    import threading
+    root = tmp_path / "cache" / "builtin"
+    monkeypatch.setenv(builtin.ENV_VAR, str(root))
+    calls, messages = [], []
+    monkeypatch.setattr(builtin, "generate", lambda *a, **k: calls.append(a))
+    root.parent.mkdir(parents=True)
+    with open(root.parent / f".{root.name}.lock", "w") as held:  # "another process" generating now
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiter = threading.Thread(target=lambda: builtin.ensure_builtin(log=messages.append))
+        waiter.start()
+        for _ in range(100):
+            if messages:
+                break
+            time.sleep(0.05)
+        assert waiter.is_alive() and "waiting for another process" in messages[0]
+        shutil.copytree(tiny, root)  # the other process finishes
+    waiter.join(timeout=10)
+    assert not waiter.is_alive() and calls == []  # found complete after the wait: not generated twice
 
 
 def _weights(nlat):

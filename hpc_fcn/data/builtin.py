@@ -5,6 +5,7 @@ changes whenever the generator's output does, so a stale cache is never mistaken
 """
 from __future__ import annotations
 
+import fcntl
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,6 +22,19 @@ def is_complete(root: Path) -> bool:
 def _generate_if_missing(root: Path, log: Callable[[str], None]) -> None:
     if is_complete(root):
         return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # One generator per machine: independent runs started before the cache exists wait for the first.
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another process that is generating the built-in dataset into {root}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_complete(root):
+            _generate(root, log)
+
+
+def _generate(root: Path, log: Callable[[str], None]) -> None:
     if root.exists() and any(root.iterdir()):
         raise RuntimeError(f"{root} exists but holds no complete dataset; remove it (or unset ${ENV_VAR}) "
                            f"and run again")
