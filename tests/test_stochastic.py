@@ -69,6 +69,7 @@ def test_model_noise_is_keyed_by_member_and_step_and_windows_slice_the_global_fi
     window = ModelNoise(dim, (8, 12), slice(3, 7), slice(5, 12), seed=7, control=0)
     assert torch.equal(window.sample(1000, [2], step=3)[0], a[2, 3:7, 5:12])
     assert torch.equal(full.sample(1000, [2, 1], step=3)[0], a[2])  # independent of the member batch
+    assert torch.equal(full.member(1000, 2, step=3), a[2])  # the batched draw equals the one-member draw
 
 
 def test_stochastic_switch_resolves_the_builtin_checkpoint_and_refuses_a_deterministic_one(tmp_path):

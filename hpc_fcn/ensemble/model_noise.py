@@ -37,16 +37,33 @@ class ModelNoise:
         if member == self.control:
             return torch.zeros(shape, device=device)
         key = member_key(self.seed, init_hours, member, MODEL_NOISE_TAG)
-        r = torch.tensor(list(self.rows), device=device, dtype=torch.int64).view(-1, 1)
-        c = torch.tensor(list(self.cols), device=device, dtype=torch.int64).view(1, -1)
-        start = ((int(step) * self.H + r) * self.W + c) * self.dim  # counter of each token's first channel
+        start = self._starts(step, device)
         if self.dim % 2 == 0:
             return row_normals(start, self.dim, 0, key)
         return normals(start.unsqueeze(-1) + torch.arange(self.dim, device=device), key)
 
     def sample(self, init_hours: int, members: Sequence[int], step: int,
                device: torch.device | str = "cpu") -> torch.Tensor:
-        """(len(members), h_local, w_local, noise_dim) noise of ``members`` at ``step``."""
-        if not len(members):
+        """(len(members), h_local, w_local, noise_dim) noise of ``members`` at ``step``, drawn in one batch
+        (the members' keys broadcast over the counters; equal to :meth:`member` bit for bit)."""
+        members = list(members)
+        if not members:
             return torch.zeros((0, len(self.rows), len(self.cols), self.dim), device=device)
-        return torch.stack([self.member(init_hours, m, step, device) for m in members])
+        keys = [member_key(self.seed, init_hours, m, MODEL_NOISE_TAG) for m in members]
+        key = tuple(torch.tensor([k[i] for k in keys], device=device, dtype=torch.int64).view(-1, 1, 1, 1)
+                    for i in (0, 1))
+        start = self._starts(step, device)
+        if self.dim % 2 == 0:
+            z = row_normals(start, self.dim, 0, key)
+        else:
+            z = normals(start.unsqueeze(-1) + torch.arange(self.dim, device=device), key)
+        z = z.expand(len(members), *z.shape[1:]).contiguous()
+        if self.control in members:
+            z[members.index(self.control)] = 0.0
+        return z
+
+    def _starts(self, step: int, device) -> torch.Tensor:
+        """The counter of each window token's first channel at ``step`` (h_local, w_local)."""
+        r = torch.tensor(list(self.rows), device=device, dtype=torch.int64).view(-1, 1)
+        c = torch.tensor(list(self.cols), device=device, dtype=torch.int64).view(1, -1)
+        return ((int(step) * self.H + r) * self.W + c) * self.dim
