@@ -18,6 +18,7 @@ import torch
 from ..accel.hostcopy import HostBuffers, HostCopy
 from ..config import dump_yaml
 from ..io.outdir import check_space, write_failure
+from ..runtime import fail_together
 from .report import format_table, timing_table
 from .resolve import ResolvedRun
 
@@ -179,6 +180,7 @@ class Products:
                 jobs.append(_region_job(files["members"], li, host.share(), channels=oi, rows=run.rows,
                                         cols=run.cols, members=slice(mine.start, mine.stop)))
             with run.tracer.region("io.submit", "io"):
+                fail_together(run.grid.world, self._bg.take_error(), tag="zarr_write")  # an earlier write's
                 self._bg.submit(jobs)
             return
         host = host.numpy() if host is not None else None
@@ -209,8 +211,8 @@ class Products:
         if not self.zarr:
             return  # the netCDF writer flushes at every output step
         with self.run.tracer.region("io.wait", "io"):
-            self._bg.wait()
-        self.run.grid.world.barrier(tag="settle")
+            self._bg.drain()
+        fail_together(self.run.grid.world, self._bg.take_error(), tag="settle")  # and the barrier
         if self.run.comm.rank == 0:
             self.record_leads(files, leads_complete)
 

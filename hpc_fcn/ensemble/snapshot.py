@@ -26,8 +26,8 @@ from typing import Any, Callable
 import torch
 
 from ..accel.hostcopy import HostBuffers
-from ..io.outdir import OutputError, check_space, remove_tree, write_failure
-from ..runtime import UserError
+from ..io.outdir import check_space, remove_tree, write_failure
+from ..runtime import UserError, fail_together
 from .identity import check_resume
 
 MARGIN = 1 << 20  # bytes kept free beyond a snapshot file's estimate (pickling, file system metadata)
@@ -159,13 +159,7 @@ class SnapshotStore:
         err = p.error
         if self.writer is not None:
             err = err or self.writer.take_error()
-        mine = None if err is None else (getattr(err, "errno", None), _one_line(err), isinstance(err, OSError))
-        failed = [(r, e) for r, e in enumerate(self.comm.allgather(mine, tag="snapshot")) if e is not None]
-        if failed:
-            rank, (code, msg, oserror) = failed[0]
-            if oserror:
-                raise OutputError(code or 5, msg)
-            raise RuntimeError(f"rank {rank}: {msg}")
+        fail_together(self.comm, err, tag="snapshot")
         if self.comm.rank == 0:
             if p.on_complete is not None:
                 p.on_complete()
@@ -225,11 +219,6 @@ class _Pending:
         self.progress, self.slot, self.on_complete = dict(progress), slot, on_complete
         self.done = threading.Event()
         self.error: BaseException | None = None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def _payload_bytes(obj: Any) -> int:

@@ -1,7 +1,7 @@
 """One background writer thread per run, so that the step loop never waits for the disk.
 
 Output writes and resume snapshots are queued as jobs and run in order; an error of a job is kept and
-re-raised in the main thread at the next sync point (``submit``, ``wait`` or ``take_error``). The thread is
+re-raised in the main thread at the next sync point (``wait`` or ``take_error``). The thread is
 joined by ``close`` (or on leaving a ``with`` block), on success and on error.
 """
 from __future__ import annotations
@@ -52,21 +52,24 @@ class BackgroundWriter:
 
     def submit(self, jobs: Sequence[Callable[[], None]]) -> threading.Event:
         """Queue one batch of jobs (run in order after the batches before it); returns the event set when it has
-        run. Waits first while ``depth`` batches are in flight; raises an earlier job's error."""
-        self._raise()
+        run. Waits first while ``depth`` batches are in flight. An earlier job's error is not raised here (only
+        by ``wait`` and ``take_error``, where the ranks can agree on it); the batches after it are skipped."""
         self._pending = [e for e in self._pending if not e.is_set()]
         while len(self._pending) >= self._depth:
             self._pending.pop(0).wait()
-            self._raise()
         done = threading.Event()
         self._pending.append(done)
         self._q.put((list(jobs), done))
         return done
 
-    def wait(self) -> None:
-        """Block until every queued job has run; raise the first error."""
+    def drain(self) -> None:
+        """Block until every queued job has run (an error stays for ``take_error``)."""
         while self._pending:
             self._pending.pop(0).wait()
+
+    def wait(self) -> None:
+        """Block until every queued job has run; raise the first error."""
+        self.drain()
         self._raise()
 
     def take_error(self) -> BaseException | None:
