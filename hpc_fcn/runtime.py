@@ -6,6 +6,7 @@ whole job is aborted, so no rank is left waiting in a collective.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -37,6 +38,27 @@ def root_decides(comm, fn: Callable[[], object]):
     if error is not None:
         raise UserError(error)
     return result
+
+
+def fail_together(comm, error: BaseException | None, tag: str = "failure") -> None:
+    """Share ``error`` (this rank's, or None) over ``comm`` and raise the first failing rank's on every rank.
+
+    For failures found on some ranks only (a write on the writer thread): every rank then stops alike, so
+    ``main_guard`` prints one line and no rank waits in a collective. An ``OSError`` is raised as a one-line
+    :class:`~hpc_fcn.io.outdir.OutputError`, anything else as a ``RuntimeError`` naming the rank. Collective.
+    """
+    mine = None
+    if error is not None:
+        text = (str(error) or type(error).__name__).splitlines()[0]
+        mine = (getattr(error, "errno", None), text, isinstance(error, OSError))
+    failed = [(r, e) for r, e in enumerate(comm.allgather(mine, tag=tag)) if e is not None]
+    if not failed:
+        return
+    from .io.outdir import OutputError
+    rank, (code, text, oserror) = failed[0]
+    if oserror:
+        raise OutputError(code or errno.EIO, text)
+    raise RuntimeError(f"rank {rank}: {text}")
 
 
 def world():

@@ -19,6 +19,7 @@ from ensemble_setup import CLI_ENV as ENV, ROOT, command, error_lines, run_cli, 
 from hpc_fcn.config import ConfigError, dump_yaml, from_dict, load_config
 from hpc_fcn.ensemble.config import EnsembleConfig
 from hpc_fcn.ensemble.snapshot import SnapshotStore
+from hpc_fcn.io.background import BackgroundWriter
 from hpc_fcn.io.outdir import LOCK_NAME, OutputError, OutputLock, _start_time
 from hpc_fcn.parallel.comm import make_communicator
 
@@ -239,25 +240,56 @@ def test_full_disk_is_named_and_the_last_snapshot_resumes_identically(setup, tmp
 
 
 def test_snapshot_on_a_full_disk_keeps_the_previous_one(tmp_path, monkeypatch):
+    """The write fails on the writer thread: ``save`` returns, ``complete`` names the file, the marker stays."""
     world = make_communicator("mpi", MPI.COMM_SELF, "world")
     box = dict(members=range(0, 2), rows=slice(0, 3), cols=slice(0, 4))
-    store = SnapshotStore(tmp_path, world, {"members": 2}, identity={"k": 1})
-    store.save({"init_pos": 0, "step": 2}, torch.ones(2, 1, 3, 4), **box, scores={"s": 1})
+    with BackgroundWriter() as writer:
+        store = SnapshotStore(tmp_path, world, {"members": 2}, identity={"k": 1}, writer=writer)
+        store.save({"init_pos": 0, "step": 2}, torch.ones(2, 1, 3, 4), **box, scores={"s": 1})
+        store.complete()
 
-    def full(obj, f, *a, **k):
-        Path(f).write_bytes(b"torn")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos 64 vs 0")
-    monkeypatch.setattr(torch, "save", full)
-    monkeypatch.setattr("hpc_fcn.io.outdir.free_bytes", lambda p: 0 if "resume" in str(p) else 10 ** 12)
-    monkeypatch.setattr("hpc_fcn.ensemble.snapshot.check_space", lambda *a: None)  # the write itself fails
-    with pytest.raises(OutputError, match=r"cannot write .*m0-2_r0-3_c0-4.pt: No space left on device"):
-        store.save({"init_pos": 0, "step": 4}, torch.zeros(2, 1, 3, 4), **box, scores={"s": 2})
+        def full(obj, f, *a, **k):
+            Path(f).write_bytes(b"torn")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos 64 vs 0")
+        monkeypatch.setattr(torch, "save", full)
+        monkeypatch.setattr("hpc_fcn.io.outdir.free_bytes", lambda p: 0 if "resume" in str(p) else 10 ** 12)
+        monkeypatch.setattr("hpc_fcn.ensemble.snapshot.check_space", lambda *a: None)  # the write itself fails
+        store.save({"init_pos": 0, "step": 4}, torch.zeros(2, 1, 3, 4), **box, scores={"s": 2})  # queued
+        with pytest.raises(OutputError, match=r"cannot write .*m0-2_r0-3_c0-4.pt: No space left on device"):
+            store.complete()
+        assert not store.in_flight
+    assert not writer.alive
     marker = store.check()
     assert marker["step"] == 2
     monkeypatch.undo()
     state, scores = SnapshotStore(tmp_path, world, {"members": 2}).load(marker, **box, channels=1)
     assert torch.equal(state, torch.ones(2, 1, 3, 4)) and scores == {"s": 1}
     assert not list((tmp_path / ".resume").rglob("*.tmp"))
+
+
+def test_async_snapshot_equals_the_synchronous_one(tmp_path):
+    """Files written on the writer thread hold what a snapshot written in the calling thread holds, even when
+    the caller changes the state in place right after ``save``; one slot is kept once the marker names it."""
+    world = make_communicator("mpi", MPI.COMM_SELF, "world")
+    box = dict(members=range(3, 5), rows=slice(2, 5), cols=slice(0, 4))
+    state = torch.randn(2, 3, 3, 4)
+    scores = {"acc": np.arange(6.0)}
+    with BackgroundWriter() as writer:
+        store = SnapshotStore(tmp_path / "async", world, {"members": 5}, writer=writer)
+        for step in (2, 4):
+            expected = state.clone()
+            store.save({"init_pos": 1, "step": step}, state, **box, scores=scores)
+            state.add_(1.0)  # the next steps run while the snapshot is written
+        store.complete()
+    sync = SnapshotStore(tmp_path / "sync", world, {"members": 5})
+    sync.save({"init_pos": 1, "step": 4}, expected, **box, scores=scores)
+    sync.complete()
+    a, b = sync.read_marker(), store.read_marker()
+    assert a["step"] == b["step"] == 4
+    sa, ca = sync.load(a, **box, channels=3)
+    sb, cb = store.load(b, **box, channels=3)
+    assert torch.equal(sa, sb) and torch.equal(sb, expected) and np.array_equal(ca["acc"], cb["acc"])
+    assert sorted(p.name for p in (tmp_path / "async" / ".resume").iterdir()) == ["progress.json", "slot2"]
 
 
 # ---- start-up checks -----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..accel.power import PowerSampler, joules_per_member_step
 from ..config import save_resolved
+from ..io.background import BackgroundWriter
 from ..io.outdir import OutputLock, free_bytes, human
 from ..runtime import UserError, root_decides
 from ..tracing import Tracer
@@ -138,16 +139,21 @@ class EnsembleRun:
             self.release()
 
     def _run(self) -> dict:
+        """The run with its writer thread (outputs and snapshots), which is joined on success and on error."""
+        with BackgroundWriter(what=f"the outputs in {self.outdir}") as writer:
+            return self._run_with(writer)
+
+    def _run_with(self, writer: BackgroundWriter) -> dict:
         run, comm = self.resolved, self.comm
         store = SnapshotStore(self.outdir, self.grid.world, dict(
             members=run.members, inits=[str(run.ds.times[i]) for i in self.plan.init_indices],
             steps=self.plan.lead_steps, output_steps=self.plan.output_steps, grid=[run.ds.nlat, run.ds.nlon],
             channels=run.channels, variables=run.out_vars, format=self.cfg.output.format,
-            output_members=self.cfg.output.members), identity=self.identity)
+            output_members=self.cfg.output.members), identity=self.identity, writer=writer)
         marker = root_decides(comm, lambda: self._start(store))
         self.grid.world.barrier(tag="start")
         scoring = Scoring(run)
-        products = Products(run, member_comm=scoring.comm, identity=self.identity)
+        products = Products(run, member_comm=scoring.comm, identity=self.identity, writer=writer)
         power = PowerSampler(run.device).start()
         t_start = time.perf_counter()
         member_steps = Rollout(run, self.forecaster, self.perturber, products, scoring,

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..accel.hostcopy import HostBuffers, HostCopy
 from ..config import dump_yaml
 from ..io.outdir import check_space, write_failure
+from ..runtime import fail_together
 from .report import format_table, timing_table
 from .resolve import ResolvedRun
 
@@ -27,7 +29,9 @@ MARGIN = 1 << 20  # bytes kept free beyond a lead's estimate (netCDF/HDF5 metada
 class Products:
     """Ensemble statistics and the output files (netCDF through rank 0, or zarr written by every rank) of one run."""
 
-    def __init__(self, run: ResolvedRun, member_comm, identity: dict | None = None):
+    def __init__(self, run: ResolvedRun, member_comm, identity: dict | None = None, writer=None):
+        """``writer``: the run's :class:`~hpc_fcn.io.background.BackgroundWriter` (needed for zarr; the caller
+        closes it)."""
         self.run = run
         self.identity = identity  # rank 0's run identity, stored in every file
         self.outdir = Path(run.cfg.output.dir).expanduser()
@@ -35,10 +39,10 @@ class Products:
         self.member_comm = member_comm  # matmul replicas send nothing to the writer
         self.zarr = run.cfg.output.format == "zarr"
         self.products = ["mean", "spread"] + (["members"] if run.cfg.output.members else [])
-        self._bg = None
-        if self.zarr:
-            from ..io.zarr import BackgroundWriter
-            self._bg = BackgroundWriter()
+        self._bg = writer
+        if self.zarr and writer is None:
+            raise ValueError("zarr output needs the run's background writer")
+        self.buffers = HostBuffers(run.device)  # host copies of statistics and members, reused
 
     def _attrs(self) -> dict:
         run, cfg = self.run, self.run.cfg
@@ -155,10 +159,11 @@ class Products:
         with run.tracer.region("ensemble_stats", "compute"):
             return ensemble_statistics(phys[:, run.out_idx], run.members, run.grid.ensemble)
 
-    def write(self, li: int, phys: torch.Tensor, host: np.ndarray | None, files: dict) -> None:
+    def write(self, li: int, phys: torch.Tensor, host: HostCopy | None, files: dict) -> None:
         """Write lead ``li``: mean and spread of ``phys`` (this group's members on the device), and the members.
 
-        ``host``: the same members on the host (float32) when the members product or the scores need them.
+        ``host``: the same members' host copy (float32, possibly still in flight) when the members product or the
+        scores need them; zarr writes hold it (``share``) until the writer thread has written it.
         """
         run = self.run
         mean, spread = self.statistics(phys)
@@ -169,14 +174,16 @@ class Products:
             jobs = []
             if group0:
                 for name, t in stats.items():
-                    jobs.append(_region_job(files[name], li, to_host(t), rows=run.rows, cols=run.cols))
+                    jobs.append(_region_job(files[name], li, self.buffers.copy(t), rows=run.rows, cols=run.cols))
             if run.cfg.output.members and run.scorer and len(run.my_members):
                 mine = run.my_members
-                jobs.append(_region_job(files["members"], li, host[:, oi], rows=run.rows, cols=run.cols,
-                                        members=slice(mine.start, mine.stop)))
+                jobs.append(_region_job(files["members"], li, host.share(), channels=oi, rows=run.rows,
+                                        cols=run.cols, members=slice(mine.start, mine.stop)))
             with run.tracer.region("io.submit", "io"):
+                fail_together(run.grid.world, self._bg.take_error(), tag="zarr_write")  # an earlier write's
                 self._bg.submit(jobs)
             return
+        host = host.numpy() if host is not None else None
         from ..io.netcdf import gather_window_to_root
         M, tr = run.members, run.tracer
         full2 = (len(oi), run.ds.nlat, run.ds.nlon)
@@ -204,9 +211,14 @@ class Products:
         if not self.zarr:
             return  # the netCDF writer flushes at every output step
         with self.run.tracer.region("io.wait", "io"):
-            self._bg.wait()
-        self.run.grid.world.barrier(tag="settle")
+            self._bg.drain()
+        fail_together(self.run.grid.world, self._bg.take_error(), tag="settle")  # and the barrier
         if self.run.comm.rank == 0:
+            self.record_leads(files, leads_complete)
+
+    def record_leads(self, files: dict, leads_complete: int) -> None:
+        """Rank 0, once every rank's writes of the first ``leads_complete`` leads are on disk: record it (zarr)."""
+        if self.zarr:
             for store in files.values():
                 store.set_leads_complete(leads_complete)
 
@@ -230,10 +242,6 @@ class Products:
             for store in files.values():
                 store.consolidate(store.path)
 
-    def shutdown(self) -> None:
-        if self._bg is not None:
-            self._bg.close()
-
     def write_report(self, doc: dict, timings: list[dict], rank0_regions: dict, energy: dict | None = None) -> None:
         """metrics.json, metrics.md and timings.json, and the tables on stdout (rank 0)."""
         run = self.run
@@ -255,25 +263,16 @@ def _put(writer, method: str, *args, **kwargs) -> None:
         raise write_failure(writer.partial_path, exc) from None
 
 
-def to_host(t: torch.Tensor) -> torch.Tensor:
-    """A host copy of ``t`` (pinned, non-blocking from a GPU); the writer thread reads it after the copy ends."""
-    if t.device.type == "cuda":
-        out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        out.copy_(t, non_blocking=True)
-        ev = torch.cuda.Event()
-        ev.record()
-        out._hpc_fcn_ready = ev  # waited for by the job that writes it
-        return out
-    return t.detach().clone()
-
-
-def _region_job(store, li: int, data, **where):
-    """A write job for the background writer: waits for a pending device copy, then one region write."""
+def _region_job(store, li: int, data: HostCopy, channels=None, **where):
+    """A write job for the writer thread: waits for the host copy, writes one region, gives the buffer back."""
     def job():
-        ev = getattr(data, "_hpc_fcn_ready", None)
-        if ev is not None:
-            ev.synchronize()
-        store.write(li, data.numpy() if isinstance(data, torch.Tensor) else data, **where)
+        try:
+            arr = data.wait()
+            if channels is not None:
+                arr = arr[:, channels]
+            store.write(li, arr.numpy(), **where)
+        finally:
+            data.release()
     return job
 
 

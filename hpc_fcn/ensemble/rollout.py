@@ -4,6 +4,10 @@ Each rank steps its ensemble group's members on its window. At every output step
 written and the scores added. With ``resume`` set, every ``forecast.snapshot_every`` output steps
 (and after each initial time) a snapshot of the members and the score sums is saved, keyed by member
 index, so an interrupted run resumes where it stopped, on any layout.
+
+The loop does not wait for the host: members cross to it (when written or scored) by copies that run while
+the next steps compute; the writes and snapshots run on the writer thread, and a lead's scores are added at
+the next output step (or before a snapshot, and at the end), when its copy has long ended.
 """
 from __future__ import annotations
 
@@ -109,18 +113,21 @@ class Rollout:
                 self.run_initial_time(k, store, bar, (step, state) if step >= 0 else None)
                 if run.cfg.resume:
                     self.snapshot(store, {"init_pos": k + 1, "step": -1}, None)
+            store.complete()
         finally:
-            self.products.shutdown()
+            store.abandon()  # after an error: this rank's snapshot in flight ends before the writer is closed
             if bar is not None:
                 bar.close()  # an error message then starts on a line of its own
         return run.members * plan.lead_steps * max(n - start_init, 0)
 
-    def snapshot(self, store: SnapshotStore, progress: dict, state: torch.Tensor | None) -> None:
-        """A resume snapshot: this rank's members and window, and the score sums over the scoring ranks."""
+    def snapshot(self, store: SnapshotStore, progress: dict, state: torch.Tensor | None, on_complete=None) -> None:
+        """Start a resume snapshot: this rank's members and window, and the score sums over the scoring ranks
+        (written in the background; ``on_complete``: see :meth:`SnapshotStore.save`)."""
         run = self.run
         with run.tracer.region("snapshot", "io"):
             scores = self.scoring.summed()
-            store.save(progress, state if run.scorer else None, run.my_members, run.rows, run.cols, scores)
+            store.save(progress, state if run.scorer else None, run.my_members, run.rows, run.cols, scores,
+                       on_complete)
 
     def _progress_bar(self, start_init: int, marker):
         run = self.run
@@ -153,7 +160,7 @@ class Rollout:
         need_host = bool(run.cfg.output.members or self.scoring.active)
         snap_every = run.cfg.forecast.snapshot_every
         finite = FiniteFlags(run.grid.world, run.my_members, run.channels, run.plan.dt_hours, tag)
-        complete = None
+        complete, scored = None, _Deferred(self.scoring, init_index, x0)
         try:
             for s in range(first, plan.lead_steps + 1):
                 if s > 0:
@@ -170,16 +177,46 @@ class Rollout:
                     host = None
                     if need_host:
                         with run.tracer.region("io.to_host", "io"):
-                            host = phys.float().cpu().numpy()
+                            host = self.products.buffers.copy(phys.float())
                     self.products.write(li, phys, host, files)
-                    if host is not None:
-                        self.scoring.add(li, s, init_index, host, x0)
+                    scored.flush()  # the previous output step's
+                    scored.hold(li, s, host)
                     if run.cfg.resume and s < plan.lead_steps and (li + 1) % snap_every == 0:
-                        self.products.settle(files, li + 1)
-                        self.snapshot(store, {"init_pos": k, "step": s, "leads_complete": li + 1}, state)
+                        scored.flush()
+                        self.snapshot(store, {"init_pos": k, "step": s, "leads_complete": li + 1}, state,
+                                      on_complete=lambda n=li + 1: self.products.record_leads(files, n))
+            scored.flush()
+            store.complete()  # before the outputs are closed: its on_complete records their leads
             complete = len(plan.output_steps)
         finally:
+            scored.drop()
             self.products.close(files, complete)
+
+
+class _Deferred:
+    """The scores of one output step, added later (collective): by then its members' host copy has ended."""
+
+    def __init__(self, scoring: Scoring, init_index: int, x0: np.ndarray):
+        self.scoring, self.init_index, self.x0 = scoring, init_index, x0
+        self._held = None
+
+    def hold(self, li: int, step: int, host) -> None:
+        self._held = (li, step, host) if host is not None else None
+
+    def flush(self) -> None:
+        if self._held is None:
+            return
+        li, step, host = self._held
+        self._held = None
+        try:
+            self.scoring.add(li, step, self.init_index, host.numpy(), self.x0)
+        finally:
+            host.release()
+
+    def drop(self) -> None:
+        if self._held is not None:
+            self._held[2].release()
+            self._held = None
 
 
 class FiniteFlags:

@@ -3,29 +3,37 @@
 A snapshot slot holds one file per writing rank, named by the members and the window it covers
 (``m{m0}-{m1}_r{r0}-{r1}_c{c0}-{c1}.pt``), and ``scores.pt`` with the score sums already added over
 the ranks. A resumed run assembles its own members and window from whichever files overlap them.
-Two slots alternate; ``progress.json`` (rank 0, after a barrier, i.e. after every file and the output
-of the step is on disk) names the valid slot, the progress, how many leads of the current initial
-time are complete in the outputs, the facts a resumed run must share, and the run identity
-(:mod:`.identity`): rank 0 refuses to resume another run's state. A snapshot stopped by a full disk
-leaves the previous slot, which the marker still names, usable.
+Snapshots are asynchronous: :meth:`SnapshotStore.save` copies the state to host buffers and queues the
+files on the run's writer thread (after the outputs queued before them); the next snapshot, the end of an
+initial time or of the run completes it (:meth:`SnapshotStore.complete`): every rank's files are on disk, a
+failure on any rank is raised on every rank, and only then rank 0 writes ``progress.json``, which names the
+slot, the progress, how many leads of the current initial time are complete in the outputs, the facts a
+resumed run must share, and the run identity (:mod:`.identity`): rank 0 refuses to resume another run's
+state. Each snapshot gets a new slot (``slot{n}``); older slots are removed once the marker names a newer
+one, so a run killed mid-write, or a snapshot stopped by a full disk, leaves the slot the marker names usable.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
+from ..accel.hostcopy import HostBuffers
 from ..io.outdir import check_space, remove_tree, write_failure
-from ..runtime import UserError
+from ..runtime import UserError, fail_together
 from .identity import check_resume
 
 MARGIN = 1 << 20  # bytes kept free beyond a snapshot file's estimate (pickling, file system metadata)
 _NAME = re.compile(r"m(\d+)-(\d+)_r(\d+)-(\d+)_c(\d+)-(\d+)\.pt$")
+_SLOT = re.compile(r"slot(\d+)$")
+log = logging.getLogger("hpc_fcn")
 
 
 def _box_name(members: range, rows: slice, cols: slice) -> str:
@@ -33,16 +41,22 @@ def _box_name(members: range, rows: slice, cols: slice) -> str:
 
 
 class SnapshotStore:
-    """Snapshots of one run in ``outdir/.resume``; ``comm``: the world Communicator. ``save`` and ``load`` are
-    collective, ``check`` and ``remove`` are rank 0's."""
+    """Snapshots of one run in ``outdir/.resume``; ``comm``: the world Communicator. ``save``, ``complete`` and
+    ``load`` are collective, ``check`` and ``remove`` are rank 0's.
 
-    def __init__(self, outdir: Path, comm, facts: dict, identity: dict | None = None):
+    ``writer``: the run's :class:`~hpc_fcn.io.background.BackgroundWriter` (None: files written by ``save``).
+    """
+
+    def __init__(self, outdir: Path, comm, facts: dict, identity: dict | None = None, writer=None):
         self.dir = Path(outdir) / ".resume"
         self.comm = comm
         self.facts = dict(facts)  # what a resumed run must share: members, grid, channels, leads, format
         self.identity = identity  # rank 0's; None on the other ranks
         self.marker = self.dir / "progress.json"
+        self.writer = writer
         self._slot = 0
+        self._pending: _Pending | None = None
+        self._buffers: HostBuffers | None = None
 
     def read_marker(self) -> dict | None:
         if not self.marker.is_file():
@@ -60,7 +74,17 @@ class SnapshotStore:
             diff = next((k for k in new if old.get(k) != new.get(k)), "facts")
             raise UserError(f"cannot resume {self.dir.parent}: it was run with {diff} {old.get(diff)}, this run has "
                             f"{new.get(diff)}; use the same config, or resume=false to start again")
+        self._remove_slots(keep=int(marker["slot"]), newer=True)  # a killed run's half-written ones
         return marker
+
+    def _remove_slots(self, keep: int, newer: bool) -> None:
+        """Rank 0: delete the slots other than ``keep``: older ones, and also newer ones when ``newer``."""
+        if not self.dir.is_dir():
+            return
+        for d in self.dir.iterdir():
+            m = _SLOT.match(d.name)
+            if m and (int(m.group(1)) < keep or (newer and int(m.group(1)) > keep)):
+                shutil.rmtree(d, ignore_errors=True)
 
     def remove(self) -> None:
         """Rank 0: delete the resume state (the marker first, so a half-removed state is no state)."""
@@ -68,27 +92,87 @@ class SnapshotStore:
         remove_tree(self.dir)
 
     def save(self, progress: dict, state: torch.Tensor | None, members: range, rows: slice, cols: slice,
-             scores: dict | None) -> None:
-        """Snapshot ``state`` (members x C x rows x cols, or None on ranks holding a copy), then the marker.
+             scores: dict | None, on_complete: Callable[[], None] | None = None) -> None:
+        """Start a snapshot of ``state`` (members x C x rows x cols, or None on ranks holding a copy); collective.
 
-        ``scores``: the score accumulators summed over the scoring ranks (written by rank 0).
+        Completes the previous snapshot first (at most one in flight), copies ``state`` to a host buffer without
+        waiting for it and queues the files on the writer thread. ``scores``: the score accumulators summed over
+        the scoring ranks (written by rank 0). ``on_complete``: run by rank 0 once every rank's files (and the
+        outputs queued before them) are on disk, before the marker names the snapshot.
         """
-        slot = 1 - self._slot
+        self.complete()
+        slot = self._slot + 1
         sdir = self.dir / f"slot{slot}"
-        if self.comm.rank == 0:
-            shutil.rmtree(sdir, ignore_errors=True)
-            sdir.mkdir(parents=True)
-        self.comm.barrier(tag="snapshot")
+        host = None
         if state is not None and len(members):
-            _atomic_save(state.detach().cpu(), sdir / _box_name(members, rows, cols))
-        if self.comm.rank == 0 and scores is not None:
-            _atomic_save(scores, sdir / "scores.pt")
-        self.comm.barrier(tag="snapshot")
+            if self._buffers is None:
+                self._buffers = HostBuffers(state.device)
+            host = self._buffers.copy(state)
+        pending = _Pending(progress, slot, on_complete)
+        box = sdir / _box_name(members, rows, cols)
+
+        def write() -> None:
+            try:
+                sdir.mkdir(parents=True, exist_ok=True)
+                if host is not None:
+                    _atomic_save(host.wait(), box)
+                if scores is not None:
+                    _atomic_save(scores, sdir / "scores.pt")
+            except BaseException as exc:  # noqa: BLE001 - shared over the ranks by complete()
+                pending.error = exc
+            finally:
+                if host is not None:
+                    host.release()
+
+        self._pending = pending
+        earlier = self.writer.take_error() if self.writer is not None else None
+        if earlier is not None:  # an output write failed: reported by complete(), on every rank
+            pending.error = earlier
+            pending.done.set()
+            if host is not None:
+                host.release()
+        elif self.writer is None:
+            write()
+            pending.done.set()
+        else:
+            try:
+                pending.done = self.writer.submit([write])
+            except BaseException as exc:  # noqa: BLE001 - an output write failed meanwhile: as above
+                pending.error = exc
+                pending.done.set()
+
+    @property
+    def in_flight(self) -> bool:
+        return self._pending is not None
+
+    def complete(self) -> None:
+        """Wait for the snapshot in flight and name it in the marker (collective; nothing when none is in flight).
+
+        Every rank waits for its own files; a failure on any rank (this snapshot's, or an output write queued on
+        the writer thread) is raised on every rank with the first failing rank's message, and the marker keeps
+        naming the previous snapshot.
+        """
+        p, self._pending = self._pending, None
+        if p is None:
+            return
+        p.done.wait()
+        err = p.error
+        if self.writer is not None:
+            err = err or self.writer.take_error()
+        fail_together(self.comm, err, tag="snapshot")
         if self.comm.rank == 0:
-            _atomic_write_text(self.marker, json.dumps(dict(progress, slot=slot, facts=self.facts,
+            if p.on_complete is not None:
+                p.on_complete()
+            _atomic_write_text(self.marker, json.dumps(dict(p.progress, slot=p.slot, facts=self.facts,
                                                             identity=self.identity)))
-        self.comm.barrier(tag="snapshot")
-        self._slot = slot
+            self._remove_slots(keep=p.slot, newer=False)
+        self._slot = p.slot
+
+    def abandon(self) -> None:
+        """After an error: wait for this rank's snapshot in flight (no collective); the marker stays as it was."""
+        p, self._pending = self._pending, None
+        if p is not None:
+            p.done.wait()
 
     def load(self, marker: dict, members: range, rows: slice, cols: slice, channels: int
              ) -> tuple[torch.Tensor | None, dict]:
@@ -128,6 +212,15 @@ class SnapshotStore:
         return out
 
 
+class _Pending:
+    """A snapshot in flight: its progress and slot, set ``done`` by the writer thread, and its ``error``."""
+
+    def __init__(self, progress: dict, slot: int, on_complete):
+        self.progress, self.slot, self.on_complete = dict(progress), slot, on_complete
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
 def _payload_bytes(obj: Any) -> int:
     """The bytes of the tensors and arrays in ``obj`` (what dominates its snapshot file)."""
     if isinstance(obj, torch.Tensor):
@@ -159,6 +252,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(text)
         os.replace(tmp, path)
     except Exception as exc:  # noqa: BLE001

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import math
 import os
-import queue
-import threading
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .background import BackgroundWriter as _BackgroundWriter
 from .netcdf import (CALENDAR, FILL_VALUE, TIME_UNITS, _check_axis, _check_leads, _check_product, _check_variables,
                      _now, hours_since_epoch, software_versions, variable_attributes)
 
@@ -204,59 +203,8 @@ class ZarrForecastStore:
             ctx.__exit__(None, None, None)
 
 
-class BackgroundWriter:
-    """Runs write jobs in one background thread so that the step loop does not wait for the disk.
+class BackgroundWriter(_BackgroundWriter):
+    """The run's writer thread (:mod:`hpc_fcn.io.background`), naming the zarr output in its errors."""
 
-    At most ``depth`` output steps are in flight (their data is held); :meth:`wait` returns once every job
-    is done and raises the first error of any job, on the rank that had it.
-    """
-
-    def __init__(self, depth: int = 2):
-        self._q: queue.Queue = queue.Queue()
-        self._depth = depth
-        self._pending: list[threading.Event] = []
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._work, name="hpc_fcn-writer", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while True:
-            item = self._q.get()
-            if item is None:
-                return
-            jobs, done = item
-            try:
-                if self._error is None:
-                    for job in jobs:
-                        job()
-            except BaseException as exc:  # re-raised by wait() in the main thread
-                self._error = exc
-            finally:
-                done.set()
-
-    def submit(self, jobs: Sequence[Callable[[], None]]) -> None:
-        """Queue the jobs of one output step; waits first when ``depth`` steps are already in flight."""
-        self._raise()
-        while len(self._pending) >= self._depth:
-            self._pending.pop(0).wait()
-            self._raise()
-        done = threading.Event()
-        self._pending.append(done)
-        self._q.put((list(jobs), done))
-
-    def wait(self) -> None:
-        """Block until every queued job has run; raise the first error."""
-        while self._pending:
-            self._pending.pop(0).wait()
-        self._raise()
-
-    def close(self) -> None:
-        self._q.put(None)
-        self._thread.join()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            exc, self._error = self._error, None
-            if isinstance(exc, OSError):
-                raise OSError(exc.errno, f"writing the zarr output failed: {exc.strerror or exc}") from exc
-            raise exc
+    def __init__(self, depth: int = 2, what: str = "the zarr output"):
+        super().__init__(depth, what)
