@@ -75,6 +75,21 @@ class Rollout:
         return x0.unsqueeze(0) + delta * keep
 
     # ---- the loop -----------------------------------------------------------------------------
+    def states(self, state: torch.Tensor, first: int, bar=None, finite: "FiniteFlags | None" = None):
+        """Step the members ``state`` from step ``first`` to the last lead, yielding (step, state) at each of the
+        plan's output steps (the one stepping loop: the app's and :mod:`.tune`'s)."""
+        run, plan = self.run, self.run.plan
+        for s in range(first, plan.lead_steps + 1):
+            if s > 0:
+                with run.tracer.region("forecast.step", "compute"):
+                    state = self.step(state)
+                if bar is not None:
+                    bar.update(run.members)
+            if finite is not None:
+                finite.add(s, state)
+            if s in plan.output_steps:
+                yield s, state
+
     def run_all(self, store: SnapshotStore, marker: dict | None) -> int:
         """Every initial time, from the snapshot ``marker`` names (rank 0 checked it) when there is one; returns
         the member-steps of the initial times this call started (for energy per member-step)."""
@@ -145,27 +160,20 @@ class Rollout:
         finite = FiniteFlags(run.grid.world, run.my_members, run.channels, run.plan.dt_hours, tag)
         complete = None
         try:
-            for s in range(first, plan.lead_steps + 1):
-                if s > 0:
-                    with run.tracer.region("forecast.step", "compute"):
-                        state = self.step(state)
-                    if bar is not None:
-                        bar.update(run.members)
-                finite.add(s, state)
-                if s in plan.output_steps:
-                    finite.check()
-                    li = plan.output_steps.index(s)
-                    phys = ds.denormalise(state)
-                    host = None
-                    if need_host:
-                        with run.tracer.region("io.to_host", "io"):
-                            host = phys.float().cpu().numpy()
-                    self.products.write(li, phys, host, files)
-                    if host is not None:
-                        self.scoring.add(li, s, init_index, host, x0)
-                    if run.cfg.resume and s < plan.lead_steps and (li + 1) % snap_every == 0:
-                        self.products.settle(files, li + 1)
-                        self.snapshot(store, {"init_pos": k, "step": s, "leads_complete": li + 1}, state)
+            for s, state in self.states(state, first, bar, finite):
+                finite.check()
+                li = plan.output_steps.index(s)
+                phys = ds.denormalise(state)
+                host = None
+                if need_host:
+                    with run.tracer.region("io.to_host", "io"):
+                        host = phys.float().cpu().numpy()
+                self.products.write(li, phys, host, files)
+                if host is not None:
+                    self.scoring.add(li, s, init_index, host, x0)
+                if run.cfg.resume and s < plan.lead_steps and (li + 1) % snap_every == 0:
+                    self.products.settle(files, li + 1)
+                    self.snapshot(store, {"init_pos": k, "step": s, "leads_complete": li + 1}, state)
             complete = len(plan.output_steps)
         finally:
             self.products.close(files, complete)
