@@ -3,9 +3,14 @@
 Every section is a dataclass; its fields' annotations are the schema. Unknown keys, wrong types and
 impossible values raise :class:`ConfigError` naming the dotted key. ``validate()`` methods on a
 section check values that types cannot (they raise ``ConfigError`` via :func:`fail`).
+
+A file may start from other files: ``include: [relative/path.yaml, ...]`` (paths relative to the including
+file) are read in order and merged, then the file's own keys are merged on top, then the overrides; the
+merged data is validated as one config (see :func:`read_config_data`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -204,13 +209,54 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], overrides: Sequence[str] = ()) -> T:
-    import copy
     return _build(cls, apply_overrides(copy.deepcopy(dict(data)), overrides))
 
 
+INCLUDE = "include"
+
+
+def merge(base: dict, top: Mapping) -> dict:
+    """``top`` merged onto ``base`` (in place): sections merge key by key, anything else is replaced."""
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def read_config_data(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """The data of config file ``path`` with its ``include`` files merged under its own keys (recursively).
+
+    Each included file is a fragment: any part of a config, read with its own includes first. A missing
+    file, a cycle or a badly formed ``include`` is a one-line :class:`ConfigError` naming the key.
+    """
+    path = Path(path)
+    data = read_yaml(path)
+    if INCLUDE not in data:
+        return data
+    where = f"config key '{INCLUDE}' in {path}"
+    given = data.pop(INCLUDE)
+    paths = [given] if isinstance(given, str) else given
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+        raise ConfigError(f"{where}: expected a list of file paths (relative to {path.parent}), got {given!r}")
+    merged: dict = {}
+    me = path.resolve()
+    for i, rel in enumerate(paths):
+        key = where if isinstance(given, str) else f"config key '{INCLUDE}[{i}]' in {path}"
+        target = (path.parent / Path(rel).expanduser()).resolve()
+        if not target.is_file():
+            raise ConfigError(f"{key}: {target} does not exist (paths are relative to the including file)")
+        if target in _chain + (me,):
+            raise ConfigError(f"{key}: {rel} includes itself (cycle: "
+                              f"{' -> '.join(p.name for p in _chain + (me, target))})")
+        merge(merged, read_config_data(target, _chain + (me,)))
+    return merge(merged, data)
+
+
 def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
-    """Read YAML ``path`` (or start from defaults when None), apply overrides, validate into ``cls``."""
-    data = read_yaml(path) if path is not None else {}
+    """Read YAML ``path`` (or start from defaults when None) with its includes, apply overrides, validate into ``cls``."""
+    data = read_config_data(path) if path is not None else {}
     cfg = from_dict(cls, data, overrides)
     if path is not None and hasattr(cfg, "_source"):
         object.__setattr__(cfg, "_source", str(path))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
-from .config import ConfigError, load_config, read_yaml
+from .config import ConfigError, load_config, read_config_data
 
 APPS = {"ensemble": "hpc_fcn.ensemble", "train": "hpc_fcn.train"}
 _TIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
@@ -211,7 +211,7 @@ class Choice:
 
 def detect_app(config: str | Path) -> str:
     """'train' for a training config (it has phases/optim), else 'ensemble'."""
-    data = read_yaml(config)
+    data = read_config_data(config)
     return "train" if ("phases" in data or "optim" in data) else "ensemble"
 
 

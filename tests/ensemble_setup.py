@@ -45,3 +45,19 @@ def run_cli(n, config, *overrides, timeout=240):
 
 def error_lines(proc):
     return [ln for ln in proc.stderr.splitlines() if ln.startswith("error")]
+
+
+def tiny_tune_data(data_root, fragment, overrides=()) -> dict:
+    """The tiny ensemble with a ``tune:`` section: 4 members, 1 initial time of the valid split, 2 leads, 2 steps."""
+    return {"model": {"img_size": [32, 64], "patch_size": 4, "embed_dim": 16, "depth": 1, "num_blocks": 4, "seed": 3},
+            "data": {"root": str(data_root)},
+            "ensemble": {"members": 5, "control": False, "seed": 11},
+            "perturbation": {"method": "gaussian", "amplitude": 0.01},
+            "progress": False,
+            "tune": {"members": 4, "count": 1, "leads": ["6h", "12h"], "iterations": 2, "channel_iterations": 1,
+                     "output": str(fragment)}}
+
+
+def tiny_tune_config(data_root, fragment, overrides=()):
+    from hpc_fcn.ensemble.tune import TuneAppConfig
+    return from_dict(TuneAppConfig, tiny_tune_data(data_root, fragment), list(overrides))

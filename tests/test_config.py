@@ -65,3 +65,45 @@ def test_shipped_configs_validate():
     assert paths
     for path in paths:
         load_config(EnsembleConfig, path)
+
+
+def test_include_merges_under_own_keys_then_overrides(tmp_path):
+    (tmp_path / "frag").mkdir()
+    (tmp_path / "frag" / "base.yaml").write_text("ensemble: {members: 7, seed: 5}\n")
+    (tmp_path / "frag" / "pert.yaml").write_text(
+        "include: [base.yaml]\nperturbation: {method: spherical, amplitude: 0.2, length_scale_km: 800,\n"
+        "  channel_amplitude: {u: 0.1, z: 0.4}}\n")
+    main = tmp_path / "main.yaml"
+    main.write_text("include: [frag/pert.yaml]\nensemble: {members: 9}\nperturbation: {channel_amplitude: {z: 0.5}}\n")
+    cfg = load_config(EnsembleConfig, main, ["perturbation.amplitude=0.25"])
+    assert cfg.ensemble.members == 9 and cfg.ensemble.seed == 5  # own keys win; nested include read
+    assert cfg.perturbation.method == "spherical" and cfg.perturbation.length_scale_km == 800
+    assert cfg.perturbation.channel_amplitude == {"u": 0.1, "z": 0.5}  # sections merge key by key
+    assert cfg.perturbation.amplitude == 0.25  # overrides last
+    text = save_resolved(cfg, tmp_path / "run").read_text()  # the resolved config holds the included values
+    assert "include" not in text and "length_scale_km: 800.0" in text and "u: 0.1" in text
+    assert load_config(EnsembleConfig, tmp_path / "run" / "config.resolved.yaml") == cfg
+
+
+@pytest.mark.parametrize("text, message", [
+    ("include: [nothere.yaml]\n", "config key 'include[0]' in {main}: {tmp}/nothere.yaml does not exist"),
+    ("include: nothere.yaml\n", "config key 'include' in {main}: {tmp}/nothere.yaml does not exist"),
+    ("include: [main.yaml]\n", "config key 'include[0]' in {main}: main.yaml includes itself"),
+    ("include: {a: 1}\n", "config key 'include' in {main}: expected a list of file paths"),
+    ("include: [frag.yaml]\n", "config key 'perturbation.amplitde': unknown key (did you mean 'amplitude'?)"),
+])
+def test_include_errors_are_one_line_naming_the_key(tmp_path, text, message):
+    (tmp_path / "frag.yaml").write_text("perturbation: {amplitde: 0.2}\n")
+    main = tmp_path / "main.yaml"
+    main.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(EnsembleConfig, main)
+    assert message.format(main=main, tmp=tmp_path.resolve()) in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_include_cycle_through_another_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("include: [b.yaml]\n")
+    (tmp_path / "b.yaml").write_text("include: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"a.yaml includes itself \(cycle: a.yaml -> b.yaml -> a.yaml\)"):
+        load_config(EnsembleConfig, tmp_path / "a.yaml")

@@ -33,12 +33,58 @@ from .snapshot import SnapshotStore
 log = logging.getLogger("hpc_fcn")
 
 
+def make_forecaster(run: ResolvedRun, tracer: Tracer, hooks: list | None = None):
+    """The run's model on its device (distributed over matmul when the grid has it), wrapped in a Forecaster.
+
+    Every command that steps the ensemble (the app, :mod:`.tune`) builds its model here. ``hooks``: a list
+    that receives the tracing hooks when given (``trace: true``).
+    """
+    from ..forecaster import Forecaster
+    if run.grid.model.size > 1:
+        from ..parallel.model import DistributedAFNONet
+        net = DistributedAFNONet.from_serial(run.serial, None, run.grid).eval()
+    else:
+        net = run.serial
+    net = net.to(run.device)
+    if hooks is not None:
+        from ..instrument import instrument
+        hooks.append(instrument(net, tracer))
+    return Forecaster(net, run.cfg.inference, grid=run.grid, tracer=tracer)
+
+
+def make_perturber(run: ResolvedRun, perturbation=None):
+    """The initial-condition perturber of ``run`` (``perturbation``: another perturbation section to use)."""
+    cfg, ds = run.cfg, run.ds
+    pc = perturbation if perturbation is not None else cfg.perturbation
+    if pc.method == "analysis_ensemble":
+        from dataclasses import replace
+        from .analysis_ensemble import AnalysisEnsemblePerturber
+        return AnalysisEnsemblePerturber.for_run(replace(cfg, perturbation=pc), ds.root, ds, run.rows, run.cols)
+    return Perturber(pc, channels=run.channels, nlat=ds.nlat, nlon=ds.nlon, rows=run.rows, cols=run.cols,
+                     seed=cfg.ensemble.seed, control=cfg.ensemble.control)
+
+
+def make_model_noise(run: ResolvedRun):
+    """The stochastic model's member noise on this rank's token window (None for a deterministic model)."""
+    mc, ens = run.cfg.model, run.cfg.ensemble
+    if not mc.stochastic:
+        return None
+    from ..model.config import token_grid
+    from .model_noise import ModelNoise
+    rows, cols = run.grid.token_window(mc.img_size, mc.patch_size)
+    log.info("stochastic model: %d noise channels per token, keyed by (seed, initial time, member, step)%s",
+             mc.noise_dim, "; member 0 (control) runs without noise" if ens.control else "")
+    return ModelNoise(mc.noise_dim, token_grid(mc.img_size, mc.patch_size), rows, cols, seed=ens.seed,
+                      control=0 if ens.control else None)
+
+
 class EnsembleRun:
     """One configured ensemble run on the ranks of ``comm``."""
 
     def __init__(self, cfg: EnsembleConfig, comm, suggest=None):
         self.suggest = suggest
         self.comm = comm
+        self._hooks: list = []
         self.outdir = Path(cfg.output.dir).expanduser()
         self.lock: OutputLock | None = None
         root_decides(comm, self._lock)
@@ -58,7 +104,6 @@ class EnsembleRun:
             self.lock = None
 
     def _build(self, cfg: EnsembleConfig) -> None:
-        from ..forecaster import Forecaster
         comm = self.comm
         self.tracer = Tracer(enabled=True, rank=comm.rank)
         run: ResolvedRun = resolve(cfg, comm, self.tracer, self.suggest)
@@ -66,33 +111,9 @@ class EnsembleRun:
         self.cfg, self.grid, self.plan = run.cfg, run.grid, run.plan
         self.identity = root_decides(comm, self._identity)
         root_decides(comm, self._check_space)
-        if self.grid.model.size > 1:
-            from ..parallel.model import DistributedAFNONet
-            net = DistributedAFNONet.from_serial(run.serial, None, self.grid).eval()
-        else:
-            net = run.serial
-        net = net.to(run.device)
-        if self.cfg.trace:
-            from ..instrument import instrument
-            self._hooks = instrument(net, self.tracer)
-        self.forecaster = Forecaster(net, self.cfg.inference, grid=self.grid, tracer=self.tracer)
-        ds, ens = run.ds, self.cfg.ensemble
-        if self.cfg.perturbation.method == "analysis_ensemble":
-            from .analysis_ensemble import AnalysisEnsemblePerturber
-            self.perturber = AnalysisEnsemblePerturber.for_run(self.cfg, ds.root, ds, run.rows, run.cols)
-        else:
-            self.perturber = Perturber(self.cfg.perturbation, channels=run.channels, nlat=ds.nlat, nlon=ds.nlon,
-                                       rows=run.rows, cols=run.cols, seed=ens.seed, control=ens.control)
-        self.model_noise = None
-        mc = self.cfg.model
-        if mc.stochastic:
-            from ..model.config import token_grid
-            from .model_noise import ModelNoise
-            rows, cols = self.grid.token_window(mc.img_size, mc.patch_size)
-            self.model_noise = ModelNoise(mc.noise_dim, token_grid(mc.img_size, mc.patch_size), rows, cols,
-                                          seed=ens.seed, control=0 if ens.control else None)
-            log.info("stochastic model: %d noise channels per token, keyed by (seed, initial time, member, step)%s",
-                     mc.noise_dim, "; member 0 (control) runs without noise" if ens.control else "")
+        self.forecaster = make_forecaster(run, self.tracer, hooks=self._hooks if self.cfg.trace else None)
+        self.perturber = make_perturber(run)
+        self.model_noise = make_model_noise(run)
 
     def _identity(self) -> dict:
         from ..setup import checkpoint_path

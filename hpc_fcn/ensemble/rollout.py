@@ -88,6 +88,24 @@ class Rollout:
         return x0.unsqueeze(0) + delta * keep
 
     # ---- the loop -----------------------------------------------------------------------------
+    def states(self, state: torch.Tensor, first: int, bar=None, finite: "FiniteFlags | None" = None,
+               init_hours: int = 0):
+        """Step the members ``state`` from step ``first`` to the last lead, yielding (step, state) at each of the
+        plan's output steps (the one stepping loop: the app's and :mod:`.tune`'s). ``init_hours`` keys a
+        stochastic model's noise."""
+        run, plan = self.run, self.run.plan
+        for s in range(first, plan.lead_steps + 1):
+            if s > 0:
+                noise = self.noise(init_hours, s)
+                with run.tracer.region("forecast.step", "compute"):
+                    state = self.step(state, noise)
+                if bar is not None:
+                    bar.update(run.members)
+            if finite is not None:
+                finite.add(s, state)
+            if s in plan.output_steps:
+                yield s, state
+
     def run_all(self, store: SnapshotStore, marker: dict | None) -> int:
         """Every initial time, from the snapshot ``marker`` names (rank 0 checked it) when there is one; returns
         the member-steps of the initial times this call started (for energy per member-step)."""
@@ -162,29 +180,21 @@ class Rollout:
         finite = FiniteFlags(run.grid.world, run.my_members, run.channels, run.plan.dt_hours, tag)
         complete, scored = None, _Deferred(self.scoring, init_index, x0)
         try:
-            for s in range(first, plan.lead_steps + 1):
-                if s > 0:
-                    noise = self.noise(init_hours, s)
-                    with run.tracer.region("forecast.step", "compute"):
-                        state = self.step(state, noise)
-                    if bar is not None:
-                        bar.update(run.members)
-                finite.add(s, state)
-                if s in plan.output_steps:
-                    finite.check()
-                    li = plan.output_steps.index(s)
-                    phys = ds.denormalise(state)
-                    host = None
-                    if need_host:
-                        with run.tracer.region("io.to_host", "io"):
-                            host = self.products.buffers.copy(phys.float())
-                    self.products.write(li, phys, host, files)
-                    scored.flush()  # the previous output step's
-                    scored.hold(li, s, host)
-                    if run.cfg.resume and s < plan.lead_steps and (li + 1) % snap_every == 0:
-                        scored.flush()
-                        self.snapshot(store, {"init_pos": k, "step": s, "leads_complete": li + 1}, state,
-                                      on_complete=lambda n=li + 1: self.products.record_leads(files, n))
+            for s, state in self.states(state, first, bar, finite, init_hours):
+                finite.check()
+                li = plan.output_steps.index(s)
+                phys = ds.denormalise(state)
+                host = None
+                if need_host:
+                    with run.tracer.region("io.to_host", "io"):
+                        host = self.products.buffers.copy(phys.float())
+                self.products.write(li, phys, host, files)
+                scored.flush()  # the previous output step's
+                scored.hold(li, s, host)
+                if run.cfg.resume and s < plan.lead_steps and (li + 1) % snap_every == 0:
+                    scored.flush()
+                    self.snapshot(store, {"init_pos": k, "step": s, "leads_complete": li + 1}, state,
+                                  on_complete=lambda n=li + 1: self.products.record_leads(files, n))
             scored.flush()
             store.complete()  # before the outputs are closed: its on_complete records their leads
             complete = len(plan.output_steps)

@@ -17,7 +17,7 @@ class Scoring:
     """Score accumulators of this rank's block, and the communicator of the ranks that score."""
 
     def __init__(self, run: ResolvedRun):
-        from ..metrics import ScoreAccumulator, lat_weights
+        from ..metrics import lat_weights
         self.run = run
         cfg, ds = run.cfg, run.ds
         self.ens_comm = run.grid.ensemble
@@ -25,6 +25,12 @@ class Scoring:
         self.row_w = lat_weights(ds.lat, cfg.scoring.lat_weights)[run.rows]
         with run.tracer.region("io.read", "io"):
             self.clim = ds.climatology(run.rows, run.cols).astype(np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty accumulators, one per lead of the plan (a fresh start for another forecast of the same run)."""
+        from ..metrics import ScoreAccumulator
+        run, cfg = self.run, self.run.cfg
         L, M = len(run.plan.output_steps), run.members
         ctl = 0 if (cfg.ensemble.control or cfg.perturbation.method == "none") else None
         self.accumulators = {"ensemble": ScoreAccumulator(run.channels, L, M, control_member=ctl,

@@ -1,0 +1,123 @@
+"""The perturbation tuner on the tiny ensemble: the search, the fragment the app includes, one-line errors."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from ensemble_setup import CLI_ENV, ROOT, error_lines, tiny_dataset, tiny_tune_config, tiny_tune_data
+from mpi4py import MPI
+
+from hpc_fcn.config import ConfigError, load_config
+from hpc_fcn.ensemble.config import EnsembleConfig
+from hpc_fcn.ensemble.search import golden_section
+from hpc_fcn.ensemble.tune import Objective, tune
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory.mktemp("tune") / "data")
+
+
+def test_golden_section_finds_the_minimum_and_never_loses_the_start():
+    calls = []
+    x, v = golden_section(lambda x: calls.append(x) or (x - 0.3) ** 2, -2.0, 2.0, 20, start=1.5)
+    assert abs(x - 0.3) < 1e-3 and len(calls) == 23
+    x, v = golden_section(lambda x: abs(x - 1.9), -2.0, 2.0, 1, start=1.9)  # the start beats the 3 probes
+    assert (x, v) == (1.9, 0.0)
+    x, v = golden_section(lambda x: math.nan if x > 0 else -x, -1.0, 1.0, 4)
+    assert v < 0.3 and x <= 0
+
+
+def test_tune_lowers_the_objective_and_writes_a_fragment_the_app_includes(data, tmp_path):
+    frag = tmp_path / "tuned" / "gaussian.yaml"
+    cfg = tiny_tune_config(data, frag)
+    result = tune(cfg, MPI.COMM_SELF, command="python -m hpc_fcn.ensemble.tune tiny.yaml")
+    assert result.objective_start == 1.0 and result.objective_best < 0.999
+    assert result.evaluations <= 1 + 4 + 3 * 3  # start, 4 scale probes, 3 per channel (the start is cached)
+    assert np.all(result.crps_best <= result.crps_start * 1.05)
+    text = frag.read_text()
+    assert "# command: python -m hpc_fcn.ensemble.tune tiny.yaml" in text
+    assert f"1.0000  ->  tuned: {result.objective_best:.4f}" in text
+    amps = yaml.safe_load(text)["perturbation"]["channel_amplitude"]
+    assert amps == result.best.channel_amplitude and set(amps) == {"u", "v", "z"}
+    app = tmp_path / "ens.yaml"
+    app.write_text("include: [tuned/gaussian.yaml]\nensemble: {members: 3}\n")
+    cfg = load_config(EnsembleConfig, app)
+    assert cfg.perturbation == result.best and cfg.ensemble.members == 3
+    # the objective of the tuned values, measured again from the fragment, is the one reported
+    again = Objective(tiny_tune_config(data, frag, [f"perturbation.channel_amplitude={amps}"]), MPI.COMM_SELF)
+    start = Objective(tiny_tune_config(data, frag), MPI.COMM_SELF)
+    ratio = again.crps(cfg.perturbation) / start.crps(start.run.cfg.perturbation)
+    assert np.mean(ratio) == pytest.approx(result.objective_best, rel=1e-6)
+    again.close()
+    start.close()
+
+
+def test_common_random_numbers_make_the_objective_smooth_in_the_amplitude(data, tmp_path):
+    obj = Objective(tiny_tune_config(data, tmp_path / "f.yaml"), MPI.COMM_SELF)
+    from dataclasses import replace
+    pc = obj.run.cfg.perturbation
+    a, b = obj.crps(replace(pc, amplitude=0.2)), obj.crps(replace(pc, amplitude=0.2 + 1e-4))
+    assert np.allclose(a, b, rtol=1e-3)  # same member noise, scaled: a tiny step moves the CRPS a tiny bit
+    assert obj.evaluations == 2 and obj.crps(replace(pc, amplitude=0.2)) is a  # cached
+    obj.close()
+
+
+def _cli(data, tmp_path, *overrides, n=1):
+    cfg = tmp_path / "tiny_tune.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_tune_data(data, tmp_path / "frag.yaml")))
+    prog = [sys.executable, "-m", "hpc_fcn.ensemble.tune", str(cfg), *overrides]
+    cmd = [str(ROOT / "tools" / "mpirun.sh"), "-n", str(n), *prog] if n > 1 else prog
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=CLI_ENV, cwd=ROOT)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tune.members=1", "config key 'tune.members': fair CRPS needs at least 2 members, got 1"),
+    ("tune.leads=[6h, 5x]", "config key 'tune.leads[1]': '5x' is not a lead time"),
+    ("tune.channels=[u, q]", "config key 'tune.channels': q not among the model channels u, v, z"),
+    ("tune.parameters=[length_scale_km]", "config key 'tune.parameters[0]': length_scale_km is not a parameter "
+                                          "of perturbation.method=gaussian"),
+    ("tune.start=2001-12-30T00", "config key 'tune.start': no initial time of the 'valid' split lies in"),
+    ("tune.start=2001-01-10T12", "config key 'tune.start': no initial time of the 'valid' split has 0 earlier "
+                                 "and 2 later steps"),
+    ("tune.amplitude_bounds=[0.5, 0.1]", "config key 'tune.amplitude_bounds': need 0 < low < high"),
+    ("tune.itertions=3", "config key 'tune.itertions': unknown key (did you mean 'iterations'?)"),
+])
+def test_cli_errors_are_one_line(data, tmp_path, override, message):
+    proc = _cli(data, tmp_path, override)
+    assert proc.returncode == 2, proc.stderr
+    assert error_lines(proc) == [f"error: {message}"] or message in error_lines(proc)[0], proc.stderr
+    assert len(error_lines(proc)) == 1 and not (tmp_path / "frag.yaml").exists()
+
+
+def test_cli_writes_the_fragment(data, tmp_path):
+    proc = _cli(data, tmp_path, "tune.channel_iterations=0", "tune.iterations=1")
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "frag.yaml").read_text()
+    assert "# command: python -m hpc_fcn.ensemble.tune " in text and "tune.iterations=1" in text
+    assert "tuned gaussian: objective 1.0000 ->" in proc.stderr
+
+
+def test_missing_include_names_the_key(tmp_path):
+    cfg = tmp_path / "ens.yaml"
+    cfg.write_text("include: [tuned/none.yaml]\n")
+    with pytest.raises(ConfigError, match=r"^config key 'include\[0\]' in .*ens.yaml: .*tuned/none.yaml does not exist"):
+        load_config(EnsembleConfig, cfg)
+
+
+def test_cli_error_on_4_ranks_is_one_line_and_every_rank_fails(data, tmp_path):
+    proc = _cli(data, tmp_path, "tune.channels=[u, q]", n=4)
+    assert proc.returncode == 2, proc.stderr
+    assert error_lines(proc) == ["error: config key 'tune.channels': q not among the model channels u, v, z"], \
+        proc.stderr
+
+
+def test_shipped_fragments_validate(tmp_path):
+    frags = sorted((ROOT / "config" / "tuned").glob("*.yaml"))
+    assert frags
+    for frag in frags:
+        cfg = tmp_path / "ens.yaml"
+        cfg.write_text(f"include: [{frag}]\n")
+        assert set(load_config(EnsembleConfig, cfg).perturbation.channel_amplitude) == {"u", "v", "z", "vo", "d"}
