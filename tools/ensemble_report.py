@@ -69,7 +69,9 @@ def figure(runs, png: Path) -> None:
             color = f"C{k}"
             top.plot(days, s["rmse"][var], color=color, label=f"{label}: RMSE of the mean")
             top.plot(days, s["spread"][var], color=color, ls="--", label=f"{label}: spread")
-            bottom.plot(days, s["ssr_corrected"][var], color=color, marker="o", ms=3, label=label)
+            ratio = np.asarray(s["ssr_corrected"][var], dtype=float)
+            later = days > 0  # at lead 0 the error of the mean is the perturbation's: no ratio to read
+            bottom.plot(days[later], ratio[later], color=color, marker="o", ms=3, label=label)
         top.set_title(var)
         bottom.axhline(1.0, color="k", lw=0.8)
         bottom.axhspan(0.8, 1.25, color="0.9", zorder=0)
