@@ -47,11 +47,20 @@ def fail_together(comm, error: BaseException | None, tag: str = "failure") -> No
     ``main_guard`` prints one line and no rank waits in a collective. An ``OSError`` is raised as a one-line
     :class:`~hpc_fcn.io.outdir.OutputError`, anything else as a ``RuntimeError`` naming the rank. Collective.
     """
-    mine = None
-    if error is not None:
-        text = (str(error) or type(error).__name__).splitlines()[0]
-        mine = (getattr(error, "errno", None), text, isinstance(error, OSError))
-    failed = [(r, e) for r, e in enumerate(comm.allgather(mine, tag=tag)) if e is not None]
+    raise_first_failure(comm.allgather(failure_record(error), tag=tag))
+
+
+def failure_record(error: BaseException | None):
+    """What :func:`fail_together` shares of a rank's ``error`` (None, or errno, first line, is-OSError)."""
+    if error is None:
+        return None
+    text = (str(error) or type(error).__name__).splitlines()[0]
+    return getattr(error, "errno", None), text, isinstance(error, OSError)
+
+
+def raise_first_failure(records) -> None:
+    """Raise the first failing rank's error from every rank's :func:`failure_record` (the same on every rank)."""
+    failed = [(r, e) for r, e in enumerate(records) if e is not None]
     if not failed:
         return
     from .io.outdir import OutputError

@@ -159,11 +159,17 @@ class Products:
         with run.tracer.region("ensemble_stats", "compute"):
             return ensemble_statistics(phys[:, run.out_idx], run.members, run.grid.ensemble)
 
-    def write(self, li: int, phys: torch.Tensor, host: HostCopy | None, files: dict) -> None:
+    def take_write_error(self) -> BaseException | None:
+        """This rank's writer-thread error so far (cleared), for the caller to agree on over the ranks."""
+        return self._bg.take_error() if self._bg is not None else None
+
+    def write(self, li: int, phys: torch.Tensor, host: HostCopy | None, files: dict, agreed: bool = False) -> None:
         """Write lead ``li``: mean and spread of ``phys`` (this group's members on the device), and the members.
 
         ``host``: the same members' host copy (float32, possibly still in flight) when the members product or the
-        scores need them; zarr writes hold it (``share``) until the writer thread has written it.
+        scores need them; zarr writes hold it (``share``) until the writer thread has written it. ``agreed``: the
+        caller has just shared the writer's errors over the ranks (:meth:`take_write_error`), so no second
+        collective is needed here.
         """
         run = self.run
         mean, spread = self.statistics(phys)
@@ -180,7 +186,8 @@ class Products:
                 jobs.append(_region_job(files["members"], li, host.share(), channels=oi, rows=run.rows,
                                         cols=run.cols, members=slice(mine.start, mine.stop)))
             with run.tracer.region("io.submit", "io"):
-                fail_together(run.grid.world, self._bg.take_error(), tag="zarr_write")  # an earlier write's
+                if not agreed:
+                    fail_together(run.grid.world, self._bg.take_error(), tag="zarr_write")  # an earlier write's
                 self._bg.submit(jobs)
             return
         host = host.numpy() if host is not None else None

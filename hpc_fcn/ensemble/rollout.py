@@ -16,7 +16,7 @@ import logging
 import numpy as np
 import torch
 
-from ..runtime import UserError
+from ..runtime import UserError, failure_record, raise_first_failure
 from .perturb import Perturber, breed
 from .plan import as_hours, time_tag
 from .products import Products
@@ -181,14 +181,14 @@ class Rollout:
         complete, scored = None, _Deferred(self.scoring, init_index, x0)
         try:
             for s, state in self.states(state, first, bar, finite, init_hours):
-                finite.check()
+                finite.check(self.products.take_write_error())  # and an earlier output's write, agreed at once
                 li = plan.output_steps.index(s)
                 phys = ds.denormalise(state)
                 host = None
                 if need_host:
                     with run.tracer.region("io.to_host", "io"):
                         host = self.products.buffers.copy(phys.float())
-                self.products.write(li, phys, host, files)
+                self.products.write(li, phys, host, files, agreed=True)
                 scored.flush()  # the previous output step's
                 scored.hold(li, s, host)
                 if run.cfg.resume and s < plan.lead_steps and (li + 1) % snap_every == 0:
@@ -244,9 +244,10 @@ class FiniteFlags:
         if x.shape[0]:
             self._flags.append((step, torch.isfinite(x).flatten(2).all(dim=-1)))
 
-    def check(self) -> None:
+    def check(self, write_error: BaseException | None = None) -> None:
         """Read the flags (one host copy) and raise, on every rank, naming the first non-finite member, step and
-        variable (collective)."""
+        variable (collective). ``write_error``: this rank's writer-thread error, agreed on in the same
+        allgather (one collective per output step, not two); raised first, on every rank."""
         bad = None
         if self._flags:
             flags = torch.stack([f for _, f in self._flags])
@@ -255,7 +256,9 @@ class FiniteFlags:
                 i, m, c = (~flags).nonzero()[0].tolist()
                 bad = (steps[i], self.members[m], self.channels[c])
         self._flags = []
-        found = [b for b in self.comm.allgather(bad) if b is not None]
+        shared = self.comm.allgather((bad, failure_record(write_error)))
+        raise_first_failure([w for _, w in shared])
+        found = [b for b, _ in shared if b is not None]
         if found:
             step, member, var = min(found, key=lambda b: (b[0], b[1]))
             raise NonFiniteForecast(f"the forecast became non-finite (NaN/Inf): initial time {self.tag}, "

@@ -54,13 +54,17 @@ class BackgroundWriter:
         """Queue one batch of jobs (run in order after the batches before it); returns the event set when it has
         run. Waits first while ``depth`` batches are in flight. An earlier job's error is not raised here (only
         by ``wait`` and ``take_error``, where the ranks can agree on it); the batches after it are skipped."""
-        self._pending = [e for e in self._pending if not e.is_set()]
-        while len(self._pending) >= self._depth:
-            self._pending.pop(0).wait()
+        self.wait_for_room()
         done = threading.Event()
         self._pending.append(done)
         self._q.put((list(jobs), done))
         return done
+
+    def wait_for_room(self) -> None:
+        """Block while ``depth`` batches are in flight (the back-pressure of a writer slower than the loop)."""
+        self._pending = [e for e in self._pending if not e.is_set()]
+        while len(self._pending) >= self._depth:
+            self._pending.pop(0).wait()
 
     def drain(self) -> None:
         """Block until every queued job has run (an error stays for ``take_error``)."""

@@ -40,8 +40,8 @@ def test_nan_names_member_step_and_variable_on_every_rank(shared_tmp, monkeypatc
     plain = rollout.Rollout.step
     calls = {}
 
-    def poisoned(self, x):
-        y = plain(self, x)
+    def poisoned(self, x, noise=None):
+        y = plain(self, x, noise)
         calls[id(self)] = calls.get(id(self), 0) + 1
         if calls[id(self)] == 3 and 2 in self.run.my_members:
             y[2 - self.run.my_members.start, 1] = float("nan")  # member 2, variable v, step 3
