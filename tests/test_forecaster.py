@@ -70,7 +70,7 @@ def test_automatic_passes_are_balanced_and_never_larger_than_the_members(case, m
     fc = Forecaster(net, InferenceConfig(device="cpu", members_per_pass=0))
     sizes = []
     forward = fc._pass
-    monkeypatch.setattr(fc, "_pass", lambda x: sizes.append(x.shape[0]) or forward(x))
+    monkeypatch.setattr(fc, "_pass", lambda x, noise=None: sizes.append(x.shape[0]) or forward(x, noise))
     x = torch.randn(13, net.in_chans, *net.img_size)
     y = fc.step(x)
     assert fc.max_members_per_pass == 5 and fc.members_per_pass == 5

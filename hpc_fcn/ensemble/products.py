@@ -12,7 +12,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..accel.hostcopy import HostBuffers, HostCopy

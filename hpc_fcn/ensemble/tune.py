@@ -13,7 +13,6 @@ between candidates are not sampling noise. Search: bred cycles over a list, a gl
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import logging
 import math
@@ -405,20 +404,13 @@ def tune(cfg: TuneAppConfig, comm, command: str = "", suggest=None) -> TuneResul
 
 
 def main(argv) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpc_fcn.ensemble.tune",
-                                     description="Tune the initial perturbations of an ensemble config by fair CRPS.")
-    parser.add_argument("config", help="ensemble YAML config, e.g. config/ens100.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. tune.members=16")
-    args = parser.parse_args(argv)
+    from ..cli import parse_command, start
+    args = parse_command("python -m hpc_fcn.ensemble.tune",
+                         "Tune the initial perturbations of an ensemble config by fair CRPS.",
+                         "config/ens100.yaml", "tune.members=16", argv)
     from mpi4py import MPI
-    from ..config import load_config
-    from ..paths import check_paths
-    from ..runtime import set_threads, setup_logging
     comm = MPI.COMM_WORLD
-    cfg = load_config(TuneAppConfig, args.config, args.overrides)
-    check_paths(tuning_config(cfg))
-    setup_logging(comm.rank, cfg.log_level)
-    set_threads(comm, cfg.parallel.threads)
+    cfg, _ = start(TuneAppConfig, args, comm, paths_of=tuning_config)
     import perfmodel
     launcher = f"mpirun -n {comm.size} " if comm.size > 1 else ""
     command = launcher + "python -m hpc_fcn.ensemble.tune " + shlex.join([args.config, *args.overrides])

@@ -7,27 +7,20 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..config import load_config
-from ..paths import check_paths
-from ..runtime import main_guard, set_threads, setup_logging, world
+from ..cli import parse_command, start
+from ..runtime import main_guard, world
 from .config import TrainConfig
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m hpc_fcn.train",
-                                description="Train the AFNO model (data + model parallel under mpirun).")
-    p.add_argument("config", help="YAML config, e.g. config/train_builtin.yaml")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. phases.0.epochs=2 resume=true")
-    return p.parse_args(list(argv))
+    return parse_command("python -m hpc_fcn.train", "Train the AFNO model (data + model parallel under mpirun).",
+                         "config/train_builtin.yaml", "phases.pretrain.epochs=2 resume=true", argv)
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    cfg = load_config(TrainConfig, args.config, args.overrides)
-    check_paths(cfg)  # a missing data folder or checkpoint fails here, on every rank, before any work
     comm = world()
-    logger = setup_logging(comm.rank, cfg.log_level)
-    set_threads(comm, cfg.parallel.threads)
+    cfg, logger = start(TrainConfig, args, comm)  # a missing data folder or checkpoint fails here, before any work
     out = Path(cfg.output.dir)
     if comm.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
