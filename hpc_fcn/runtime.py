@@ -159,5 +159,6 @@ def main_guard(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] 
             sys.stdout.flush()
             return code
         print(f"\nerror [rank {comm.rank}]: {msg}", file=sys.stderr, flush=True)  # not on a progress bar's line
+        time.sleep(0.5)  # let the launcher forward the message before Abort kills the job (it was lost under load)
         comm.Abort(code)
         return code
