@@ -140,7 +140,8 @@ class Trainer:
         seed = int(np.random.SeedSequence([self.cfg.seed, pos.phase, pos.epoch]).generate_state(1)[0])
         gen = ModelNoise(self.noise_dim, self.token_grid, *self.token_window, seed=seed)
         hours = [as_hours(self.train_ds.times[i]) for i in local]
-        return torch.stack([gen.member(h, m, step, self.device) for m in self.my_members for h in hours])
+        per_time = torch.stack([gen.sample(h, self.my_members, step, self.device) for h in hours], dim=1)
+        return per_time.reshape(-1, *per_time.shape[2:])  # (members, samples) -> member-major
 
     def crps_rollout_loss(self, seq: torch.Tensor, local: list[int], batch_size: int) -> torch.Tensor:
         """This rank's members' share of the batch's fair CRPS, mean over steps and samples."""
