@@ -89,7 +89,7 @@ def serial_model(model_cfg, n_chans: int, grid_shape: tuple[int, int], add_noise
                 raise ConfigError(f"config key 'model.stochastic': the checkpoint {ck} is a deterministic model; use a "
                                   "stochastic one (python -m hpc_fcn.train config/train_stochastic.yaml makes the "
                                   "built-in one) or set model.stochastic: false")
-            model = with_new_noise(model, model_cfg.noise_dim, model_cfg.seed)
+            model = with_new_noise(model, model_cfg.noise_dim, model_cfg.seed, model_cfg.noise_blocks)
         mcfg = checkpoint_model_config(model_cfg, model)
         refuse_ignored_keys(model_cfg, mcfg, ck)
         if model.in_chans != n_chans or model.out_chans != n_chans:
@@ -101,14 +101,17 @@ def serial_model(model_cfg, n_chans: int, grid_shape: tuple[int, int], add_noise
     return model.eval(), mcfg
 
 
-def with_new_noise(model, noise_dim: int, seed: int):
-    """A copy of the deterministic AFNONet ``model`` with a new token-noise projection (seeded, small)."""
+def with_new_noise(model, noise_dim: int, seed: int, noise_blocks: int = 1):
+    """A copy of the deterministic AFNONet ``model`` with new token-noise projections (seeded, small) into the
+    embedding and, with ``noise_blocks`` > 1, before the next blocks."""
     from .model import AFNONet
-    net = AFNONet(**dict(model.config(), noise_dim=noise_dim))
+    net = AFNONet(**dict(model.config(), noise_dim=noise_dim, noise_blocks=noise_blocks))
     net.load_state_dict(model.state_dict(), strict=False)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        net.noise_proj.weight.copy_(torch.randn(net.noise_proj.weight.shape, generator=gen) * 0.01)
+        for name, p in net.named_parameters():
+            if "noise_proj" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
     return net.eval()
 
 
@@ -120,7 +123,9 @@ def checkpoint_model_config(model_cfg, model):
                    embed_dim=mc["embed_dim"], depth=mc["depth"], mlp_ratio=float(mc["mlp_ratio"]),
                    num_blocks=mc["num_blocks"], sparsity_threshold=mc["sparsity_threshold"],
                    hard_thresholding_fraction=mc["hard_thresholding_fraction"],
-                   noise_dim=noise or model_cfg.noise_dim, stochastic=bool(model_cfg.stochastic and noise))
+                   noise_dim=noise or model_cfg.noise_dim,
+                   noise_blocks=int(mc.get("noise_blocks", 1)) if noise else model_cfg.noise_blocks,
+                   stochastic=bool(model_cfg.stochastic and noise))
 
 
 ARCHITECTURE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "mlp_ratio", "num_blocks", "sparsity_threshold",

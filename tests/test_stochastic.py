@@ -111,3 +111,29 @@ def test_train_only_freezes_the_rest_and_names_a_prefix_that_matches_nothing():
     assert not net.patch_embed.proj.weight.requires_grad and net.noise_proj.weight.requires_grad
     with pytest.raises(ConfigError, match="optim.train_only"):
         trainable(list(net.named_parameters()), ["nothing"])
+
+
+@pytest.mark.parametrize("blocks", [2, 3])
+def test_noise_before_later_blocks_in_the_serial_and_fused_paths(blocks, tmp_path):
+    """noise_blocks > 1: each of the first blocks adds its own projection of the token noise; the fused path
+    equals the serial one, the noise-free path stays the deterministic model, and a checkpoint keeps the count."""
+    torch.manual_seed(0)
+    kw = dict(KW, depth=3)
+    net = AFNONet(**kw, noise_dim=4, noise_blocks=blocks).eval()
+    assert net.config()["noise_blocks"] == blocks and len(net.block_noise_proj) == blocks - 1
+    x = torch.randn(2, KW["in_chans"], *KW["img_size"])
+    noise = torch.randn(2, net.h, net.w, 4)
+    with torch.no_grad():
+        for p in net.block_noise_proj.parameters():
+            p.mul_(50.0)  # make the later projections matter
+        y = net(x, noise)
+        fused = FusedAFNONet(net)(x, noise)
+        assert torch.allclose(fused, y, atol=1e-5, rtol=1e-4)
+        net.block_noise_proj[-1].weight.zero_()
+        z = net(x, noise)
+    assert not torch.allclose(z, y, atol=1e-4)  # the last noisy block's projection is used
+    save_checkpoint(tmp_path / "m.ckpt", net)
+    back = load_checkpoint(tmp_path / "m.ckpt")
+    assert back.noise_blocks == blocks and torch.equal(back(x, noise), net(x, noise))
+    with pytest.raises(ValueError, match="noise_blocks"):
+        AFNONet(**kw, noise_dim=4, noise_blocks=4)

@@ -246,3 +246,46 @@ def test_builtin_checkpoint_skill_on_the_test_period():
         assert (m["acc"][day][main] > p["acc"][day][main] + 0.05).all(), (day, m["acc"][day], p["acc"][day])
         if day <= 3:
             assert (m["rmse"][day][main] < 0.95 * c["rmse"][day][main]).all(), (day, m["rmse"][day], c["rmse"][day])
+
+
+# -- CRPS training of the whole network: learning-rate groups and the control anchor ------------------
+CRPS_TINY = ["model.stochastic=true", "model.noise_dim=4", "loss.kind=crps", "loss.members=3",
+             "phases={crps: {epochs: 1, rollout_steps: 2, batch_size: 2, lr: 1.0e-3}}"]
+
+
+def test_lr_scale_makes_groups_that_the_schedule_scales(data_root, tmp_path):
+    trainer = trainer_for(tiny_config(data_root, tmp_path, CRPS_TINY + ["optim.lr_scale={noise_proj: 10.0}"]))
+    groups = {g["lr_scale"]: g["params"] for g in trainer.optimizer.param_groups}
+    assert sorted(groups) == [1.0, 10.0]
+    assert [p.shape for p in groups[10.0]] == [trainer.module.noise_proj.weight.shape]
+    assert sum(len(ps) for ps in groups.values()) == len(list(trainer.module.parameters()))
+    trainer.run(max_steps=1)
+    lrs = {g["lr_scale"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs[10.0] == pytest.approx(10 * lrs[1.0]) and lrs[1.0] == pytest.approx(trainer.history[0]["lr"])
+    with pytest.raises(ConfigError, match="optim.lr_scale.nothing"):
+        trainer_for(tiny_config(data_root, tmp_path / "bad", CRPS_TINY + ["optim.lr_scale={nothing: 2.0}"]))
+    with pytest.raises(ConfigError, match="optim.lr_scale.noise_proj"):
+        tiny_config(data_root, tmp_path, CRPS_TINY + ["optim.lr_scale={noise_proj: 0}"])
+
+
+def test_control_weight_adds_the_noise_free_rollouts_mse(data_root, tmp_path):
+    """loss(weight) - loss(0) is weight x the weighted absolute error of the noise-free rollout."""
+    weights = "loss.channel_weights={u10: 2.0, v10: 0.5}"
+    plain = trainer_for(tiny_config(data_root, tmp_path / "a", CRPS_TINY + [weights]))
+    anchored = trainer_for(tiny_config(data_root, tmp_path / "b", CRPS_TINY + [weights, "loss.control_weight=0.7"]))
+    anchored.module.load_state_dict(plain.module.state_dict())
+    seq = plain.reader.sequences([0, 5], 2)
+    with torch.no_grad():
+        a = plain.crps_rollout_loss(seq, [0, 5], 2)
+        b = anchored.crps_rollout_loss(seq, [0, 5], 2)
+        ds = plain.train_ds
+        lat_w = latitude_weights(ds.lat, "area")[:, None]
+        chan_w = torch.tensor(channel_weights(ds.channels, {"u10": 2.0, "v10": 0.5}))[:, None, None]
+        x, want = seq[:, 0], 0.0
+        for k in (1, 2):
+            x = plain.module(x)
+            err = (x - seq[:, k]).abs().double() * chan_w * torch.tensor(lat_w)
+            want += float(err.sum()) / (len(ds.channels) * len(ds.lat) * ds.nlon)
+    assert float(b - a) == pytest.approx(0.7 * want / (2 * 2), rel=1e-5)
+    with pytest.raises(ConfigError, match="loss.control_weight"):
+        tiny_config(data_root, tmp_path, ["loss.control_weight=1.0"])  # an MSE model has no control member

@@ -134,5 +134,10 @@ class FusedAFNONet(nn.Module):
             z = self.spectral_fn(self.forward_modes(n), *self.spectral_weights(i), lambd)
             y = self.inverse_modes(z, n)
             nxt = net.blocks[i + 1].norm1 if i + 1 < len(net.blocks) else None
-            h, n = self.tail_fn(blk.norm2, blk.mlp, nxt, y, n, h)
+            if noise is not None and i + 1 < net.noise_blocks:  # the next block takes noise before its norm
+                h, _ = self.tail_fn(blk.norm2, blk.mlp, None, y, n, h)
+                h = add_noise(net, h, noise, i + 1)
+                n = nxt(h)
+            else:
+                h, n = self.tail_fn(blk.norm2, blk.mlp, nxt, y, n, h)
         return self.head_fn(h)

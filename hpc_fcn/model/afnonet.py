@@ -124,7 +124,7 @@ class AFNONet(nn.Module):
     def __init__(self, img_size: Sequence[int] = (720, 1440), patch_size: int | Sequence[int] = 8,
                  in_chans: int = 20, out_chans: int = 20, embed_dim: int = 768, depth: int = 12,
                  mlp_ratio: float = 4.0, num_blocks: int = 8, sparsity_threshold: float = 0.01,
-                 hard_thresholding_fraction: float = 1.0, noise_dim: int = 0):
+                 hard_thresholding_fraction: float = 1.0, noise_dim: int = 0, noise_blocks: int = 1):
         super().__init__()
         self.img_size = pair(img_size)
         self.patch_size = pair(patch_size)
@@ -149,10 +149,15 @@ class AFNONet(nn.Module):
             for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)  # in the checkpoint, never used in forward
         self.head = nn.Linear(embed_dim, out_chans * self.patch_size[0] * self.patch_size[1], bias=False)
-        # Stochastic model: ``noise_dim`` unit normals per token, projected into the token embedding.
+        # Stochastic model: ``noise_dim`` unit normals per token, projected into the token embedding and, with
+        # ``noise_blocks`` > 1, by a projection of their own into the residual stream before blocks 1 .. noise_blocks-1.
         self.noise_dim = int(noise_dim)
+        self.noise_blocks = check_noise_blocks(noise_blocks, depth) if self.noise_dim else 1
         if self.noise_dim:
             self.noise_proj = nn.Linear(self.noise_dim, embed_dim, bias=False)
+        if self.noise_blocks > 1:
+            self.block_noise_proj = nn.ModuleList(nn.Linear(self.noise_dim, embed_dim, bias=False)
+                                                  for _ in range(self.noise_blocks - 1))
         if not any(p.is_meta for p in self.parameters()):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
             self.apply(self._init_weights)
@@ -176,6 +181,8 @@ class AFNONet(nn.Module):
                    hard_thresholding_fraction=self.hard_thresholding_fraction)
         if self.noise_dim:  # the published (deterministic) config stays as it was
             cfg["noise_dim"] = self.noise_dim
+        if self.noise_blocks > 1:
+            cfg["noise_blocks"] = self.noise_blocks
         return cfg
 
     def forward_features(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -184,8 +191,8 @@ class AFNONet(nn.Module):
             raise ValueError(f"input grid {tuple(x.shape[-2:])} does not match img_size {self.img_size}")
         x = self.patch_embed(x) + self.pos_embed
         x = add_noise(self, x.reshape(b, self.h, self.w, self.embed_dim), noise)
-        for blk in self.blocks:
-            x = blk(x)
+        for i, blk in enumerate(self.blocks):
+            x = blk(add_noise(self, x, noise, i) if i else x)
         return x
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -193,14 +200,26 @@ class AFNONet(nn.Module):
         return unpatchify(self.head(self.forward_features(x, noise)), self.patch_size, self.out_chans)
 
 
-def add_noise(net: nn.Module, tokens: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-    """``tokens`` (B, h, w, C) plus the projected token ``noise`` (B, h, w, noise_dim) of a stochastic model.
+def check_noise_blocks(noise_blocks: int, depth: int) -> int:
+    """``noise_blocks``: how many blocks, from the first, get the token noise (1: after the embedding only)."""
+    if not 1 <= int(noise_blocks) <= depth:
+        raise ValueError(f"noise_blocks must be between 1 and depth={depth}, got {noise_blocks}")
+    return int(noise_blocks)
+
+
+def add_noise(net: nn.Module, tokens: torch.Tensor, noise: torch.Tensor | None, block: int = 0) -> torch.Tensor:
+    """``tokens`` (B, h, w, C) entering block ``block``, plus the token ``noise`` (B, h, w, noise_dim) of a
+    stochastic model through that block's projection (blocks at or past ``net.noise_blocks`` get none).
 
     Without noise (or for a deterministic model) the tokens pass unchanged: that path is the control
     forecast. Noise given to a deterministic model is an error, never silently dropped.
     """
     if noise is None:
         return tokens
+    if block:
+        if block >= getattr(net, "noise_blocks", 1):
+            return tokens
+        return tokens + net.block_noise_proj[block - 1](noise.to(tokens.dtype))
     dim = getattr(net, "noise_dim", 0)
     if not dim:
         raise ValueError("model noise was given but this model is deterministic (noise_dim 0): use a stochastic "

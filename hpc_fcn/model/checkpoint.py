@@ -62,6 +62,9 @@ def infer_model_config(state: Mapping[str, torch.Tensor], hint: Mapping | None =
                num_blocks=w1.shape[1], sparsity_threshold=0.01, hard_thresholding_fraction=1.0)
     if pre + "noise_proj.weight" in state:  # a stochastic model (hpc_fcn.model.afnonet.add_noise)
         cfg["noise_dim"] = int(state[pre + "noise_proj.weight"].shape[1])
+        extra = sum(1 for k in state if k.startswith(pre + "block_noise_proj.") and k.endswith(".weight"))
+        if extra:
+            cfg["noise_blocks"] = 1 + extra
     if "img_size" not in hint:
         n = pos.shape[1]
         h = math.isqrt(n // 2)

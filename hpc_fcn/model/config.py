@@ -57,6 +57,7 @@ class ModelConfig:
     seed: int = 0  # for random weights
     stochastic: bool = False  # the stochastic model: token noise per member and step (builtin: its own checkpoint)
     noise_dim: int = 32  # stochastic: noise channels per token (a new model's; a checkpoint's own wins)
+    noise_blocks: int = 1  # stochastic: the noise enters the first this many blocks (a new model's; a checkpoint's wins)
 
     def validate(self, prefix: str) -> None:
         p = f"{prefix}." if prefix else ""
@@ -74,6 +75,8 @@ class ModelConfig:
             fail(f"{p}mlp_ratio", f"must be positive, got {self.mlp_ratio}")
         if self.noise_dim < 1:
             fail(f"{p}noise_dim", f"must be >= 1, got {self.noise_dim}")
+        if not 1 <= self.noise_blocks <= self.depth:
+            fail(f"{p}noise_blocks", f"must be between 1 and depth={self.depth}, got {self.noise_blocks}")
 
     def kwargs(self, in_chans: int, out_chans: int) -> dict:
         """AFNONet constructor keywords."""
@@ -81,7 +84,8 @@ class ModelConfig:
                     out_chans=out_chans, embed_dim=self.embed_dim, depth=self.depth, mlp_ratio=self.mlp_ratio,
                     num_blocks=self.num_blocks, sparsity_threshold=self.sparsity_threshold,
                     hard_thresholding_fraction=self.hard_thresholding_fraction,
-                    noise_dim=self.noise_dim if self.stochastic else 0)
+                    noise_dim=self.noise_dim if self.stochastic else 0,
+                    noise_blocks=self.noise_blocks if self.stochastic else 1)
 
     def shape(self, in_chans: int = 20, out_chans: int | None = None) -> "ModelShape":
         return ModelShape.of(self.kwargs(in_chans, in_chans if out_chans is None else out_chans))

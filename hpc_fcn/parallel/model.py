@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..model import AFNONet, unpatchify
-from ..model.afnonet import add_noise
+from ..model.afnonet import add_noise, check_noise_blocks
 from ..model.checkpoint import infer_model_config
 from ..model.config import pair
 from .grid import ProcessGrid
@@ -26,7 +26,7 @@ from .primitives import gather, reduce_from
 from .split import split_sizes
 
 _MODEL_KEYS = ("img_size", "patch_size", "in_chans", "out_chans", "embed_dim", "depth", "mlp_ratio",
-               "num_blocks", "sparsity_threshold", "hard_thresholding_fraction", "noise_dim")
+               "num_blocks", "sparsity_threshold", "hard_thresholding_fraction", "noise_dim", "noise_blocks")
 
 
 class DistributedAFNONet(nn.Module):
@@ -35,7 +35,7 @@ class DistributedAFNONet(nn.Module):
     def __init__(self, grid: ProcessGrid, img_size=(720, 1440), patch_size=8, in_chans: int = 20,
                  out_chans: int = 20, embed_dim: int = 768, depth: int = 12, mlp_ratio: float = 4.0,
                  num_blocks: int = 8, sparsity_threshold: float = 0.01, hard_thresholding_fraction: float = 1.0,
-                 noise_dim: int = 0, dtype: torch.dtype = torch.float32):
+                 noise_dim: int = 0, noise_blocks: int = 1, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.grid = grid
         self.img_size, self.patch_size = pair(img_size), pair(patch_size)
@@ -66,9 +66,16 @@ class DistributedAFNONet(nn.Module):
         self.head = nn.Linear(cl, n_out, bias=False, dtype=dtype)
         sharding.attach(self, "head.weight", sharding.split((n_out, embed_dim), (1, "matmul")))
         self.noise_dim = int(noise_dim)
+        self.noise_blocks = check_noise_blocks(noise_blocks, depth) if self.noise_dim else 1
         if self.noise_dim:  # stochastic model: token noise projected onto this rank's embedding channels
             self.noise_proj = nn.Linear(self.noise_dim, cl, bias=False, dtype=dtype)
             sharding.attach(self, "noise_proj.weight", sharding.split((embed_dim, self.noise_dim), (0, "matmul")))
+        if self.noise_blocks > 1:  # and before blocks 1 .. noise_blocks-1, each by its own projection
+            self.block_noise_proj = nn.ModuleList(nn.Linear(self.noise_dim, cl, bias=False, dtype=dtype)
+                                                  for _ in range(self.noise_blocks - 1))
+            for j in range(self.noise_blocks - 1):
+                sharding.attach(self, f"block_noise_proj.{j}.weight",
+                                sharding.split((embed_dim, self.noise_dim), (0, "matmul")))
 
     # ---- construction and checkpoints --------------------------------------------------------
     @classmethod
@@ -96,6 +103,8 @@ class DistributedAFNONet(nn.Module):
                    hard_thresholding_fraction=self.hard_thresholding_fraction)
         if self.noise_dim:
             cfg["noise_dim"] = self.noise_dim
+        if self.noise_blocks > 1:
+            cfg["noise_blocks"] = self.noise_blocks
         return cfg
 
     def load_serial_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
@@ -138,8 +147,8 @@ class DistributedAFNONet(nn.Module):
             raise ValueError(f"rank {self.grid.rank}: input window {tuple(x.shape[-2:])} is not this rank's "
                              f"window {want} (rows {rows.start}:{rows.stop}, cols {cols.start}:{cols.stop})")
         x = add_noise(self, self.patch_embed(x) + self.pos_embed, noise)
-        for blk in self.blocks:
-            x = blk(x)
+        for i, blk in enumerate(self.blocks):
+            x = blk(add_noise(self, x, noise, i) if i else x)
         return x
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:

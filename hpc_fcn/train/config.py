@@ -42,6 +42,7 @@ class OptimConfig:
     eps: float = 1e-8
     grad_clip: float = 1.0  # maximum global gradient norm; 0 = no clipping
     train_only: list[str] | None = None  # train only parameters whose names start with one of these (null = all)
+    lr_scale: dict[str, float] = field(default_factory=dict)  # name prefix -> multiple of the phase's lr (e.g. a new head)
 
     def validate(self, prefix: str) -> None:
         if self.weight_decay < 0:
@@ -52,6 +53,9 @@ class OptimConfig:
             fail(f"{prefix}.eps", f"must be positive, got {self.eps}")
         if self.grad_clip < 0:
             fail(f"{prefix}.grad_clip", f"must be >= 0 (0 = off), got {self.grad_clip}")
+        for name, scale in self.lr_scale.items():
+            if not scale > 0:
+                fail(f"{prefix}.lr_scale.{name}", f"must be positive, got {scale}")
 
 
 @dataclass
@@ -61,11 +65,19 @@ class LossConfig:
     members: int = 8  # crps: members per sample, split over the ensemble axis (which then holds members, not data)
     lat_weights: Literal["area", "fourcastnet", "none"] = "area"
     channel_weights: dict[str, float] = field(default_factory=dict)  # by name; missing channels weigh 1
+    # crps: add this weight x the absolute error of the noise-free rollout (the control member: the CRPS of a
+    # one-member ensemble, same weights), so that training the whole network keeps the control forecast good
+    control_weight: float = 0.0
 
     def validate(self, prefix: str) -> None:
         for name, w in self.channel_weights.items():
             if w < 0:
                 fail(f"{prefix}.channel_weights.{name}", f"must be >= 0, got {w}")
+        if self.control_weight < 0:
+            fail(f"{prefix}.control_weight", f"must be >= 0, got {self.control_weight}")
+        if self.control_weight and self.kind != "crps":
+            fail(f"{prefix}.control_weight", "anchors the noise-free member of a crps ensemble: set loss.kind: crps "
+                 "or remove the key")
         if self.members < 2:
             fail(f"{prefix}.members", f"the fair CRPS needs at least 2 members, got {self.members}")
 

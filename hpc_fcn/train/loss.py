@@ -57,5 +57,18 @@ class WeightedMSE:
         if pred.shape != target.shape or tuple(pred.shape[-3:]) != tuple(self.weight.shape):
             raise ValueError(f"prediction {tuple(pred.shape)} / target {tuple(target.shape)} do not match the "
                              f"window {tuple(self.weight.shape)}")
-        err = (pred.float() - target.float()) ** 2
+        err = self.error(pred.float() - target.float())
         return (err * self.weight).sum() / (self.nchan * self.nlat * self.nlon)
+
+    @staticmethod
+    def error(diff: torch.Tensor) -> torch.Tensor:
+        return diff ** 2
+
+
+class WeightedMAE(WeightedMSE):
+    """The same partial loss with absolute errors: the CRPS of a one-member ensemble (the control's, beside the
+    members' fair CRPS, in the same units and weights)."""
+
+    @staticmethod
+    def error(diff: torch.Tensor) -> torch.Tensor:
+        return diff.abs()

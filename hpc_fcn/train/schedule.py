@@ -34,7 +34,8 @@ class PhaseSchedule:
         return warmup_cosine(step, self.total, self.lr, self.min_lr, self.warmup)
 
     def apply(self, optimizer, step: int) -> float:
+        """Set every parameter group's lr (times the group's ``lr_scale``, default 1); returns the base lr."""
         value = self(step)
         for group in optimizer.param_groups:
-            group["lr"] = value
+            group["lr"] = value * group.get("lr_scale", 1.0)
         return value

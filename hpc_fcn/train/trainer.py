@@ -30,7 +30,7 @@ from . import state as ckpt_io
 from .config import PhaseConfig, TrainConfig
 from .data import WindowReader
 from .grads import any_nonfinite, clip_gradients, global_grad_norm, poison
-from .loss import WeightedMSE, channel_weights, latitude_weights
+from .loss import WeightedMAE, WeightedMSE, channel_weights, latitude_weights
 from .sampler import EpochSampler, usable_starts
 from .schedule import PhaseSchedule
 from .topology import Topology
@@ -57,6 +57,23 @@ def trainable(named: list, prefixes: list[str] | None) -> list:
     return keep
 
 
+def param_groups(named: list, lr_scale: dict[str, float]) -> list[dict]:
+    """Optimizer groups: parameters whose names start with a key of ``lr_scale`` learn at that multiple of the
+    phase's lr (the first matching key wins), the rest at 1x."""
+    groups: dict[float, list] = {}
+    used = set()
+    for name, p in named:
+        key = next((pre for pre in lr_scale if name.startswith(pre)), None)
+        used.add(key)
+        groups.setdefault(1.0 if key is None else float(lr_scale[key]), []).append(p)
+    unused = [k for k in lr_scale if k not in used]
+    if unused:
+        from ..config import ConfigError
+        raise ConfigError(f"config key 'optim.lr_scale.{unused[0]}': no trained parameter's name starts with it; "
+                          f"names look like {', '.join(k for k, _ in named[:4])}")
+    return [{"params": ps, "lr_scale": scale} for scale, ps in groups.items()]
+
+
 @dataclass
 class Position:
     """The next optimizer step to run: phase index, epoch within the phase, step within the epoch."""
@@ -77,8 +94,8 @@ class Trainer:
         self.copies = shards.copies()
         o = cfg.optim
         self.phases = list(cfg.phases.items())  # (name, PhaseConfig) in order
-        self.optimizer = torch.optim.AdamW(self.params, lr=self.phases[0][1].lr, betas=tuple(o.betas), eps=o.eps,
-                                           weight_decay=o.weight_decay)
+        self.optimizer = torch.optim.AdamW(param_groups(self.named, o.lr_scale), lr=self.phases[0][1].lr,
+                                           betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
         self.train_ds = train_ds
         self.reader = WindowReader(train_ds, topo.rows, topo.cols, self.device)
         self.loss_fn = WeightedMSE(latitude_weights(train_ds.lat, cfg.loss.lat_weights),
@@ -95,6 +112,13 @@ class Trainer:
             self.token_window = topo.grid.token_window(mc.img_size, mc.patch_size)
             self.token_grid = token_grid(mc.img_size, mc.patch_size)
             self.noise_dim = int(self.module.noise_dim)
+            # the noise-free rollout's absolute error (loss.control_weight) is this rank's job on the last
+            # ensemble rank, which holds the fewest members when they do not split evenly
+            self.control_loss = None
+            if cfg.loss.control_weight and topo.data_rank == topo.data_size - 1:
+                self.control_loss = WeightedMAE(latitude_weights(train_ds.lat, cfg.loss.lat_weights),
+                                                channel_weights(train_ds.channels, cfg.loss.channel_weights),
+                                                topo.rows, topo.cols, train_ds.nlon).to(self.device)
         self.validator = None
         if cfg.validation.enabled and valid_ds is not None:
             self.validator = Validator(WindowReader(valid_ds, topo.rows, topo.cols, self.device), topo,
@@ -144,7 +168,8 @@ class Trainer:
         return per_time.reshape(-1, *per_time.shape[2:])  # (members, samples) -> member-major
 
     def crps_rollout_loss(self, seq: torch.Tensor, local: list[int], batch_size: int) -> torch.Tensor:
-        """This rank's members' share of the batch's fair CRPS, mean over steps and samples."""
+        """This rank's members' share of the batch's fair CRPS, mean over steps and samples (plus, on the rank
+        that holds it, loss.control_weight x the noise-free rollout's weighted absolute error)."""
         steps, B = seq.shape[1] - 1, seq.shape[0]
         m = self.crps.local_members
         state = seq[:, 0].unsqueeze(0).expand(m, *seq[:, 0].shape).reshape(m * B, *seq.shape[2:])
@@ -152,6 +177,11 @@ class Trainer:
         for k in range(1, steps + 1):
             state = self.forward(state, self.member_noise(local, k))
             total = total + self.crps(state.reshape(m, B, *state.shape[1:]), seq[:, k])
+        if self.control_loss is not None:
+            control = seq[:, 0]
+            for k in range(1, steps + 1):
+                control = self.forward(control)
+                total = total + self.cfg.loss.control_weight * self.control_loss(control, seq[:, k])
         return total / (batch_size * steps)
 
     def rollout_loss(self, seq: torch.Tensor, batch_size: int) -> torch.Tensor:

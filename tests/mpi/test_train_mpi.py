@@ -122,8 +122,9 @@ def test_validation_scores_do_not_depend_on_the_layout(shared, serial_run):
 
 # ---- the stochastic model trained with the fair CRPS over the ensemble axis -----------------------------
 CRPS = ["model.stochastic=true", "model.noise_dim=4", "loss.kind=crps", "loss.members=5",
+        "model.noise_blocks=2", "loss.control_weight=0.5", "optim.lr_scale={noise_proj: 4.0}",
         "phases={crps: {epochs: 1, rollout_steps: 2, batch_size: 2, lr: 1.0e-3}}"]
-CRPS_LAYOUTS = {  # 5 members: 3 + 2 on two ensemble ranks, 2 + 1 + 1 + 1 on four
+CRPS_LAYOUTS = {  # 5 members: 3 + 2 on two ensemble ranks, 2 + 1 + 1 + 1 on four; the control on the last
     "ens2": (2, ["parallel.ensemble=2"]),
     "ens2_h2": (4, ["parallel.ensemble=2", "parallel.h=2"]),
     "ens2_matmul2": (4, ["parallel.ensemble=2", "parallel.matmul=2"]),
@@ -145,7 +146,9 @@ def crps_serial(shared):
 @pytest.mark.parametrize("layout", list(CRPS_LAYOUTS))
 def test_crps_step_of_the_stochastic_model_matches_serial(shared, crps_serial, layout):
     """Members over the ensemble axis (cross-member term: all-gather, adjoint reduce-scatter) with h / matmul
-    model parallelism: the loss, the clipped global gradient norm and the updated weights equal one rank's."""
+    model parallelism, the whole network trained with the control anchor (on the last ensemble rank) and a
+    faster noise projection: the loss, the clipped global gradient norm and the updated weights equal one
+    rank's."""
     world = MPI.COMM_WORLD
     n, overrides = CRPS_LAYOUTS[layout]
     comm = world.Split(0 if world.rank < n else MPI.UNDEFINED, world.rank)
