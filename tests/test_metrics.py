@@ -331,3 +331,15 @@ def test_accumulator_empty_lead_torch_input_and_errors(rng):
         a.add(2, members[0, 0], truth[0, 0], clim, w)
     with pytest.raises(ValueError, match="control_member"):
         mt.ScoreAccumulator(["z500"], 2, M, control_member=3)
+
+
+def test_climatology_tool_picks_the_same_season_and_hour_across_new_year():
+    """tools/climatology_crps.py: the climatological ensemble of a time is every training state at its hour
+    within the day-of-year window, the window wrapping at new year."""
+    tool = load_tool("climatology_crps")
+    times = np.arange(np.datetime64("2000-01-01T00"), np.datetime64("2002-01-01T00"), np.timedelta64(6, "h"))
+    picked = times[tool.climate_indices(times, np.datetime64("2005-01-02T06"), 3)]
+    assert all(t.astype(object).hour == 6 for t in picked)
+    days = sorted({(t.astype(object).month, t.astype(object).day) for t in picked})
+    assert days == [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (12, 30), (12, 31)]
+    assert len(picked) == 2 * 7  # in both years (2000 a leap year, 2001 not)
