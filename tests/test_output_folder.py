@@ -140,6 +140,24 @@ def test_stale_lock_of_a_dead_run_is_replaced(tmp_path):
     assert not (folder / LOCK_NAME).exists()
 
 
+def test_lock_of_a_killed_run_not_yet_reaped_is_replaced(tmp_path):
+    """A SIGKILLed launcher leaves its ranks as zombies until they are reaped: not a run that holds the folder."""
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    import socket
+    (folder / LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": zombie.pid,
+                                                "started": _start_time(zombie.pid), "time": 0, "command": "killed"}))
+    lock = OutputLock.acquire(folder)  # not waited for: the child is still a zombie here
+    assert json.loads((folder / LOCK_NAME).read_text())["pid"] == os.getpid()
+    lock.release()
+    zombie.wait()
+
+
 def test_live_lock_names_its_owner(tmp_path):
     folder = tmp_path / "out"
     held = OutputLock.acquire(folder)

@@ -28,13 +28,19 @@ class OutputError(OSError):
         return str(self.strerror)
 
 
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of process ``pid`` (field 22 of /proc/PID/stat), None where unknown."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), None where unknown."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return stat.rsplit(")", 1)[1].split()
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (field 22 of /proc/PID/stat), None where unknown."""
+    fields = _proc_stat(pid)
+    return None if fields is None else fields[19]
 
 
 def _alive(pid: int, started: str | None) -> bool:
@@ -44,7 +50,10 @@ def _alive(pid: int, started: str | None) -> bool:
         return False
     except PermissionError:
         pass
-    now = _start_time(pid)
+    fields = _proc_stat(pid)
+    if fields is not None and fields[0] in ("Z", "X"):  # killed, not yet reaped (its launcher was killed too)
+        return False
+    now = None if fields is None else fields[19]
     return started is None or now is None or now == started  # a reused pid has another start time
 
 
