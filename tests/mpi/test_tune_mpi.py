@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ensemble_setup import tiny_dataset, tiny_tune_config  # noqa: E402
 
 from hpc_fcn.ensemble.tune import Objective, tune  # noqa: E402
-from hpc_fcn.parallel.testing import shared_tempdir  # noqa: E402
+from hpc_fcn.parallel.testing import shared_tempdir, sub_comm  # noqa: E402
 
 pytestmark = pytest.mark.skipif(MPI.COMM_WORLD.size != 4, reason="compares 1 rank with 4")
 LAYOUTS = {"serial": (1, []), "ens4": (4, []), "h2_ens2": (4, ["parallel.h=2", "parallel.ensemble=2"])}
@@ -20,11 +20,6 @@ LAYOUTS = {"serial": (1, []), "ens4": (4, []), "h2_ens2": (4, ["parallel.h=2", "
 @pytest.fixture(scope="module")
 def shared_tmp():
     return shared_tempdir("hpc_fcn_tune_", lambda p: tiny_dataset(p / "data"))
-
-
-def _sub(n):
-    world = MPI.COMM_WORLD
-    return world.Split(0 if world.rank < n else MPI.UNDEFINED, world.rank)
 
 
 def test_every_rank_gets_the_same_result_and_one_fragment(shared_tmp):
@@ -41,13 +36,12 @@ def test_objective_is_the_same_on_1_and_4_ranks(shared_tmp):
     """Members are keyed noise, scored after the member exchange: the layout changes only the summation order."""
     values = {}
     for name, (n, overrides) in LAYOUTS.items():
-        comm = _sub(n)
-        if comm != MPI.COMM_NULL:
-            obj = Objective(tiny_tune_config(shared_tmp / "data", shared_tmp / "unused.yaml", overrides), comm)
-            pc = obj.run.cfg.perturbation
-            values[name] = np.stack([obj.crps(replace(pc, amplitude=a)) for a in (0.05, 0.4)])
-            obj.close()
-            comm.Free()
+        with sub_comm(n) as comm:
+            if comm is not None:
+                obj = Objective(tiny_tune_config(shared_tmp / "data", shared_tmp / "unused.yaml", overrides), comm)
+                pc = obj.run.cfg.perturbation
+                values[name] = np.stack([obj.crps(replace(pc, amplitude=a)) for a in (0.05, 0.4)])
+                obj.close()
     values = MPI.COMM_WORLD.bcast(values, root=0)
     for name in ("ens4", "h2_ens2"):
         np.testing.assert_allclose(values[name], values["serial"], rtol=1e-5, err_msg=name)
@@ -57,11 +51,10 @@ def test_objective_is_the_same_on_1_and_4_ranks(shared_tmp):
 def test_tuned_result_is_the_same_on_1_and_4_ranks(shared_tmp):
     results = {}
     for n in (1, 4):
-        comm = _sub(n)
-        if comm != MPI.COMM_NULL:
-            r = tune(tiny_tune_config(shared_tmp / "data", shared_tmp / f"tuned_{n}.yaml"), comm)
-            results[n] = (r.best.channel_amplitude, r.objective_best)
-            comm.Free()
+        with sub_comm(n) as comm:
+            if comm is not None:
+                r = tune(tiny_tune_config(shared_tmp / "data", shared_tmp / f"tuned_{n}.yaml"), comm)
+                results[n] = (r.best.channel_amplitude, r.objective_best)
     results = MPI.COMM_WORLD.bcast(results, root=0)
     assert results[1][0] == results[4][0]
     assert results[1][1] == pytest.approx(results[4][1], rel=1e-5)
