@@ -20,7 +20,7 @@ from hpc_fcn.config import ConfigError, dump_yaml, from_dict, load_config
 from hpc_fcn.ensemble.config import EnsembleConfig
 from hpc_fcn.ensemble.snapshot import SnapshotStore
 from hpc_fcn.io.background import BackgroundWriter
-from hpc_fcn.io.outdir import LOCK_NAME, OutputError, OutputLock, _start_time
+from hpc_fcn.io.outdir import LOCK_NAME, OutputError, OutputLock, _proc_stat, _start_time
 from hpc_fcn.parallel.comm import make_communicator
 
 
@@ -144,7 +144,7 @@ def test_lock_of_a_killed_run_not_yet_reaped_is_replaced(tmp_path):
     """A SIGKILLed launcher leaves its ranks as zombies until they are reaped: not a run that holds the folder."""
     zombie = subprocess.Popen([sys.executable, "-c", "pass"])
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+    while _proc_stat(zombie.pid)[0] != "Z":
         assert time.monotonic() < deadline, "the child did not exit"
         time.sleep(0.01)
     folder = tmp_path / "out"

@@ -132,6 +132,10 @@ def test_noise_before_later_blocks_in_the_serial_and_fused_paths(blocks, tmp_pat
         net.block_noise_proj[-1].weight.zero_()
         z = net(x, noise)
     assert not torch.allclose(z, y, atol=1e-4)  # the last noisy block's projection is used
+    plain = AFNONet(**kw).eval()
+    plain.load_state_dict(net.state_dict(), strict=False)
+    with torch.no_grad():
+        assert torch.equal(net(x), plain(x))  # no noise: the deterministic network
     save_checkpoint(tmp_path / "m.ckpt", net)
     back = load_checkpoint(tmp_path / "m.ckpt")
     assert back.noise_blocks == blocks and torch.equal(back(x, noise), net(x, noise))
