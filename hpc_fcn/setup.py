@@ -89,7 +89,8 @@ def serial_model(model_cfg, n_chans: int, grid_shape: tuple[int, int], add_noise
                 raise ConfigError(f"config key 'model.stochastic': the checkpoint {ck} is a deterministic model; use a "
                                   "stochastic one (python -m hpc_fcn.train config/train_stochastic.yaml makes the "
                                   "built-in one) or set model.stochastic: false")
-            model = with_new_noise(model, model_cfg.noise_dim, model_cfg.seed, model_cfg.noise_blocks)
+            model = with_new_noise(model, model_cfg.noise_dim, model_cfg.seed, model_cfg.noise_blocks,
+                                   model_cfg.noise_length_km, model_cfg.noise_memory_hours)
         mcfg = checkpoint_model_config(model_cfg, model)
         refuse_ignored_keys(model_cfg, mcfg, ck)
         if model.in_chans != n_chans or model.out_chans != n_chans:
@@ -101,11 +102,13 @@ def serial_model(model_cfg, n_chans: int, grid_shape: tuple[int, int], add_noise
     return model.eval(), mcfg
 
 
-def with_new_noise(model, noise_dim: int, seed: int, noise_blocks: int = 1):
+def with_new_noise(model, noise_dim: int, seed: int, noise_blocks: int = 1, noise_length_km: float = 0.0,
+                   noise_memory_hours: float = 0.0):
     """A copy of the deterministic AFNONet ``model`` with new token-noise projections (seeded, small) into the
-    embedding and, with ``noise_blocks`` > 1, before the next blocks."""
+    embedding and, with ``noise_blocks`` > 1, before the next blocks, for the given noise process."""
     from .model import AFNONet
-    net = AFNONet(**dict(model.config(), noise_dim=noise_dim, noise_blocks=noise_blocks))
+    net = AFNONet(**dict(model.config(), noise_dim=noise_dim, noise_blocks=noise_blocks,
+                         noise_length_km=noise_length_km, noise_memory_hours=noise_memory_hours))
     net.load_state_dict(model.state_dict(), strict=False)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -125,6 +128,8 @@ def checkpoint_model_config(model_cfg, model):
                    hard_thresholding_fraction=mc["hard_thresholding_fraction"],
                    noise_dim=noise or model_cfg.noise_dim,
                    noise_blocks=int(mc.get("noise_blocks", 1)) if noise else model_cfg.noise_blocks,
+                   noise_length_km=float(mc.get("noise_length_km", 0.0)) if noise else model_cfg.noise_length_km,
+                   noise_memory_hours=float(mc.get("noise_memory_hours", 0.0)) if noise else model_cfg.noise_memory_hours,
                    stochastic=bool(model_cfg.stochastic and noise))
 
 
@@ -132,9 +137,14 @@ ARCHITECTURE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "mlp_ratio"
                      "hard_thresholding_fraction")
 
 
+NOISE_PROCESS_KEYS = ("noise_length_km", "noise_memory_hours")  # a stochastic checkpoint's: its projections fit them
+
+
 def refuse_ignored_keys(given_cfg, checkpoint_cfg, ck: str) -> None:
-    """A ConfigError for an architecture key the config sets to another value than the checkpoint's."""
-    for key in ARCHITECTURE_KEYS:
+    """A ConfigError for an architecture key (or a stochastic checkpoint's noise process) that the config sets
+    to another value than the checkpoint's."""
+    keys = ARCHITECTURE_KEYS + (NOISE_PROCESS_KEYS if checkpoint_cfg.stochastic else ())
+    for key in keys:
         if key not in given_keys(given_cfg):
             continue
         want, have = getattr(given_cfg, key), getattr(checkpoint_cfg, key)

@@ -343,3 +343,50 @@ def test_climatology_tool_picks_the_same_season_and_hour_across_new_year():
     days = sorted({(t.astype(object).month, t.astype(object).day) for t in picked})
     assert days == [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (12, 30), (12, 31)]
     assert len(picked) == 2 * 7  # in both years (2000 a leap year, 2001 not)
+
+
+def test_spread_spectrum_tool_puts_spread_and_error_at_their_wavenumbers():
+    """tools/spread_spectrum.py: power per zonal wavenumber sums to the area-weighted mean square (Parseval);
+    members that differ only at k = 15 about a mean that misses a k = 4 wave have their spread in band 12-19
+    (more active than the truth there) and their error in band 3-5."""
+    tool = load_tool("spread_spectrum")
+    rng = np.random.default_rng(0)
+    lat = np.linspace(80.0, -80.0, 9)
+    lon = np.linspace(0.0, 2 * np.pi, 64, endpoint=False)
+    x = rng.standard_normal((3, 9, 64))
+    w = mt.lat_weights(lat, "area")
+    np.testing.assert_allclose(tool.zonal_power(x, lat).sum(-1), np.einsum("fl,l->f", (x ** 2).mean(-1), w) / w.sum())
+    truth = np.broadcast_to(np.sin(4 * lon), (2, 9, 64)) + np.sin(2 * lon) + 0.0
+    phase = rng.uniform(0, 2 * np.pi, (2, 10, 1, 1))
+    phase = np.concatenate([phase, phase + np.pi], axis=1)  # opposite pairs: the mean has no k = 15 wave
+    members = np.sin(2 * lon) + 0.5 * np.sin(4 * lon + 0.8) + 0.3 * np.sin(15 * lon + phase)
+    bands = {b[0]: b[1:] for b in tool.band_ratios(tool.scale_scores(members, truth, lat))}
+    assert bands["12-19"][0] > 10 and bands["12-19"][1] > 10 and bands["12-19"][2] > 0.99
+    assert bands["3-5"][0] < 0.01 and bands["3-5"][1] == pytest.approx(0.25, rel=1e-6)
+    assert bands["1-2"][1] == pytest.approx(1.0, rel=1e-6)  # the k = 2 wave is right in every member
+
+
+def test_spread_spectrum_of_a_run_adds_up_to_its_pooled_spread_skill(tmp_path, capsys):
+    """The tool on a real (tiny) ensemble run: summed over every wavenumber, spread / error is the run's own
+    corrected spread/skill from metrics.json (same area weights, pooling and member correction)."""
+    import json
+    from ensemble_setup import tiny_config, tiny_dataset
+    from hpc_fcn.ensemble.app import EnsembleRun
+    from mpi4py import MPI
+    tool = load_tool("spread_spectrum")
+    cfg = tiny_config(tiny_dataset(tmp_path / "data"), tmp_path / "run", ["ensemble.members=6"])
+    EnsembleRun(cfg, MPI.COMM_SELF).run()
+    data, lat = tool.read_run(tmp_path / "run", [1, 2], ["u", "z"])
+    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for d in (1, 2):
+        members, truth = data[d]
+        assert members.shape[:3] == (2, 6, 2)
+        for c, v in enumerate(("u", "z")):
+            s = tool.scale_scores(members[:, :, c], truth[:, c], lat)
+            lead = doc["lead_hours"].index(24 * d)
+            assert np.sqrt(s["spread"].sum() / s["error"].sum()) == pytest.approx(
+                doc["scores"]["ssr_corrected"][v][lead], rel=1e-4)
+    capsys.readouterr()
+    tool.main([str(tmp_path / "run"), "--days", "1", "2", "--vars", "u"])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| u |")]
+    assert len(rows) == 2 * 6  # bands 0, 1-2, 3-5, 6-11, 12-19, 20-32 of a 64-point row

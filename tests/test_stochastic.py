@@ -72,6 +72,70 @@ def test_model_noise_is_keyed_by_member_and_step_and_windows_slice_the_global_fi
     assert torch.equal(full.member(1000, 2, step=3), a[2])  # the batched draw equals the one-member draw
 
 
+@pytest.mark.parametrize("length, memory", [(0.0, 0.8), (3000.0, 0.0), (3000.0, 0.8)])
+def test_correlated_model_noise_is_layout_independent_and_resumable(length, memory):
+    """Noise correlated in space (a field on the sphere) and/or time (AR(1)): a window is the slice of the
+    global field, a member does not depend on the batch, and a fresh generator that starts at step 5 (a
+    resumed run) gives the same bits as one that drew steps 1..5 in turn."""
+    grid = (8, 16)
+    full = ModelNoise(4, grid, slice(0, 8), slice(0, 16), seed=3, control=0, length_scale_km=length, memory=memory)
+    steps = [full.sample(100, [0, 1, 2, 3], k) for k in range(1, 6)]
+    assert torch.equal(steps[-1][0], torch.zeros(8, 16, 4))
+    window = ModelNoise(4, grid, slice(2, 7), slice(3, 16), seed=3, control=0, length_scale_km=length, memory=memory)
+    for k in range(1, 6):
+        assert torch.equal(window.sample(100, [2], k)[0], steps[k - 1][2, 2:7, 3:16])
+    fresh = ModelNoise(4, grid, slice(0, 8), slice(0, 16), seed=3, control=0, length_scale_km=length, memory=memory)
+    assert torch.equal(fresh.sample(100, [3, 1], 5), steps[-1][[3, 1]])
+    assert torch.equal(full.sample(100, [0, 1, 2, 3], 5), steps[-1])  # asked again: the same step
+    assert torch.equal(full.sample(100, [0, 1, 2, 3], 1), steps[0])  # a new rollout starts over
+
+
+def test_correlated_model_noise_has_unit_variance_and_the_asked_correlations():
+    """Over many members: unit variance at every step; lag-1 correlation = memory; with a length scale,
+    neighbouring tokens are correlated (white noise: not)."""
+    grid, members = (16, 32), list(range(64))
+    ar = ModelNoise(8, grid, slice(0, 16), slice(0, 32), seed=1, memory=0.75)
+    a1, a2, a6 = ar.sample(0, members, 1), ar.sample(0, members, 2), None
+    for k in range(3, 7):
+        a6 = ar.sample(0, members, k)
+    for a in (a1, a2, a6):
+        assert abs(float(a.var()) - 1.0) < 0.03
+    lag1 = float((a1 * a2).mean() / (a1.std() * a2.std()))
+    assert abs(lag1 - 0.75) < 0.02
+    assert abs(float((a1 * a6).mean())) < 0.02 + 0.75 ** 5
+    for length, low, high in ((0.0, -0.02, 0.02), (2500.0, 0.5, 0.95)):
+        sp = ModelNoise(8, grid, slice(0, 16), slice(0, 32), seed=1, length_scale_km=length)
+        f = sp.sample(0, members, 1)
+        assert abs(float(f.var()) - 1.0) < 0.03
+        eq = f[:, 6:10]  # near the equator, where a token is widest
+        neighbour = float((eq[:, :, 1:] * eq[:, :, :-1]).mean() / eq.var())
+        assert low < neighbour < high, (length, neighbour)
+    with pytest.raises(ValueError, match="memory"):
+        ModelNoise(8, grid, slice(0, 16), slice(0, 32), seed=1, memory=1.0)
+
+
+def test_the_noise_process_travels_with_the_checkpoint(tmp_path):
+    net = AFNONet(**KW, noise_dim=4, noise_length_km=1500.0, noise_memory_hours=24.0)
+    save_checkpoint(tmp_path / "c.ckpt", net, model_config=net.config())
+    back = load_checkpoint(tmp_path / "c.ckpt")
+    assert (back.noise_length_km, back.noise_memory_hours) == (1500.0, 24.0)
+    cfg = ModelConfig(img_size=(16, 32), patch_size=4, embed_dim=16, depth=2, num_blocks=4,
+                      checkpoint=str(tmp_path / "c.ckpt"), stochastic=True)
+    _, mcfg = serial_model(cfg, 3, (16, 32))
+    assert (mcfg.noise_length_km, mcfg.noise_memory_hours) == (1500.0, 24.0)  # the checkpoint's process wins
+    from hpc_fcn.config import from_dict
+    from hpc_fcn.ensemble.config import EnsembleConfig
+    given = from_dict(EnsembleConfig, {"model": {"img_size": [16, 32], "patch_size": 4, "embed_dim": 16, "depth": 2,
+                                                 "num_blocks": 4, "checkpoint": str(tmp_path / "c.ckpt"),
+                                                 "stochastic": True, "noise_length_km": 500.0}}, []).model
+    with pytest.raises(ConfigError, match="model.noise_length_km.*1500"):  # not silently replaced
+        serial_model(given, 3, (16, 32))
+    assert "noise_length_km" not in AFNONet(**KW, noise_dim=4).config()  # white noise: configs as before
+    assert ModelNoise.memory_per_step(24.0, 6) == pytest.approx(0.7788, abs=1e-4)
+    with pytest.raises(ConfigError, match="model.noise_memory_hours"):
+        ModelConfig(noise_memory_hours=-1.0).validate("model")
+
+
 def test_stochastic_switch_resolves_the_builtin_checkpoint_and_refuses_a_deterministic_one(tmp_path):
     assert checkpoint_path("builtin") == BUILTIN_CHECKPOINT
     if BUILTIN_STOCHASTIC.is_file():

@@ -72,10 +72,14 @@ def make_model_noise(run: ResolvedRun):
     from ..model.config import token_grid
     from .model_noise import ModelNoise
     rows, cols = run.grid.token_window(mc.img_size, mc.patch_size)
-    log.info("stochastic model: %d noise channels per token, keyed by (seed, initial time, member, step)%s",
-             mc.noise_dim, "; member 0 (control) runs without noise" if ens.control else "")
+    log.info("stochastic model: %d noise channels per token, keyed by (seed, initial time, member, step), "
+             "correlation length %s, e-folding time %s%s", mc.noise_dim,
+             f"{mc.noise_length_km:g} km" if mc.noise_length_km else "none (white)",
+             f"{mc.noise_memory_hours:g} h" if mc.noise_memory_hours else "none",
+             "; member 0 (control) runs without noise" if ens.control else "")
     return ModelNoise(mc.noise_dim, token_grid(mc.img_size, mc.patch_size), rows, cols, seed=ens.seed,
-                      control=0 if ens.control else None)
+                      control=0 if ens.control else None, length_scale_km=mc.noise_length_km,
+                      memory=ModelNoise.memory_per_step(mc.noise_memory_hours, run.plan.dt_hours))
 
 
 class EnsembleRun:

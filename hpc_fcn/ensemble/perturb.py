@@ -55,16 +55,18 @@ class NoiseField:
             spectrum[0] = 0.0  # no global-mean offset
             self.sigma = spectrum.sqrt().float()[:, None]
             self.mask = torch.tril(torch.ones(self.lmax, self.lmax)).bool()  # m <= l
+            self.counters = n_channels * self.lmax * self.lmax  # per field (and per stream)
             self._isht_on: dict[torch.device, torch.nn.Module] = {}
         elif kind != "gaussian":
             raise ValueError(f"unknown noise kind {kind!r}")
 
     def sample(self, key: tuple[int, int], rows: slice | None = None, cols: slice | None = None,
-               device: torch.device | str = "cpu") -> torch.Tensor:
+               device: torch.device | str = "cpu", counter_offset: int = 0) -> torch.Tensor:
         """(C, rows, cols) float32 on ``device`` with unit RMS per channel over the global grid.
 
         White noise is drawn for the window only (counter = global flat index); correlated noise is a
         global field (random spectral coefficients, inverse transform, global RMS) that is then sliced.
+        ``counter_offset`` (correlated only) moves the coefficients' counters: more fields from one key.
         """
         rows = rows if rows is not None else slice(None)
         cols = cols if cols is not None else slice(None)
@@ -77,7 +79,7 @@ class NoiseField:
                 return row_normals(start, c1 - c0, c0, key, _GRID)
             return normals(start.unsqueeze(-1) + torch.arange(c0, c1, device=device), key, _GRID)
         shape = (self.n_channels, self.lmax, self.lmax)
-        index = torch.arange(math.prod(shape), device=device).view(shape)
+        index = torch.arange(counter_offset, counter_offset + math.prod(shape), device=device).view(shape)
         re = normals(index, key, _SPECTRUM_RE)
         im = normals(index, key, _SPECTRUM_IM)
         im[..., 0] = 0.0  # m = 0 coefficients are real

@@ -124,7 +124,8 @@ class AFNONet(nn.Module):
     def __init__(self, img_size: Sequence[int] = (720, 1440), patch_size: int | Sequence[int] = 8,
                  in_chans: int = 20, out_chans: int = 20, embed_dim: int = 768, depth: int = 12,
                  mlp_ratio: float = 4.0, num_blocks: int = 8, sparsity_threshold: float = 0.01,
-                 hard_thresholding_fraction: float = 1.0, noise_dim: int = 0, noise_blocks: int = 1):
+                 hard_thresholding_fraction: float = 1.0, noise_dim: int = 0, noise_blocks: int = 1,
+                 noise_length_km: float = 0.0, noise_memory_hours: float = 0.0):
         super().__init__()
         self.img_size = pair(img_size)
         self.patch_size = pair(patch_size)
@@ -158,6 +159,9 @@ class AFNONet(nn.Module):
         if self.noise_blocks > 1:
             self.block_noise_proj = nn.ModuleList(nn.Linear(self.noise_dim, embed_dim, bias=False)
                                                   for _ in range(self.noise_blocks - 1))
+        # the noise process the projections were trained with (hpc_fcn.ensemble.model_noise): kept with the weights
+        self.noise_length_km, self.noise_memory_hours = noise_process(self.noise_dim, noise_length_km,
+                                                                      noise_memory_hours)
         if not any(p.is_meta for p in self.parameters()):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
             self.apply(self._init_weights)
@@ -183,6 +187,7 @@ class AFNONet(nn.Module):
             cfg["noise_dim"] = self.noise_dim
         if self.noise_blocks > 1:
             cfg["noise_blocks"] = self.noise_blocks
+        cfg.update(noise_process_config(self))
         return cfg
 
     def forward_features(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -205,6 +210,19 @@ def check_noise_blocks(noise_blocks: int, depth: int) -> int:
     if not 1 <= int(noise_blocks) <= depth:
         raise ValueError(f"noise_blocks must be between 1 and depth={depth}, got {noise_blocks}")
     return int(noise_blocks)
+
+
+def noise_process(noise_dim: int, length_km: float, memory_hours: float) -> tuple[float, float]:
+    """The (correlation length, e-folding time) of a stochastic model's token noise; 0 is white (none)."""
+    for name, v in (("noise_length_km", length_km), ("noise_memory_hours", memory_hours)):
+        if v < 0:
+            raise ValueError(f"{name} must be >= 0, got {v}")
+    return (float(length_km), float(memory_hours)) if noise_dim else (0.0, 0.0)
+
+
+def noise_process_config(net: nn.Module) -> dict:
+    """The noise process keys of ``net.config()``, written only when set (older checkpoints have neither)."""
+    return {k: getattr(net, k) for k in ("noise_length_km", "noise_memory_hours") if getattr(net, k, 0.0)}
 
 
 def add_noise(net: nn.Module, tokens: torch.Tensor, noise: torch.Tensor | None, block: int = 0) -> torch.Tensor:

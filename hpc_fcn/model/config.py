@@ -58,6 +58,8 @@ class ModelConfig:
     stochastic: bool = False  # the stochastic model: token noise per member and step (builtin: its own checkpoint)
     noise_dim: int = 32  # stochastic: noise channels per token (a new model's; a checkpoint's own wins)
     noise_blocks: int = 1  # stochastic: the noise enters the first this many blocks (a new model's; a checkpoint's wins)
+    noise_length_km: float = 0.0  # stochastic: noise correlation length on the sphere (0: white; a checkpoint's wins)
+    noise_memory_hours: float = 0.0  # stochastic: its e-folding time, AR(1) over steps (0: none; a checkpoint's wins)
 
     def validate(self, prefix: str) -> None:
         p = f"{prefix}." if prefix else ""
@@ -77,6 +79,9 @@ class ModelConfig:
             fail(f"{p}noise_dim", f"must be >= 1, got {self.noise_dim}")
         if not 1 <= self.noise_blocks <= self.depth:
             fail(f"{p}noise_blocks", f"must be between 1 and depth={self.depth}, got {self.noise_blocks}")
+        for name in ("noise_length_km", "noise_memory_hours"):
+            if getattr(self, name) < 0:
+                fail(f"{p}{name}", f"must be >= 0 (0: none), got {getattr(self, name)}")
 
     def kwargs(self, in_chans: int, out_chans: int) -> dict:
         """AFNONet constructor keywords."""
@@ -85,7 +90,9 @@ class ModelConfig:
                     num_blocks=self.num_blocks, sparsity_threshold=self.sparsity_threshold,
                     hard_thresholding_fraction=self.hard_thresholding_fraction,
                     noise_dim=self.noise_dim if self.stochastic else 0,
-                    noise_blocks=self.noise_blocks if self.stochastic else 1)
+                    noise_blocks=self.noise_blocks if self.stochastic else 1,
+                    **(dict(noise_length_km=self.noise_length_km, noise_memory_hours=self.noise_memory_hours)
+                       if self.stochastic else {}))
 
     def shape(self, in_chans: int = 20, out_chans: int | None = None) -> "ModelShape":
         return ModelShape.of(self.kwargs(in_chans, in_chans if out_chans is None else out_chans))

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..model import AFNONet, unpatchify
-from ..model.afnonet import add_noise, check_noise_blocks
+from ..model.afnonet import add_noise, check_noise_blocks, noise_process, noise_process_config
 from ..model.checkpoint import infer_model_config
 from ..model.config import pair
 from .grid import ProcessGrid
@@ -26,7 +26,8 @@ from .primitives import gather, reduce_from
 from .split import split_sizes
 
 _MODEL_KEYS = ("img_size", "patch_size", "in_chans", "out_chans", "embed_dim", "depth", "mlp_ratio",
-               "num_blocks", "sparsity_threshold", "hard_thresholding_fraction", "noise_dim", "noise_blocks")
+               "num_blocks", "sparsity_threshold", "hard_thresholding_fraction", "noise_dim", "noise_blocks",
+               "noise_length_km", "noise_memory_hours")
 
 
 class DistributedAFNONet(nn.Module):
@@ -35,7 +36,8 @@ class DistributedAFNONet(nn.Module):
     def __init__(self, grid: ProcessGrid, img_size=(720, 1440), patch_size=8, in_chans: int = 20,
                  out_chans: int = 20, embed_dim: int = 768, depth: int = 12, mlp_ratio: float = 4.0,
                  num_blocks: int = 8, sparsity_threshold: float = 0.01, hard_thresholding_fraction: float = 1.0,
-                 noise_dim: int = 0, noise_blocks: int = 1, dtype: torch.dtype = torch.float32):
+                 noise_dim: int = 0, noise_blocks: int = 1, noise_length_km: float = 0.0,
+                 noise_memory_hours: float = 0.0, dtype: torch.dtype = torch.float32):
         super().__init__()
         self.grid = grid
         self.img_size, self.patch_size = pair(img_size), pair(patch_size)
@@ -76,6 +78,8 @@ class DistributedAFNONet(nn.Module):
             for j in range(self.noise_blocks - 1):
                 sharding.attach(self, f"block_noise_proj.{j}.weight",
                                 sharding.split((embed_dim, self.noise_dim), (0, "matmul")))
+        self.noise_length_km, self.noise_memory_hours = noise_process(self.noise_dim, noise_length_km,
+                                                                      noise_memory_hours)
 
     # ---- construction and checkpoints --------------------------------------------------------
     @classmethod
@@ -105,6 +109,7 @@ class DistributedAFNONet(nn.Module):
             cfg["noise_dim"] = self.noise_dim
         if self.noise_blocks > 1:
             cfg["noise_blocks"] = self.noise_blocks
+        cfg.update(noise_process_config(self))
         return cfg
 
     def load_serial_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:

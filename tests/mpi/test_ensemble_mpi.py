@@ -39,13 +39,15 @@ def members_of(outdir):
 
 @pytest.mark.parametrize("method", ["gaussian", "spherical", "bred", "stochastic"])
 def test_member_identical_across_layouts_and_batches(shared_tmp, method):
-    """``stochastic``: the stochastic model (token noise keyed by member and step) with gaussian initial noise."""
+    """``stochastic``: the stochastic model (token noise keyed by member and step, correlated in space and
+    time) with gaussian initial noise."""
     world = MPI.COMM_WORLD
     solo = world.Split(0 if world.rank == 0 else MPI.UNDEFINED, world.rank)
     extra = [f"perturbation.method={method}", "initial_conditions.start=2002-01-03T00"]
     if method == "stochastic":
         extra = ["perturbation.method=gaussian", "perturbation.amplitude=0.05", "model.stochastic=true",
-                 "model.noise_dim=6", "initial_conditions.start=2002-01-03T00"]
+                 "model.noise_dim=6", "model.noise_length_km=3000", "model.noise_memory_hours=24",
+                 "initial_conditions.start=2002-01-03T00"]
     layouts = {"serial": (solo, []), "ens4": (world, ["parallel.ensemble=4"]),
                "h2e2": (world, ["parallel.h=2", "inference.members_per_pass=1"]),
                "w2m2": (world, ["parallel.w=2", "parallel.matmul=2", "parallel.ensemble=1"]),
