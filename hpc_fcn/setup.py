@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, given_keys
+from .model.afnonet import NOISE_PROCESS_KEYS
 from .runtime import UserError
 
 log = logging.getLogger("hpc_fcn")
@@ -128,16 +129,12 @@ def checkpoint_model_config(model_cfg, model):
                    hard_thresholding_fraction=mc["hard_thresholding_fraction"],
                    noise_dim=noise or model_cfg.noise_dim,
                    noise_blocks=int(mc.get("noise_blocks", 1)) if noise else model_cfg.noise_blocks,
-                   noise_length_km=float(mc.get("noise_length_km", 0.0)) if noise else model_cfg.noise_length_km,
-                   noise_memory_hours=float(mc.get("noise_memory_hours", 0.0)) if noise else model_cfg.noise_memory_hours,
+                   **{k: float(mc.get(k, 0.0)) if noise else getattr(model_cfg, k) for k in NOISE_PROCESS_KEYS},
                    stochastic=bool(model_cfg.stochastic and noise))
 
 
 ARCHITECTURE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "mlp_ratio", "num_blocks", "sparsity_threshold",
                      "hard_thresholding_fraction")
-
-
-NOISE_PROCESS_KEYS = ("noise_length_km", "noise_memory_hours")  # a stochastic checkpoint's: its projections fit them
 
 
 def refuse_ignored_keys(given_cfg, checkpoint_cfg, ck: str) -> None:

@@ -70,16 +70,14 @@ class ModelNoise:
         if not self.memory:
             return self.innovation(init_hours, members, step, device)
         key = (int(init_hours), tuple(members), str(device))
-        last = self._state.pop(key, None)
-        if last is not None and last[0] == step:
-            noise = last[1]
-        else:
-            k, noise = last if last is not None and last[0] < step else (1, self.innovation(init_hours, members, 1,
-                                                                                             device))
-            scale = math.sqrt(1.0 - self.memory ** 2)
-            while k < step:
-                k += 1
-                noise = self.memory * noise + scale * self.innovation(init_hours, members, k, device)
+        k, noise = self._state.pop(key, (0, None))
+        if k > step:  # a new rollout of these members
+            k, noise = 0, None
+        scale = math.sqrt(1.0 - self.memory ** 2)
+        while k < step:
+            k += 1
+            fresh = self.innovation(init_hours, members, k, device)
+            noise = fresh if noise is None else self.memory * noise + scale * fresh
         self._state[key] = (step, noise)
         while len(self._state) > 16:  # a training batch holds a few initial times; older ones are done
             self._state.popitem(last=False)

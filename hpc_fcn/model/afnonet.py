@@ -212,9 +212,12 @@ def check_noise_blocks(noise_blocks: int, depth: int) -> int:
     return int(noise_blocks)
 
 
+NOISE_PROCESS_KEYS = ("noise_length_km", "noise_memory_hours")  # the noise a stochastic model was trained with
+
+
 def noise_process(noise_dim: int, length_km: float, memory_hours: float) -> tuple[float, float]:
     """The (correlation length, e-folding time) of a stochastic model's token noise; 0 is white (none)."""
-    for name, v in (("noise_length_km", length_km), ("noise_memory_hours", memory_hours)):
+    for name, v in zip(NOISE_PROCESS_KEYS, (length_km, memory_hours)):
         if v < 0:
             raise ValueError(f"{name} must be >= 0, got {v}")
     return (float(length_km), float(memory_hours)) if noise_dim else (0.0, 0.0)
@@ -222,7 +225,7 @@ def noise_process(noise_dim: int, length_km: float, memory_hours: float) -> tupl
 
 def noise_process_config(net: nn.Module) -> dict:
     """The noise process keys of ``net.config()``, written only when set (older checkpoints have neither)."""
-    return {k: getattr(net, k) for k in ("noise_length_km", "noise_memory_hours") if getattr(net, k, 0.0)}
+    return {k: getattr(net, k) for k in NOISE_PROCESS_KEYS if getattr(net, k, 0.0)}
 
 
 def add_noise(net: nn.Module, tokens: torch.Tensor, noise: torch.Tensor | None, block: int = 0) -> torch.Tensor:

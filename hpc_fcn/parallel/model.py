@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..model import AFNONet, unpatchify
-from ..model.afnonet import add_noise, check_noise_blocks, noise_process, noise_process_config
+from ..model.afnonet import NOISE_PROCESS_KEYS, add_noise, check_noise_blocks, noise_process, noise_process_config
 from ..model.checkpoint import infer_model_config
 from ..model.config import pair
 from .grid import ProcessGrid
@@ -25,9 +25,8 @@ from . import sharding
 from .primitives import gather, reduce_from
 from .split import split_sizes
 
-_MODEL_KEYS = ("img_size", "patch_size", "in_chans", "out_chans", "embed_dim", "depth", "mlp_ratio",
-               "num_blocks", "sparsity_threshold", "hard_thresholding_fraction", "noise_dim", "noise_blocks",
-               "noise_length_km", "noise_memory_hours")
+_MODEL_KEYS = ("img_size", "patch_size", "in_chans", "out_chans", "embed_dim", "depth", "mlp_ratio", "num_blocks",
+               "sparsity_threshold", "hard_thresholding_fraction", "noise_dim", "noise_blocks") + NOISE_PROCESS_KEYS
 
 
 class DistributedAFNONet(nn.Module):
