@@ -77,9 +77,8 @@ def make_model_noise(run: ResolvedRun):
              f"{mc.noise_length_km:g} km" if mc.noise_length_km else "none (white)",
              f"{mc.noise_memory_hours:g} h" if mc.noise_memory_hours else "none",
              "; member 0 (control) runs without noise" if ens.control else "")
-    return ModelNoise(mc.noise_dim, token_grid(mc.img_size, mc.patch_size), rows, cols, seed=ens.seed,
-                      control=0 if ens.control else None, length_scale_km=mc.noise_length_km,
-                      memory=ModelNoise.memory_per_step(mc.noise_memory_hours, run.plan.dt_hours))
+    return ModelNoise.for_model(mc, token_grid(mc.img_size, mc.patch_size), rows, cols, run.plan.dt_hours,
+                                seed=ens.seed, control=0 if ens.control else None)
 
 
 class EnsembleRun:

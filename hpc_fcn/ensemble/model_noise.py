@@ -49,6 +49,15 @@ class ModelNoise:
         # AR(1) state of the latest steps drawn: (initial time, members, device) -> (step, noise)
         self._state: OrderedDict[tuple, tuple[int, torch.Tensor]] = OrderedDict()
 
+    @classmethod
+    def for_model(cls, model, token_grid: tuple[int, int], token_rows: slice, token_cols: slice, dt_hours: float,
+                  seed: int, control: int | None = None) -> "ModelNoise":
+        """The noise of ``model`` (a network or its ModelConfig: ``noise_dim``, ``noise_length_km`` and
+        ``noise_memory_hours``) for a ``dt_hours`` step."""
+        return cls(model.noise_dim, token_grid, token_rows, token_cols, seed=seed, control=control,
+                   length_scale_km=model.noise_length_km,
+                   memory=cls.memory_per_step(model.noise_memory_hours, dt_hours))
+
     @staticmethod
     def memory_per_step(memory_hours: float, dt_hours: float) -> float:
         """The AR(1) coefficient of one model step for an e-folding time of ``memory_hours`` (0: none)."""

@@ -111,7 +111,6 @@ class Trainer:
             mc = cfg.model
             self.token_window = topo.grid.token_window(mc.img_size, mc.patch_size)
             self.token_grid = token_grid(mc.img_size, mc.patch_size)
-            self.noise_dim = int(self.module.noise_dim)
             self._noise_gen: ModelNoise | None = None
             # the noise-free rollout's absolute error (loss.control_weight) is this rank's job on the last
             # ensemble rank, which holds the fewest members when they do not split evenly
@@ -165,11 +164,8 @@ class Trainer:
         seed = int(np.random.SeedSequence([self.cfg.seed, pos.phase, pos.epoch]).generate_state(1)[0])
         gen = self._noise_gen
         if gen is None or gen.seed != seed:  # one generator per epoch: it carries a correlated process's state
-            net = self.module
-            gen = self._noise_gen = ModelNoise(
-                self.noise_dim, self.token_grid, *self.token_window, seed=seed,
-                length_scale_km=getattr(net, "noise_length_km", 0.0),
-                memory=ModelNoise.memory_per_step(getattr(net, "noise_memory_hours", 0.0), self.train_ds.dt_hours))
+            gen = self._noise_gen = ModelNoise.for_model(self.module, self.token_grid, *self.token_window,
+                                                         self.train_ds.dt_hours, seed=seed)
         hours = [as_hours(self.train_ds.times[i]) for i in local]
         per_time = torch.stack([gen.sample(h, self.my_members, step, self.device) for h in hours], dim=1)
         return per_time.reshape(-1, *per_time.shape[2:])  # (members, samples) -> member-major
