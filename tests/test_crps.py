@@ -1,4 +1,5 @@
-"""The fair-CRPS loss on one rank: value against hpc_fcn.metrics, gradient against the pairwise definition."""
+"""The fair-CRPS loss on one rank: value against hpc_fcn.metrics, gradient against the pairwise definition; its
+spectral term against the CRPS of numpy's Fourier coefficients."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ from mpi4py import MPI
 
 from hpc_fcn import metrics as mt
 from hpc_fcn.parallel.grid import ProcessGrid
-from hpc_fcn.train.crps import EnsembleCRPS, fair_crps_share, member_sizes
+from hpc_fcn.train.crps import EnsembleCRPS, fair_crps_share, member_sizes, zonal_coefficients
 from hpc_fcn.train.loss import channel_weights, latitude_weights
 
 M, B, C, R, W = 5, 2, 3, 7, 8
@@ -84,3 +85,58 @@ def test_bad_input_is_a_clear_error(axis):
         fn(x, y[..., :-1])
     with pytest.raises(ValueError, match="at least one member"):
         member_sizes(0, axis)
+
+
+# ---- the spectral term: the fair CRPS of each row's zonal Fourier coefficients ----------------------------
+def _numpy_coefficients(a: np.ndarray) -> np.ndarray:
+    """Real and imaginary parts of numpy's orthonormal rfft, conjugate pairs counted once (x sqrt 2)."""
+    n = a.shape[-1]
+    f = np.fft.rfft(a, axis=-1, norm="ortho")
+    k = np.arange(f.shape[-1])
+    f = f * np.where((k > 0) & (2 * k != n), np.sqrt(2.0), 1.0)
+    return np.stack([f.real, f.imag], axis=-1)
+
+
+@pytest.mark.parametrize("n", [8, 9])
+def test_zonal_coefficients_keep_the_energy(n):
+    x = torch.randn(3, 4, n, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    c = zonal_coefficients(x)
+    np.testing.assert_allclose(c.numpy(), _numpy_coefficients(x.numpy()), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose((c ** 2).sum((-2, -1)).numpy(), (x ** 2).sum(-1).numpy(), rtol=1e-12)
+
+
+def test_spectral_term_equals_metrics_crps_fair_of_the_coefficients(axis):
+    x, y = _data(torch.float64, seed=3)
+    lat_w, chan_w = _weights()
+    fn = EnsembleCRPS(lat_w, chan_w, slice(None), slice(None), W, axis, M)
+    per_coef = mt.crps_fair(_numpy_coefficients(x.numpy()), _numpy_coefficients(y.numpy()))  # (B, C, R, K, 2)
+    want = (per_coef * chan_w[:, None, None, None] * lat_w[None, :, None, None]).sum() / (C * R * W)
+    assert float(fn.spectral(x, y)) == pytest.approx(want, rel=1e-6)  # the weights are stored in fp32
+    a = x.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: fn.spectral(t, y), (a,), eps=1e-6, atol=1e-7)
+
+
+def test_spectral_term_of_white_noise_equals_the_pointwise_crps(axis):
+    """Unit white noise has unit variance in every coefficient, so both terms estimate the same CRPS."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 2, 2, 32, 64, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 2, 32, 64, generator=g, dtype=torch.float64)
+    fn = EnsembleCRPS(np.ones(32), np.ones(2), slice(None), slice(None), 64, axis, 40)
+    point, spectral = float(fn(x, y)), float(fn.spectral(x, y))
+    assert spectral == pytest.approx(point, rel=0.02)
+    assert point == pytest.approx(2 * (2 - 1) / np.sqrt(np.pi), rel=0.05)  # 1 / sqrt(pi) per sample, 2 summed
+
+
+def test_spectral_term_sees_spread_at_the_wrong_scale(axis):
+    """Members with the right point-wise spread but at the wrong wavenumber: the point-wise CRPS hardly moves,
+    the spectral one rises."""
+    g = torch.Generator().manual_seed(5)
+    n, lon = 200, torch.arange(64, dtype=torch.float64) * 2 * np.pi / 64
+    phase = lambda *s: torch.rand(*s, 1, generator=g, dtype=torch.float64) * 2 * np.pi
+    truth = torch.cos(3 * lon + phase(4, 1, 1))  # wavenumber 3 with a random phase
+    right = torch.cos(3 * lon + phase(n, 4, 1, 1))
+    wrong = torch.cos(20 * lon + phase(n, 4, 1, 1))
+    fn = EnsembleCRPS(np.ones(1), np.ones(1), slice(None), slice(None), 64, axis, n)
+    point = float(fn(wrong, truth)) / float(fn(right, truth))
+    spectral = float(fn.spectral(wrong, truth)) / float(fn.spectral(right, truth))
+    assert point < 1.1 and spectral > 2.0, (point, spectral)

@@ -205,3 +205,25 @@ def test_noise_before_later_blocks_in_the_serial_and_fused_paths(blocks, tmp_pat
     assert back.noise_blocks == blocks and torch.equal(back(x, noise), net(x, noise))
     with pytest.raises(ValueError, match="noise_blocks"):
         AFNONet(**kw, noise_dim=4, noise_blocks=4)
+
+
+@pytest.mark.parametrize("length,memory", [(0.0, 0.0), (2000.0, 0.6)])
+def test_noise_scale_multiplies_the_process_in_the_ensemble_app_only(length, memory):
+    """model.noise_scale multiplies what the generator returns (the AR(1) state itself keeps unit variance, so
+    the scaled draws are exactly scale x the unscaled ones); it is a knob of the ensemble app's config, not of
+    a network, and training refuses it."""
+    grid = (8, 16)
+    one = ModelNoise(4, grid, slice(0, 8), slice(0, 16), seed=3, control=0, length_scale_km=length, memory=memory)
+    big = ModelNoise(4, grid, slice(0, 8), slice(0, 16), seed=3, control=0, length_scale_km=length, memory=memory,
+                     scale=1.5)
+    for k in (1, 2, 3):
+        assert torch.equal(big.sample(100, [0, 1, 2], k), 1.5 * one.sample(100, [0, 1, 2], k))
+    cfg = ModelConfig(stochastic=True, noise_dim=4, noise_length_km=length, noise_scale=1.5)
+    assert ModelNoise.for_model(cfg, grid, slice(0, 8), slice(0, 16), 6.0, seed=3).scale == 1.5
+    assert ModelNoise.for_model(stochastic_net(4), grid, slice(0, 8), slice(0, 16), 6.0, seed=3).scale == 1.0
+    with pytest.raises(ConfigError, match="model.noise_scale"):
+        ModelConfig(noise_scale=0.0).validate("model")
+    from hpc_fcn.config import from_dict
+    from hpc_fcn.train.config import TrainConfig
+    with pytest.raises(ConfigError, match="model.noise_scale"):
+        from_dict(TrainConfig, {"model": {"stochastic": True, "noise_scale": 1.2}, "loss": {"kind": "crps"}}, [])

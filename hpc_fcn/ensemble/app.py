@@ -73,9 +73,9 @@ def make_model_noise(run: ResolvedRun):
     from .model_noise import ModelNoise
     rows, cols = run.grid.token_window(mc.img_size, mc.patch_size)
     log.info("stochastic model: %d noise channels per token, keyed by (seed, initial time, member, step), "
-             "correlation length %s, e-folding time %s%s", mc.noise_dim,
+             "correlation length %s, e-folding time %s, scale %g%s", mc.noise_dim,
              f"{mc.noise_length_km:g} km" if mc.noise_length_km else "none (white)",
-             f"{mc.noise_memory_hours:g} h" if mc.noise_memory_hours else "none",
+             f"{mc.noise_memory_hours:g} h" if mc.noise_memory_hours else "none", mc.noise_scale,
              "; member 0 (control) runs without noise" if ens.control else "")
     return ModelNoise.for_model(mc, token_grid(mc.img_size, mc.patch_size), rows, cols, run.plan.dt_hours,
                                 seed=ens.seed, control=0 if ens.control else None)

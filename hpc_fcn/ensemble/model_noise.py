@@ -11,6 +11,7 @@ noise is correlated in space and time):
   correlation length (:class:`.perturb.NoiseField` on the token grid), not independent per token;
 - ``memory`` in (0, 1): an AR(1) process over steps, noise_k = memory noise_(k-1) + sqrt(1 - memory^2)
   innovation_k, unit variance at every step (memory = exp(-dt / e-folding time)).
+The ensemble app may scale the whole process (``model.noise_scale``, tuned on the validation split).
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class ModelNoise:
     """Unit normals (B, h_local, w_local, noise_dim) for the members of one rank's token window."""
 
     def __init__(self, noise_dim: int, token_grid: tuple[int, int], token_rows: slice, token_cols: slice,
-                 seed: int, control: int | None = None, length_scale_km: float = 0.0, memory: float = 0.0):
+                 seed: int, control: int | None = None, length_scale_km: float = 0.0, memory: float = 0.0,
+                 scale: float = 1.0):
         if noise_dim < 1:
             raise ValueError(f"model noise needs noise_dim >= 1, got {noise_dim}")
         if length_scale_km < 0:
@@ -46,17 +48,21 @@ class ModelNoise:
         self.field = None if not length_scale_km else NoiseField("spherical", self.H, self.W, self.dim,
                                                                   float(length_scale_km))
         self.memory = float(memory)
+        if not scale > 0:
+            raise ValueError(f"model noise scale must be > 0, got {scale}")
+        self.scale = float(scale)  # multiplies what sample returns; the process itself has unit variance
         # AR(1) state of the latest steps drawn: (initial time, members, device) -> (step, noise)
         self._state: OrderedDict[tuple, tuple[int, torch.Tensor]] = OrderedDict()
 
     @classmethod
     def for_model(cls, model, token_grid: tuple[int, int], token_rows: slice, token_cols: slice, dt_hours: float,
                   seed: int, control: int | None = None) -> "ModelNoise":
-        """The noise of ``model`` (a network or its ModelConfig: ``noise_dim``, ``noise_length_km`` and
-        ``noise_memory_hours``) for a ``dt_hours`` step."""
+        """The noise of ``model`` (a network or its ModelConfig: ``noise_dim``, ``noise_length_km``,
+        ``noise_memory_hours`` and, for a config, ``noise_scale``) for a ``dt_hours`` step."""
         return cls(model.noise_dim, token_grid, token_rows, token_cols, seed=seed, control=control,
                    length_scale_km=model.noise_length_km,
-                   memory=cls.memory_per_step(model.noise_memory_hours, dt_hours))
+                   memory=cls.memory_per_step(model.noise_memory_hours, dt_hours),
+                   scale=getattr(model, "noise_scale", 1.0))
 
     @staticmethod
     def memory_per_step(memory_hours: float, dt_hours: float) -> float:
@@ -77,7 +83,7 @@ class ModelNoise:
         """
         members = list(members)
         if not self.memory:
-            return self.innovation(init_hours, members, step, device)
+            return self._scaled(self.innovation(init_hours, members, step, device))
         key = (int(init_hours), tuple(members), str(device))
         k, noise = self._state.pop(key, (0, None))
         if k > step:  # a new rollout of these members
@@ -90,7 +96,10 @@ class ModelNoise:
         self._state[key] = (step, noise)
         while len(self._state) > 16:  # a training batch holds a few initial times; older ones are done
             self._state.popitem(last=False)
-        return noise
+        return self._scaled(noise)
+
+    def _scaled(self, noise: torch.Tensor) -> torch.Tensor:
+        return noise if self.scale == 1.0 else noise * self.scale
 
     def innovation(self, init_hours: int, members: Sequence[int], step: int,
                    device: torch.device | str = "cpu") -> torch.Tensor:

@@ -60,6 +60,7 @@ class ModelConfig:
     noise_blocks: int = 1  # stochastic: the noise enters the first this many blocks (a new model's; a checkpoint's wins)
     noise_length_km: float = 0.0  # stochastic: noise correlation length on the sphere (0: white; a checkpoint's wins)
     noise_memory_hours: float = 0.0  # stochastic: its e-folding time, AR(1) over steps (0: none; a checkpoint's wins)
+    noise_scale: float = 1.0  # stochastic, ensemble app: multiplies the trained unit noise (1: as trained)
 
     def validate(self, prefix: str) -> None:
         p = f"{prefix}." if prefix else ""
@@ -82,6 +83,8 @@ class ModelConfig:
         for name in ("noise_length_km", "noise_memory_hours"):
             if getattr(self, name) < 0:
                 fail(f"{p}{name}", f"must be >= 0 (0: none), got {getattr(self, name)}")
+        if not self.noise_scale > 0:
+            fail(f"{p}noise_scale", f"must be > 0 (1: the noise as trained), got {self.noise_scale}")
 
     def kwargs(self, in_chans: int, out_chans: int) -> dict:
         """AFNONet constructor keywords."""

@@ -18,8 +18,12 @@ class PhaseConfig:
     warmup_steps: int = 0  # optimizer steps of linear warm-up from 0 to lr
     batch_size: int = 8  # global batch: samples per optimizer step over all data-parallel ranks
     samples_per_epoch: int | None = None  # null = every usable sample of the training split
+    spectral_weight: float | None = None  # crps: this phase's loss.spectral_weight (null = the loss's)
 
     def validate(self, prefix: str) -> None:
+        if self.spectral_weight is not None and self.spectral_weight < 0:
+            fail(f"{prefix}.spectral_weight",
+                 f"must be >= 0 (or null for loss.spectral_weight), got {self.spectral_weight}")
         for name in ("epochs", "rollout_steps", "batch_size"):
             if getattr(self, name) < 1:
                 fail(f"{prefix}.{name}", f"must be >= 1, got {getattr(self, name)}")
@@ -68,8 +72,16 @@ class LossConfig:
     # crps: add this weight x the absolute error of the noise-free rollout (the control member: the CRPS of a
     # one-member ensemble, same weights), so that training the whole network keeps the control forecast good
     control_weight: float = 0.0
+    # crps: add this weight x the fair CRPS of the members' zonal Fourier coefficients (hpc_fcn.train.crps), which
+    # scores the spread scale by scale: the point-wise CRPS cannot tell spread at one wavenumber from another
+    spectral_weight: float = 0.0
 
     def validate(self, prefix: str) -> None:
+        if self.spectral_weight < 0:
+            fail(f"{prefix}.spectral_weight", f"must be >= 0, got {self.spectral_weight}")
+        if self.spectral_weight and self.kind != "crps":
+            fail(f"{prefix}.spectral_weight",
+                 "scores the members of a crps ensemble: set loss.kind: crps or remove the key")
         for name, w in self.channel_weights.items():
             if w < 0:
                 fail(f"{prefix}.channel_weights.{name}", f"must be >= 0, got {w}")
@@ -139,3 +151,10 @@ class TrainConfig:
             fail("model.checkpoint", "training starts from a file or from random weights (null), not 'builtin'")
         if self.loss.kind == "crps" and not self.model.stochastic:
             fail("loss.kind", "crps trains the members of a stochastic model: set model.stochastic: true")
+        if self.model.noise_scale != 1.0:
+            fail("model.noise_scale", "scales a trained model's noise in the ensemble app; training learns the "
+                 "amplitude: remove the key")
+        for name, ph in self.phases.items():
+            if ph.spectral_weight and self.loss.kind != "crps":
+                fail(f"phases.{name}.spectral_weight", "scores the members of a crps ensemble: set loss.kind: crps "
+                     "or remove the key")

@@ -8,8 +8,15 @@ gradient with respect to the gathered members, summed and returned to each membe
 returns its own members' share at its own points, weighted like :class:`hpc_fcn.train.loss.WeightedMSE`,
 so the shares add up over the ensemble and spatial ranks to the loss of the whole ensemble
 (docs/ensembles.md).
+
+The spectral term (``loss.spectral_weight``) is the same fair CRPS of the members' zonal Fourier
+coefficients, row by row: a proper score for every wavenumber, so members whose spread sits at the wrong
+scales pay for it even when their point-wise spread is right. Rows split over the ``w`` axis are made
+whole first (all-gather over ``w``; backward: reduce-scatter).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,6 +27,7 @@ from ..parallel.split import offsets, split_sizes
 from .loss import window_weights
 
 TAG = "crps_members"
+SPECTRAL_TAG = "crps_spectral"
 
 
 def member_sizes(n_members: int, axis: Communicator) -> list[int]:
@@ -30,7 +38,7 @@ def member_sizes(n_members: int, axis: Communicator) -> list[int]:
 
 
 def fair_crps_share(members: torch.Tensor, target: torch.Tensor, axis: Communicator,
-                    sizes: list[int]) -> torch.Tensor:
+                    sizes: list[int], tag: str = TAG) -> torch.Tensor:
     """This rank's members' share of the fair CRPS at each point (shape of ``target``).
 
     ``members``: (sizes[axis.rank], *target.shape), this rank's members; ``sizes``: members per rank.
@@ -46,7 +54,7 @@ def fair_crps_share(members: torch.Tensor, target: torch.Tensor, axis: Communica
     skill = (x - y).abs().sum(dim=0) / M
     if M == 1:
         return skill  # the spread term vanishes (as in hpc_fcn.metrics.crps_fair)
-    everyone = gather_to(x, axis, 0, sizes, tag=TAG)
+    everyone = gather_to(x, axis, 0, sizes, tag=tag)
     # e_m = sum_m' |x_m - x_m'|: at sorted position k (1-based), (2k - M) x_(k) - 2 S_k + S_M, S = cumsum
     srt, order = torch.sort(everyone, dim=0)
     cum = torch.cumsum(srt, dim=0)
@@ -55,6 +63,18 @@ def fair_crps_share(members: torch.Tensor, target: torch.Tensor, axis: Communica
     e = torch.zeros_like(e_sorted).scatter(0, order, e_sorted)  # back to member order
     mine = e.narrow(0, offsets(sizes)[axis.rank], own)
     return skill - mine.sum(dim=0) / (2.0 * M * (M - 1))
+
+
+def zonal_coefficients(x: torch.Tensor) -> torch.Tensor:
+    """Real and imaginary parts (..., nlon // 2 + 1, 2) of each row's Fourier series along the last dimension,
+    scaled so that their squares sum to the row's (Parseval, every real coefficient counted once): white noise
+    of variance s^2 gives every non-zero coefficient variance s^2, and its CRPS equals the point-wise one."""
+    n = x.shape[-1]
+    c = torch.view_as_real(torch.fft.rfft(x, dim=-1, norm="ortho"))
+    k = torch.arange(c.shape[-2], device=x.device)
+    inner = (k > 0) & (2 * k != n)  # the coefficients rfft holds once for a conjugate pair
+    scale = torch.where(inner, torch.full_like(k, 2, dtype=x.dtype).sqrt(), torch.ones_like(k, dtype=x.dtype))
+    return c * scale[:, None]
 
 
 class EnsembleCRPS:
@@ -67,12 +87,21 @@ class EnsembleCRPS:
     """
 
     def __init__(self, lat_w: np.ndarray, chan_w: np.ndarray, rows: slice, cols: slice, nlon: int,
-                 ensemble: Communicator, n_members: int):
+                 ensemble: Communicator, n_members: int, columns: Communicator | None = None,
+                 col_sizes: Sequence[int] | None = None):
+        """``columns``/``col_sizes``: the axis that splits the rows and each of its ranks' column count (for the
+        spectral term; None when this rank holds whole rows)."""
         self.axis = ensemble
         self.sizes = member_sizes(n_members, ensemble)
         self.n_members = n_members
         self.count = len(chan_w) * len(lat_w) * int(nlon)
         self.weight = window_weights(lat_w, chan_w, rows, cols, nlon)
+        self.columns = columns if columns is not None and columns.size > 1 else None
+        self.col_sizes = list(col_sizes) if self.columns is not None else None
+        if self.columns is not None and (self.col_sizes is None or sum(self.col_sizes) != int(nlon)):
+            raise ValueError(f"the spectral CRPS over a split row needs each rank's column count (summing to "
+                             f"{nlon}), got {col_sizes}")
+        self.row_weight = self.weight[:, :, :1].clone()  # (C, r, 1): channel x latitude
 
     @property
     def local_members(self) -> int:
@@ -80,6 +109,7 @@ class EnsembleCRPS:
 
     def to(self, device) -> "EnsembleCRPS":
         self.weight = self.weight.to(device)
+        self.row_weight = self.row_weight.to(device)
         return self
 
     def __call__(self, members: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -88,3 +118,18 @@ class EnsembleCRPS:
             raise ValueError(f"target {tuple(target.shape)} does not end with the window {tuple(self.weight.shape)}")
         crps = fair_crps_share(members, target, self.axis, self.sizes)
         return (crps * self.weight.to(crps.dtype)).sum() / self.count
+
+    def spectral(self, members: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the weighted fair CRPS of the zonal Fourier coefficients (same normalisation
+        as the point-wise loss: white noise scores the same in both). Collective over the ensemble axis and,
+        when the rows are split, over ``columns``: every rank of it scores the whole rows and keeps 1/size."""
+        if tuple(target.shape[-3:]) != tuple(self.weight.shape):
+            raise ValueError(f"target {tuple(target.shape)} does not end with the window {tuple(self.weight.shape)}")
+        dtype = torch.float64 if members.dtype == torch.float64 else torch.float32
+        x, y, share = members.to(dtype), target.to(dtype), 1.0
+        if self.columns is not None:
+            x = gather_to(x, self.columns, -1, self.col_sizes, tag=SPECTRAL_TAG)
+            y = gather_to(y, self.columns, -1, self.col_sizes, tag=SPECTRAL_TAG)
+            share = 1.0 / self.columns.size
+        crps = fair_crps_share(zonal_coefficients(x), zonal_coefficients(y), self.axis, self.sizes, tag=SPECTRAL_TAG)
+        return share * (crps * self.row_weight.to(dtype)[..., None]).sum() / self.count

@@ -23,8 +23,8 @@ import torch
 from ..config import to_dict
 from ..ensemble.model_noise import ModelNoise
 from ..ensemble.plan import as_hours
-from ..model.config import token_grid
-from ..parallel.split import offsets
+from ..model.config import pair, token_grid
+from ..parallel.split import offsets, split_sizes
 from .crps import EnsembleCRPS
 from . import state as ckpt_io
 from .config import PhaseConfig, TrainConfig
@@ -103,12 +103,16 @@ class Trainer:
                                    topo.rows, topo.cols, train_ds.nlon).to(self.device)
         self.crps = None
         if cfg.loss.kind == "crps":  # the ensemble axis holds members of the same samples
+            mc = cfg.model
+            columns = topo.grid.w  # the spectral term needs whole rows: the w axis's column counts in pixels
+            col_sizes = [n * pair(mc.patch_size)[1]
+                         for n in split_sizes(token_grid(mc.img_size, mc.patch_size)[1], columns.size, "token columns")]
             self.crps = EnsembleCRPS(latitude_weights(train_ds.lat, cfg.loss.lat_weights),
                                      channel_weights(train_ds.channels, cfg.loss.channel_weights),
-                                     topo.rows, topo.cols, train_ds.nlon, topo.data, cfg.loss.members).to(self.device)
+                                     topo.rows, topo.cols, train_ds.nlon, topo.data, cfg.loss.members,
+                                     columns, col_sizes).to(self.device)
             first = offsets(self.crps.sizes)[topo.data_rank]
             self.my_members = range(first, first + self.crps.local_members)
-            mc = cfg.model
             self.token_window = topo.grid.token_window(mc.img_size, mc.patch_size)
             self.token_grid = token_grid(mc.img_size, mc.patch_size)
             self._noise_gen: ModelNoise | None = None
@@ -170,16 +174,21 @@ class Trainer:
         per_time = torch.stack([gen.sample(h, self.my_members, step, self.device) for h in hours], dim=1)
         return per_time.reshape(-1, *per_time.shape[2:])  # (members, samples) -> member-major
 
-    def crps_rollout_loss(self, seq: torch.Tensor, local: list[int], batch_size: int) -> torch.Tensor:
-        """This rank's members' share of the batch's fair CRPS, mean over steps and samples (plus, on the rank
-        that holds it, loss.control_weight x the noise-free rollout's weighted absolute error)."""
+    def crps_rollout_loss(self, seq: torch.Tensor, local: list[int], batch_size: int,
+                          spectral_weight: float = 0.0) -> torch.Tensor:
+        """This rank's members' share of the batch's fair CRPS (plus ``spectral_weight`` x its spectral term),
+        mean over steps and samples (plus, on the rank that holds it, loss.control_weight x the noise-free
+        rollout's weighted absolute error)."""
         steps, B = seq.shape[1] - 1, seq.shape[0]
         m = self.crps.local_members
         state = seq[:, 0].unsqueeze(0).expand(m, *seq[:, 0].shape).reshape(m * B, *seq.shape[2:])
         total = seq.new_zeros(())
         for k in range(1, steps + 1):
             state = self.forward(state, self.member_noise(local, k))
-            total = total + self.crps(state.reshape(m, B, *state.shape[1:]), seq[:, k])
+            members = state.reshape(m, B, *state.shape[1:])
+            total = total + self.crps(members, seq[:, k])
+            if spectral_weight:
+                total = total + spectral_weight * self.crps.spectral(members, seq[:, k])
         if self.control_loss is not None:
             control = seq[:, 0]
             for k in range(1, steps + 1):
@@ -201,7 +210,8 @@ class Trainer:
         seq = self.reader.sequences(local, phase.rollout_steps)
         self.optimizer.zero_grad(set_to_none=True)
         if self.crps is not None:
-            loss = self.crps_rollout_loss(seq, local, phase.batch_size)
+            spectral = self.cfg.loss.spectral_weight if phase.spectral_weight is None else phase.spectral_weight
+            loss = self.crps_rollout_loss(seq, local, phase.batch_size, spectral)
         else:
             loss = self.rollout_loss(seq, phase.batch_size)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()

@@ -123,12 +123,13 @@ def test_validation_scores_do_not_depend_on_the_layout(shared, serial_run):
 # ---- the stochastic model trained with the fair CRPS over the ensemble axis -----------------------------
 CRPS = ["model.stochastic=true", "model.noise_dim=4", "loss.kind=crps", "loss.members=5",
         "model.noise_blocks=2", "model.noise_length_km=3000", "model.noise_memory_hours=12",
-        "loss.control_weight=0.5", "optim.lr_scale={noise_proj: 4.0}",
+        "loss.control_weight=0.5", "loss.spectral_weight=0.5", "optim.lr_scale={noise_proj: 4.0}",
         "phases={crps: {epochs: 1, rollout_steps: 2, batch_size: 2, lr: 1.0e-3}}"]
 CRPS_LAYOUTS = {  # 5 members: 3 + 2 on two ensemble ranks, 2 + 1 + 1 + 1 on four; the control on the last
     "ens2": (2, ["parallel.ensemble=2"]),
     "ens2_h2": (4, ["parallel.ensemble=2", "parallel.h=2"]),
     "ens2_matmul2": (4, ["parallel.ensemble=2", "parallel.matmul=2"]),
+    "ens2_w2": (4, ["parallel.ensemble=2", "parallel.w=2"]),  # the spectral term gathers whole rows
     "ens4": (4, ["parallel.ensemble=4"]),
 }
 
