@@ -390,3 +390,33 @@ def test_spread_spectrum_of_a_run_adds_up_to_its_pooled_spread_skill(tmp_path, c
     tool.main([str(tmp_path / "run"), "--days", "1", "2", "--vars", "u"])
     rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| u |")]
     assert len(rows) == 2 * 6  # bands 0, 1-2, 3-5, 6-11, 12-19, 20-32 of a 64-point row
+    # tools/spread_bound.py on the same run: unscaled, its CRPS is metrics.json's (the run as its own reference)
+    bound = load_tool("spread_bound")
+    for d in (1, 2):
+        members, truth = data[d]
+        crps = bound.scaled_crps(members[:, :, 1], truth[:, 1], lat)
+        lead = doc["lead_hours"].index(24 * d)
+        assert crps[list(bound.SCALES).index(1.0)] == pytest.approx(doc["scores"]["crps"]["z"][lead], rel=1e-5)
+    bound.main([str(tmp_path / "run"), "--days", "1", "2", "--vars", "u", "z", "--reference", str(tmp_path / "run")])
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith(("| u |", "| z |"))]
+    assert len(rows) == 4 and all("(+0.0 %)" in r.split("|")[3] for r in rows), rows
+
+
+def test_spread_bound_finds_the_factor_that_calibrates_an_under_dispersed_ensemble():
+    """tools/spread_bound.py: members drawn like the truth about a shared mean, then with their deviations
+    halved, are best rescaled by about 2, which lowers their fair CRPS; at factor 1 it is metrics.crps_fair."""
+    tool = load_tool("spread_bound")
+    rng = np.random.default_rng(3)
+    F, M, R, W = 6, 20, 8, 16
+    lat = np.linspace(70.0, -70.0, R)
+    mean = rng.normal(size=(F, 1, R, W))
+    truth = mean[:, 0] + rng.normal(size=(F, R, W))
+    members = mean + 0.5 * rng.normal(size=(F, M, R, W))
+    crps = tool.scaled_crps(members, truth, lat)
+    best = tool.SCALES[int(np.argmin(crps))]
+    assert 1.7 <= best <= 2.3, best
+    one = list(tool.SCALES).index(1.0)
+    assert crps.min() < 0.95 * crps[one]
+    w = mt.lat_weights(lat, "area")
+    want = np.mean([mt.weighted_mean(mt.crps_fair(members[f], truth[f]), w) for f in range(F)])
+    assert crps[one] == pytest.approx(want, rel=1e-12)

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""How far calibrating the spread alone could take an ensemble's fair CRPS: the oracle spread-scaling bound.
+
+The fair CRPS rewards two things: an ensemble mean close to the truth and a spread that matches its
+error. This separates them. For each variable and lead it rescales every member's deviation from the
+ensemble mean by a factor a (x_m -> mean + a (x_m - mean): the mean is kept) and prints the fair CRPS
+at a = 1 (the run as it is) and at the best a, chosen on the same forecasts it is scored on. The best
+factor is therefore optimistic: no calibration of the spread, by initial perturbations, model noise or
+post-processing, that keeps the mean can score better than it on these forecasts. A CRPS target that the
+bound misses needs a better ensemble mean. With ``--reference`` (a run's folder) both are also given as
+a change against that run's metrics.json fair CRPS.
+
+    mpirun -n 8 python -m hpc_fcn.ensemble config/ens100.yaml ensemble.members=32 output.members=true \\
+        output.dir=runs/members
+    python tools/spread_bound.py runs/members --reference runs/report/A_gauss03
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+from hpc_fcn import metrics  # noqa: E402
+from spread_spectrum import VARS, read_run  # noqa: E402
+
+SCALES = np.round(np.arange(0.5, 2.001, 0.05), 2)
+
+
+def scaled_crps(members: np.ndarray, truth: np.ndarray, lat: np.ndarray, scales=SCALES) -> np.ndarray:
+    """Area-weighted fair CRPS, averaged over forecasts, of the members with their deviations from the mean
+    scaled by each of ``scales``. members (F, M, lat, lon), truth (F, lat, lon) -> (len(scales),)."""
+    w = metrics.lat_weights(lat, "area")
+    mean = members.mean(axis=1, keepdims=True)
+    dev = members - mean
+    out = []
+    for a in scales:
+        x = mean + a * dev
+        out.append(np.mean([metrics.weighted_mean(metrics.crps_fair(x[f], truth[f]), w) for f in range(len(truth))]))
+    return np.array(out)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="an ensemble output folder written with output.members=true")
+    p.add_argument("--days", type=int, nargs="+", default=[1, 3, 5, 10])
+    p.add_argument("--vars", nargs="+", default=list(VARS))
+    p.add_argument("--reference", type=Path, default=None, help="a run folder whose metrics.json CRPS to compare to")
+    args = p.parse_args(argv)
+    ref = None
+    if args.reference is not None:
+        path = args.reference / "metrics.json"
+        if not path.is_file():
+            raise SystemExit(f"error: {path} does not exist: give --reference an ensemble run's output folder")
+        ref = json.loads(path.read_text())
+    data, lat = read_run(args.run, args.days, args.vars)
+    if 1.0 not in SCALES:
+        raise AssertionError("the scales must include 1 (the run as it is)")
+    one = list(SCALES).index(1.0)
+    n = len(next(iter(data.values()))[0])
+    print(f"Fair CRPS with the members' deviations from their mean scaled by a: {args.run} ({n} forecasts)\n")
+    vs = " (vs reference)" if ref else ""
+    print(f"| variable | day | CRPS as run{vs} | best a | CRPS at best a{vs} |")
+    print("|---|---|---|---|---|")
+    for v_i, v in enumerate(args.vars):
+        for d in args.days:
+            members, truth = data[d]
+            crps = scaled_crps(members[:, :, v_i], truth[:, v_i], lat)
+            best = int(np.argmin(crps))
+            cells = [f"{crps[one]:.4g}", f"{SCALES[best]:.2f}", f"{crps[best]:.4g}"]
+            if ref is not None:
+                lead = ref["lead_hours"].index(24 * d)
+                r = ref["scores"]["crps"][v][lead]
+                cells[0] += f" ({crps[one] / r * 100 - 100:+.1f} %)"
+                cells[2] += f" ({crps[best] / r * 100 - 100:+.1f} %)"
+            print(f"| {v} | {d} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
