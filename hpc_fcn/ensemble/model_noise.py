@@ -11,7 +11,7 @@ noise is correlated in space and time):
   correlation length (:class:`.perturb.NoiseField` on the token grid), not independent per token;
 - ``memory`` in (0, 1): an AR(1) process over steps, noise_k = memory noise_(k-1) + sqrt(1 - memory^2)
   innovation_k, unit variance at every step (memory = exp(-dt / e-folding time)).
-The ensemble app may scale the whole process (``model.noise_scale``, tuned on the validation split).
+The ensemble app may scale the whole process (``model.noise_scale``; 1: as trained).
 """
 from __future__ import annotations
 
