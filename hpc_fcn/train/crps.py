@@ -16,6 +16,7 @@ whole first (all-gather over ``w``; backward: reduce-scatter).
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -72,8 +73,8 @@ def zonal_coefficients(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[-1]
     c = torch.view_as_real(torch.fft.rfft(x, dim=-1, norm="ortho"))
     k = torch.arange(c.shape[-2], device=x.device)
-    inner = (k > 0) & (2 * k != n)  # the coefficients rfft holds once for a conjugate pair
-    scale = torch.where(inner, torch.full_like(k, 2, dtype=x.dtype).sqrt(), torch.ones_like(k, dtype=x.dtype))
+    scale = torch.ones(c.shape[-2], dtype=c.dtype, device=x.device)
+    scale[(k > 0) & (2 * k != n)] = math.sqrt(2.0)  # the coefficients rfft holds once for a conjugate pair
     return c * scale[:, None]
 
 
@@ -112,10 +113,13 @@ class EnsembleCRPS:
         self.row_weight = self.row_weight.to(device)
         return self
 
-    def __call__(self, members: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """members (m_local, *batch, C, r, c), target (*batch, C, r, c) -> this rank's partial loss."""
+    def _check(self, target: torch.Tensor) -> None:
         if tuple(target.shape[-3:]) != tuple(self.weight.shape):
             raise ValueError(f"target {tuple(target.shape)} does not end with the window {tuple(self.weight.shape)}")
+
+    def __call__(self, members: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """members (m_local, *batch, C, r, c), target (*batch, C, r, c) -> this rank's partial loss."""
+        self._check(target)
         crps = fair_crps_share(members, target, self.axis, self.sizes)
         return (crps * self.weight.to(crps.dtype)).sum() / self.count
 
@@ -123,8 +127,7 @@ class EnsembleCRPS:
         """This rank's share of the weighted fair CRPS of the zonal Fourier coefficients (same normalisation
         as the point-wise loss: white noise scores the same in both). Collective over the ensemble axis and,
         when the rows are split, over ``columns``: every rank of it scores the whole rows and keeps 1/size."""
-        if tuple(target.shape[-3:]) != tuple(self.weight.shape):
-            raise ValueError(f"target {tuple(target.shape)} does not end with the window {tuple(self.weight.shape)}")
+        self._check(target)
         dtype = torch.float64 if members.dtype == torch.float64 else torch.float32
         x, y, share = members.to(dtype), target.to(dtype), 1.0
         if self.columns is not None:
