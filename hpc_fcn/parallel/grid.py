@@ -16,7 +16,7 @@ from ..tracing import Tracer
 from ..model.config import pair, token_grid
 from .comm import Communicator, cuda_device, make_communicator
 from .layout import AXES, check_layout, check_model_layout
-from .split import shard_range
+from .split import shard_range, split_sizes
 
 
 class ProcessGrid:
@@ -131,6 +131,13 @@ class ProcessGrid:
         (p1, p2) = pair(patch_size)
         rows, cols = self.token_window(img_size, patch_size)
         return slice(rows.start * p1, rows.stop * p1), slice(cols.start * p2, cols.stop * p2)
+
+    def window_sizes(self, img_size, patch_size) -> tuple[list[int], list[int]]:
+        """Pixel rows of the model grid held by each rank of h, and columns by each rank of w."""
+        H, W = token_grid(img_size, patch_size)
+        p1, p2 = pair(patch_size)
+        return ([n * p1 for n in split_sizes(H, self.shape["h"], "token grid's rows")],
+                [n * p2 for n in split_sizes(W, self.shape["w"], "token grid's columns")])
 
     # ---- lifetime -----------------------------------------------------------------------------
     def close(self) -> None:

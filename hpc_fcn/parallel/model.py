@@ -23,7 +23,6 @@ from .grid import ProcessGrid
 from .layers import DistBlock, DistLayerNorm, DistPatchEmbed
 from . import sharding
 from .primitives import gather, reduce_from
-from .split import split_sizes
 
 _MODEL_KEYS = ("img_size", "patch_size", "in_chans", "out_chans", "embed_dim", "depth", "mlp_ratio", "num_blocks",
                "sparsity_threshold", "hard_thresholding_fraction", "noise_dim", "noise_blocks") + NOISE_PROCESS_KEYS
@@ -170,9 +169,7 @@ def scatter_field(grid: ProcessGrid, full: torch.Tensor, img_size, patch_size) -
 
 def gather_field(grid: ProcessGrid, local: torch.Tensor, img_size, patch_size) -> torch.Tensor:
     """The full field from every rank's window (collective over h and w; differentiable)."""
-    (H, W), (p1, p2) = pair(img_size), pair(patch_size)
-    rows = [s * p1 for s in split_sizes(H // p1, grid.h.size)]
-    cols = [s * p2 for s in split_sizes(W // p2, grid.w.size)]
+    rows, cols = grid.window_sizes(img_size, patch_size)
     x = gather(local, grid.w, dim=-1, n=cols, tag="gather_field")
     return gather(x, grid.h, dim=-2, n=rows, tag="gather_field")
 

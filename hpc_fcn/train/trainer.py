@@ -23,8 +23,8 @@ import torch
 from ..config import to_dict
 from ..ensemble.model_noise import ModelNoise
 from ..ensemble.plan import as_hours
-from ..model.config import pair, token_grid
-from ..parallel.split import offsets, split_sizes
+from ..model.config import token_grid
+from ..parallel.split import offsets
 from .crps import EnsembleCRPS
 from . import state as ckpt_io
 from .config import PhaseConfig, TrainConfig
@@ -104,13 +104,11 @@ class Trainer:
         self.crps = None
         if cfg.loss.kind == "crps":  # the ensemble axis holds members of the same samples
             mc = cfg.model
-            columns = topo.grid.w  # the spectral term needs whole rows: the w axis's column counts in pixels
-            col_sizes = [n * pair(mc.patch_size)[1]
-                         for n in split_sizes(token_grid(mc.img_size, mc.patch_size)[1], columns.size, "token columns")]
+            col_sizes = topo.grid.window_sizes(mc.img_size, mc.patch_size)[1]  # the spectral term gathers rows
             self.crps = EnsembleCRPS(latitude_weights(train_ds.lat, cfg.loss.lat_weights),
                                      channel_weights(train_ds.channels, cfg.loss.channel_weights),
                                      topo.rows, topo.cols, train_ds.nlon, topo.data, cfg.loss.members,
-                                     columns, col_sizes).to(self.device)
+                                     topo.grid.w, col_sizes).to(self.device)
             first = offsets(self.crps.sizes)[topo.data_rank]
             self.my_members = range(first, first + self.crps.local_members)
             self.token_window = topo.grid.token_window(mc.img_size, mc.patch_size)
