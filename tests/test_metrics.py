@@ -420,3 +420,24 @@ def test_spread_bound_finds_the_factor_that_calibrates_an_under_dispersed_ensemb
     w = mt.lat_weights(lat, "area")
     want = np.mean([mt.weighted_mean(mt.crps_fair(members[f], truth[f]), w) for f in range(F)])
     assert crps[one] == pytest.approx(want, rel=1e-12)
+
+
+def test_spread_bound_measures_and_removes_a_drift_of_the_zonal_mean():
+    """tools/spread_bound.py: members drawn like the truth, then all shifted by one latitude profile: the tool
+    finds the profile's area-weighted rms and, with it subtracted, scores the unshifted members."""
+    tool = load_tool("spread_bound")
+    rng = np.random.default_rng(4)
+    F, M, R, W = 5, 12, 8, 16
+    lat = np.linspace(70.0, -70.0, R)
+    truth = rng.normal(size=(F, R, W))
+    members = truth[:, None] + rng.normal(size=(F, M, R, W))
+    members -= members.mean(axis=(0, 1, 3), keepdims=True) - truth.mean(axis=(0, 2), keepdims=True)[:, None]
+    profile = np.linspace(-1.0, 2.0, R)
+    rms, undrifted = tool.zonal_drift(members + profile[None, None, :, None], truth, lat)
+    w = mt.lat_weights(lat, "area")
+    assert rms == pytest.approx(np.sqrt(np.sum(w * profile ** 2) / np.sum(w)), rel=1e-9)
+    want = np.mean([mt.weighted_mean(mt.crps_fair(members[f], truth[f]), w) for f in range(F)])
+    assert undrifted == pytest.approx(want, rel=1e-9)
+    drifted = np.mean([mt.weighted_mean(mt.crps_fair(members[f] + profile[None, :, None], truth[f]), w)
+                       for f in range(F)])
+    assert drifted > 1.1 * undrifted

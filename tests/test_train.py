@@ -291,31 +291,33 @@ def test_control_weight_adds_the_noise_free_rollouts_mse(data_root, tmp_path):
         tiny_config(data_root, tmp_path, ["loss.control_weight=1.0"])  # an MSE model has no control member
 
 
-def test_spectral_weight_adds_the_members_spectral_crps(data_root, tmp_path):
-    """loss(w) - loss(0) is w x the spectral CRPS of the same members; a phase's spectral_weight overrides the
-    loss's; both keys belong to crps training."""
+@pytest.mark.parametrize("term", ["spectral", "zonal"])
+def test_crps_term_weight_adds_the_members_term(data_root, tmp_path, term):
+    """loss(w) - loss(0) is w x the spectral (zonal-mean) CRPS of the same members; a phase's weight overrides
+    the loss's; both keys belong to crps training."""
+    key = f"{term}_weight"
     trainer = trainer_for(tiny_config(data_root, tmp_path / "a", CRPS_TINY))
     seq = trainer.reader.sequences([0, 5], 2)
     with torch.no_grad():
         a = trainer.crps_rollout_loss(seq, [0, 5], 2)
-        b = trainer.crps_rollout_loss(seq, [0, 5], 2, spectral_weight=0.7)
+        b = trainer.crps_rollout_loss(seq, [0, 5], 2, **{key: 0.7})
         m, want = trainer.crps.local_members, 0.0
         state = seq[:, 0].repeat(m, 1, 1, 1)
         for k in (1, 2):
             state = trainer.module(state, trainer.member_noise([0, 5], k))
-            want += float(trainer.crps.spectral(state.reshape(m, 2, *state.shape[1:]), seq[:, k]))
+            want += float(getattr(trainer.crps, term)(state.reshape(m, 2, *state.shape[1:]), seq[:, k]))
     assert want > 0
     assert float(b - a) == pytest.approx(0.7 * want / (2 * 2), rel=1e-5)
-    by_loss = trainer_for(tiny_config(data_root, tmp_path / "b", CRPS_TINY + ["loss.spectral_weight=0.7"]))
-    by_phase = trainer_for(tiny_config(data_root, tmp_path / "c", CRPS_TINY + ["phases.crps.spectral_weight=0.7"]))
+    by_loss = trainer_for(tiny_config(data_root, tmp_path / "b", CRPS_TINY + [f"loss.{key}=0.7"]))
+    by_phase = trainer_for(tiny_config(data_root, tmp_path / "c", CRPS_TINY + [f"phases.crps.{key}=0.7"]))
     by_loss.run(max_steps=1)
     by_phase.run(max_steps=1)
     trainer.run(max_steps=1)
     assert by_phase.history[0]["loss"] == pytest.approx(by_loss.history[0]["loss"], rel=1e-6)
     assert by_phase.history[0]["loss"] > trainer.history[0]["loss"]
-    with pytest.raises(ConfigError, match="loss.spectral_weight"):
-        tiny_config(data_root, tmp_path, ["loss.spectral_weight=1.0"])  # an MSE model has no members
-    with pytest.raises(ConfigError, match="phases.finetune.spectral_weight"):
-        tiny_config(data_root, tmp_path, ["phases.finetune.spectral_weight=1.0"])
-    with pytest.raises(ConfigError, match="phases.crps.spectral_weight"):
-        tiny_config(data_root, tmp_path, CRPS_TINY + ["phases.crps.spectral_weight=-1"])
+    with pytest.raises(ConfigError, match=f"loss.{key}"):
+        tiny_config(data_root, tmp_path, [f"loss.{key}=1.0"])  # an MSE model has no members
+    with pytest.raises(ConfigError, match=f"phases.finetune.{key}"):
+        tiny_config(data_root, tmp_path, [f"phases.finetune.{key}=1.0"])
+    with pytest.raises(ConfigError, match=f"phases.crps.{key}"):
+        tiny_config(data_root, tmp_path, CRPS_TINY + [f"phases.crps.{key}=-1"])

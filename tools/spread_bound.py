@@ -10,6 +10,11 @@ post-processing, that keeps the mean can score better than it on these forecasts
 bound misses needs a better ensemble mean. With ``--reference`` (a run's folder) both are also given as
 a change against that run's metrics.json fair CRPS.
 
+One part of the mean's error it also measures: the drift of the zonal mean, the error of the ensemble
+mean averaged along each latitude row and over the forecasts (a lead-dependent drift of the jets, common
+to the forecasts), as its rms over the globe and the fair CRPS of the members with it subtracted (also
+an oracle, fitted on the forecasts it scores).
+
     mpirun -n 8 python -m hpc_fcn.ensemble config/ens100.yaml ensemble.members=32 output.members=true \\
         output.dir=runs/members
     python tools/spread_bound.py runs/members --reference runs/report/A_gauss03
@@ -46,6 +51,16 @@ def scaled_crps(members: np.ndarray, truth: np.ndarray, lat: np.ndarray, scales=
     return np.array(out)
 
 
+def zonal_drift(members: np.ndarray, truth: np.ndarray, lat: np.ndarray) -> tuple[float, float]:
+    """The ensemble mean's zonal-mean error averaged over the forecasts (a profile over latitude): its
+    area-weighted rms and the fair CRPS of the members with it subtracted. Shapes as :func:`scaled_crps`."""
+    w = metrics.lat_weights(lat, "area")
+    drift = (members.mean(axis=1) - truth).mean(axis=(0, -1))  # (lat,)
+    rms = float(np.sqrt(np.sum(w * drift ** 2) / np.sum(w)))
+    x = members - drift[None, None, :, None]
+    return rms, float(np.mean([metrics.weighted_mean(metrics.crps_fair(x[f], truth[f]), w) for f in range(len(truth))]))
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="an ensemble output folder written with output.members=true")
@@ -64,19 +79,21 @@ def main(argv=None) -> None:
     n = len(next(iter(data.values()))[0])
     print(f"Fair CRPS with the members' deviations from their mean scaled by a: {args.run} ({n} forecasts)\n")
     vs = " (vs reference)" if ref else ""
-    print(f"| variable | day | CRPS as run{vs} | best a | CRPS at best a{vs} |")
-    print("|---|---|---|---|---|")
+    print(f"| variable | day | CRPS as run{vs} | best a | CRPS at best a{vs} | zonal drift (rms) | "
+          f"CRPS without it{vs} |")
+    print("|---|---|---|---|---|---|---|")
     for v_i, v in enumerate(args.vars):
         for d in args.days:
             members, truth = data[d]
             crps = scaled_crps(members[:, :, v_i], truth[:, v_i], lat)
             best = int(np.argmin(crps))
-            cells = [f"{crps[one]:.4g}", f"{SCALES[best]:.2f}", f"{crps[best]:.4g}"]
+            drift, undrifted = zonal_drift(members[:, :, v_i], truth[:, v_i], lat)
+            cells = [f"{crps[one]:.4g}", f"{SCALES[best]:.2f}", f"{crps[best]:.4g}", f"{drift:.3g}", f"{undrifted:.4g}"]
             if ref is not None:
                 lead = ref["lead_hours"].index(24 * d)
                 r = ref["scores"]["crps"][v][lead]
-                cells[0] += f" ({crps[one] / r * 100 - 100:+.1f} %)"
-                cells[2] += f" ({crps[best] / r * 100 - 100:+.1f} %)"
+                for i, value in ((0, crps[one]), (2, crps[best]), (4, undrifted)):
+                    cells[i] += f" ({value / r * 100 - 100:+.1f} %)"
             print(f"| {v} | {d} | " + " | ".join(cells) + " |")
 
 

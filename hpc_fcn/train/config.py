@@ -7,6 +7,9 @@ from typing import Literal
 from ..config import fail
 from ..schema import DataConfig, ModelConfig, ParallelConfig
 
+# the CRPS loss's extra terms: a loss key with the weight, which a phase's key of the same name overrides
+CRPS_TERMS = ("spectral_weight", "zonal_weight")
+
 
 @dataclass
 class PhaseConfig:
@@ -19,11 +22,13 @@ class PhaseConfig:
     batch_size: int = 8  # global batch: samples per optimizer step over all data-parallel ranks
     samples_per_epoch: int | None = None  # null = every usable sample of the training split
     spectral_weight: float | None = None  # crps: this phase's loss.spectral_weight (null = the loss's)
+    zonal_weight: float | None = None  # crps: this phase's loss.zonal_weight (null = the loss's)
 
     def validate(self, prefix: str) -> None:
-        if self.spectral_weight is not None and self.spectral_weight < 0:
-            fail(f"{prefix}.spectral_weight",
-                 f"must be >= 0 (or null for loss.spectral_weight), got {self.spectral_weight}")
+        for name in CRPS_TERMS:
+            w = getattr(self, name)
+            if w is not None and w < 0:
+                fail(f"{prefix}.{name}", f"must be >= 0 (or null for loss.{name}), got {w}")
         for name in ("epochs", "rollout_steps", "batch_size"):
             if getattr(self, name) < 1:
                 fail(f"{prefix}.{name}", f"must be >= 1, got {getattr(self, name)}")
@@ -75,13 +80,16 @@ class LossConfig:
     # crps: add this weight x the fair CRPS of the members' zonal Fourier coefficients (hpc_fcn.train.crps), which
     # scores the spread scale by scale: the point-wise CRPS cannot tell spread at one wavenumber from another
     spectral_weight: float = 0.0
+    # crps: add this weight x the fair CRPS of each row's zonal mean (hpc_fcn.train.crps), counted per row like a
+    # point: the point-wise CRPS hardly sees a drift of the zonal-mean flow, which is error at every point later
+    zonal_weight: float = 0.0
 
     def validate(self, prefix: str) -> None:
-        if self.spectral_weight < 0:
-            fail(f"{prefix}.spectral_weight", f"must be >= 0, got {self.spectral_weight}")
-        if self.spectral_weight and self.kind != "crps":
-            fail(f"{prefix}.spectral_weight",
-                 "scores the members of a crps ensemble: set loss.kind: crps or remove the key")
+        for name in CRPS_TERMS:
+            if getattr(self, name) < 0:
+                fail(f"{prefix}.{name}", f"must be >= 0, got {getattr(self, name)}")
+            if getattr(self, name) and self.kind != "crps":
+                fail(f"{prefix}.{name}", "scores the members of a crps ensemble: set loss.kind: crps or remove the key")
         for name, w in self.channel_weights.items():
             if w < 0:
                 fail(f"{prefix}.channel_weights.{name}", f"must be >= 0, got {w}")
@@ -155,6 +163,7 @@ class TrainConfig:
             fail("model.noise_scale", "scales a trained model's noise in the ensemble app; training learns the "
                  "amplitude: remove the key")
         for name, ph in self.phases.items():
-            if ph.spectral_weight and self.loss.kind != "crps":
-                fail(f"phases.{name}.spectral_weight", "scores the members of a crps ensemble: set loss.kind: crps "
-                     "or remove the key")
+            for term in CRPS_TERMS:
+                if getattr(ph, term) and self.loss.kind != "crps":
+                    fail(f"phases.{name}.{term}", "scores the members of a crps ensemble: set loss.kind: crps "
+                         "or remove the key")

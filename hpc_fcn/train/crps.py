@@ -13,6 +13,11 @@ The spectral term (``loss.spectral_weight``) is the same fair CRPS of the member
 coefficients, row by row: a proper score for every wavenumber, so members whose spread sits at the wrong
 scales pay for it even when their point-wise spread is right. Rows split over the ``w`` axis are made
 whole first (all-gather over ``w``; backward: reduce-scatter).
+
+The zonal-mean term (``loss.zonal_weight``) is the fair CRPS of each row's mean (the wavenumber-0 coefficient,
+scaled like the others), counted once per row instead of once per point: the zonal-mean flow (the jets) holds
+little of the point-wise variance, so the point-wise CRPS hardly sees a model that drifts in it, yet that
+drift is error at every point of the row after a few days.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from .loss import window_weights
 
 TAG = "crps_members"
 SPECTRAL_TAG = "crps_spectral"
+ZONAL_TAG = "crps_zonal"
 
 
 def member_sizes(n_members: int, axis: Communicator) -> list[int]:
@@ -123,16 +129,31 @@ class EnsembleCRPS:
         crps = fair_crps_share(members, target, self.axis, self.sizes)
         return (crps * self.weight.to(crps.dtype)).sum() / self.count
 
+    def _whole_rows(self, members: torch.Tensor, target: torch.Tensor, tag: str):
+        """Members and target with whole rows (gathered over ``columns`` when split) in float32 or 64, and this
+        rank's share of a row-wise score (1 / the columns' size: every rank of it scores the same rows)."""
+        self._check(target)
+        dtype = torch.float64 if members.dtype == torch.float64 else torch.float32
+        x, y = members.to(dtype), target.to(dtype)
+        if self.columns is None:
+            return x, y, 1.0
+        x = gather_to(x, self.columns, -1, self.col_sizes, tag=tag)
+        y = gather_to(y, self.columns, -1, self.col_sizes, tag=tag)
+        return x, y, 1.0 / self.columns.size
+
     def spectral(self, members: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """This rank's share of the weighted fair CRPS of the zonal Fourier coefficients (same normalisation
         as the point-wise loss: white noise scores the same in both). Collective over the ensemble axis and,
         when the rows are split, over ``columns``: every rank of it scores the whole rows and keeps 1/size."""
-        self._check(target)
-        dtype = torch.float64 if members.dtype == torch.float64 else torch.float32
-        x, y, share = members.to(dtype), target.to(dtype), 1.0
-        if self.columns is not None:
-            x = gather_to(x, self.columns, -1, self.col_sizes, tag=SPECTRAL_TAG)
-            y = gather_to(y, self.columns, -1, self.col_sizes, tag=SPECTRAL_TAG)
-            share = 1.0 / self.columns.size
+        x, y, share = self._whole_rows(members, target, SPECTRAL_TAG)
         crps = fair_crps_share(zonal_coefficients(x), zonal_coefficients(y), self.axis, self.sizes, tag=SPECTRAL_TAG)
-        return share * (crps * self.row_weight.to(dtype)[..., None]).sum() / self.count
+        return share * (crps * self.row_weight.to(x.dtype)[..., None]).sum() / self.count
+
+    def zonal(self, members: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """This rank's share of the weighted mean over channels and rows of the fair CRPS of each row's mean
+        times sqrt(nlon) (the orthonormal wavenumber-0 coefficient: white noise scores as one point does)."""
+        x, y, share = self._whole_rows(members, target, ZONAL_TAG)
+        scale = 1.0 / math.sqrt(x.shape[-1])
+        crps = fair_crps_share(x.sum(-1, keepdim=True) * scale, y.sum(-1, keepdim=True) * scale, self.axis,
+                               self.sizes, tag=ZONAL_TAG)
+        return share * (crps * self.row_weight.to(x.dtype)).sum() * x.shape[-1] / self.count

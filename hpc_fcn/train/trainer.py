@@ -27,7 +27,7 @@ from ..model.config import token_grid
 from ..parallel.split import offsets
 from .crps import EnsembleCRPS
 from . import state as ckpt_io
-from .config import PhaseConfig, TrainConfig
+from .config import CRPS_TERMS, PhaseConfig, TrainConfig
 from .data import WindowReader
 from .grads import any_nonfinite, clip_gradients, global_grad_norm, poison
 from .loss import WeightedMAE, WeightedMSE, channel_weights, latitude_weights
@@ -104,7 +104,7 @@ class Trainer:
         self.crps = None
         if cfg.loss.kind == "crps":  # the ensemble axis holds members of the same samples
             mc = cfg.model
-            col_sizes = topo.grid.window_sizes(mc.img_size, mc.patch_size)[1]  # the spectral term gathers rows
+            col_sizes = topo.grid.window_sizes(mc.img_size, mc.patch_size)[1]  # the row-wise terms gather rows
             self.crps = EnsembleCRPS(latitude_weights(train_ds.lat, cfg.loss.lat_weights),
                                      channel_weights(train_ds.channels, cfg.loss.channel_weights),
                                      topo.rows, topo.cols, train_ds.nlon, topo.data, cfg.loss.members,
@@ -173,8 +173,9 @@ class Trainer:
         return per_time.reshape(-1, *per_time.shape[2:])  # (members, samples) -> member-major
 
     def crps_rollout_loss(self, seq: torch.Tensor, local: list[int], batch_size: int,
-                          spectral_weight: float = 0.0) -> torch.Tensor:
-        """This rank's members' share of the batch's fair CRPS (plus ``spectral_weight`` x its spectral term),
+                          spectral_weight: float = 0.0, zonal_weight: float = 0.0) -> torch.Tensor:
+        """This rank's members' share of the batch's fair CRPS (plus ``spectral_weight`` x its spectral term and
+        ``zonal_weight`` x its zonal-mean term),
         mean over steps and samples (plus, on the rank that holds it, loss.control_weight x the noise-free
         rollout's weighted absolute error)."""
         steps, B = seq.shape[1] - 1, seq.shape[0]
@@ -187,6 +188,8 @@ class Trainer:
             total = total + self.crps(members, seq[:, k])
             if spectral_weight:
                 total = total + spectral_weight * self.crps.spectral(members, seq[:, k])
+            if zonal_weight:
+                total = total + zonal_weight * self.crps.zonal(members, seq[:, k])
         if self.control_loss is not None:
             control = seq[:, 0]
             for k in range(1, steps + 1):
@@ -208,8 +211,9 @@ class Trainer:
         seq = self.reader.sequences(local, phase.rollout_steps)
         self.optimizer.zero_grad(set_to_none=True)
         if self.crps is not None:
-            spectral = self.cfg.loss.spectral_weight if phase.spectral_weight is None else phase.spectral_weight
-            loss = self.crps_rollout_loss(seq, local, phase.batch_size, spectral)
+            weights = [getattr(self.cfg.loss, t) if getattr(phase, t) is None else getattr(phase, t)
+                       for t in CRPS_TERMS]
+            loss = self.crps_rollout_loss(seq, local, phase.batch_size, *weights)
         else:
             loss = self.rollout_loss(seq, phase.batch_size)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()

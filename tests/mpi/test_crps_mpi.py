@@ -3,7 +3,7 @@
 Every rank computes the serial reference (all members, whole field, one rank) itself; the distributed
 shares, summed over the ranks, must give its loss, and each rank's member gradients its slice of the
 serial gradient. Member counts are uneven over the ensemble ranks (5 and 7 over 2, 3 and 4). The same
-holds for the spectral term, whose rows split over w are gathered first.
+holds for the spectral and zonal-mean terms, whose rows split over w are gathered first.
 """
 import numpy as np
 import pytest
@@ -57,18 +57,18 @@ def check(comm, shape, M, term="__call__"):
         scale = float(want_grad.abs().max())
         assert float((own.grad - ref).abs().max()) <= 1e-5 * scale, (own.grad - ref).abs().max()
         summ = grid.tracer.summary()
-        tag = "crps_members" if term == "__call__" else "crps_spectral"
+        tag = {"__call__": "crps_members", "spectral": "crps_spectral", "zonal": "crps_zonal"}[term]
         if grid.ensemble.size > 1:  # the cross-member term: all-gather over the ensemble, adjoint reduce-scatter
             assert any(k.startswith(f"{tag}/all_gather@ensemble") for k in summ), sorted(summ)
             assert any(k.startswith(f"{tag}/reduce_scatter@ensemble") for k in summ), sorted(summ)
-        if term == "spectral" and grid.w.size > 1:  # whole rows: all-gather over w, adjoint reduce-scatter
+        if term != "__call__" and grid.w.size > 1:  # whole rows: all-gather over w, adjoint reduce-scatter
             assert any(k.startswith(f"{tag}/reduce_scatter@w") for k in summ), sorted(summ)
         if grid.ensemble.size > 1:
             with pytest.raises(ValueError, match="member ensemble of size .* a rank would get nothing"):
                 member_sizes(grid.ensemble.size - 1, grid.ensemble)
 
 
-@pytest.mark.parametrize("term", ["__call__", "spectral"])
+@pytest.mark.parametrize("term", ["__call__", "spectral", "zonal"])
 @pytest.mark.parametrize("M", [5, 7])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_distributed_crps_equals_serial(layout, M, term):
@@ -84,3 +84,4 @@ def test_distributed_crps_equals_serial_on_three_ranks():
         pytest.skip("ensemble=3 runs under mpirun -n 3")
     check(MPI.COMM_WORLD, dict(ensemble=3), 7)
     check(MPI.COMM_WORLD, dict(ensemble=1, w=3), 7, "spectral")  # 16 columns: 6 + 5 + 5
+    check(MPI.COMM_WORLD, dict(ensemble=1, w=3), 7, "zonal")
