@@ -431,6 +431,7 @@ def test_spread_bound_measures_and_removes_a_drift_of_the_zonal_mean():
     lat = np.linspace(70.0, -70.0, R)
     truth = rng.normal(size=(F, R, W))
     members = truth[:, None] + rng.normal(size=(F, M, R, W))
+    # no drift to begin with: the members' zonal mean over the forecasts is the truth's
     members -= members.mean(axis=(0, 1, 3), keepdims=True) - truth.mean(axis=(0, 2), keepdims=True)[:, None]
     profile = np.linspace(-1.0, 2.0, R)
     rms, undrifted = tool.zonal_drift(members + profile[None, None, :, None], truth, lat)

@@ -44,11 +44,12 @@ def scaled_crps(members: np.ndarray, truth: np.ndarray, lat: np.ndarray, scales=
     w = metrics.lat_weights(lat, "area")
     mean = members.mean(axis=1, keepdims=True)
     dev = members - mean
-    out = []
-    for a in scales:
-        x = mean + a * dev
-        out.append(np.mean([metrics.weighted_mean(metrics.crps_fair(x[f], truth[f]), w) for f in range(len(truth))]))
-    return np.array(out)
+    return np.array([mean_crps(mean + a * dev, truth, w) for a in scales])
+
+
+def mean_crps(members: np.ndarray, truth: np.ndarray, w: np.ndarray) -> float:
+    """Fair CRPS, weighted by ``w`` over the globe, averaged over the forecasts (shapes as :func:`scaled_crps`)."""
+    return float(np.mean([metrics.weighted_mean(metrics.crps_fair(x, y), w) for x, y in zip(members, truth)]))
 
 
 def zonal_drift(members: np.ndarray, truth: np.ndarray, lat: np.ndarray) -> tuple[float, float]:
@@ -57,8 +58,7 @@ def zonal_drift(members: np.ndarray, truth: np.ndarray, lat: np.ndarray) -> tupl
     w = metrics.lat_weights(lat, "area")
     drift = (members.mean(axis=1) - truth).mean(axis=(0, -1))  # (lat,)
     rms = float(np.sqrt(np.sum(w * drift ** 2) / np.sum(w)))
-    x = members - drift[None, None, :, None]
-    return rms, float(np.mean([metrics.weighted_mean(metrics.crps_fair(x[f], truth[f]), w) for f in range(len(truth))]))
+    return rms, mean_crps(members - drift[None, None, :, None], truth, w)
 
 
 def main(argv=None) -> None:
