@@ -97,7 +97,7 @@ class EnsembleCRPS:
                  ensemble: Communicator, n_members: int, columns: Communicator | None = None,
                  col_sizes: Sequence[int] | None = None):
         """``columns``/``col_sizes``: the axis that splits the rows and each of its ranks' column count (for the
-        spectral term; None when this rank holds whole rows)."""
+        row-wise spectral and zonal-mean terms; None when this rank holds whole rows)."""
         self.axis = ensemble
         self.sizes = member_sizes(n_members, ensemble)
         self.n_members = n_members
@@ -106,7 +106,7 @@ class EnsembleCRPS:
         self.columns = columns if columns is not None and columns.size > 1 else None
         self.col_sizes = list(col_sizes) if self.columns is not None else None
         if self.columns is not None and (self.col_sizes is None or sum(self.col_sizes) != int(nlon)):
-            raise ValueError(f"the spectral CRPS over a split row needs each rank's column count (summing to "
+            raise ValueError(f"the row-wise CRPS terms over a split row need each rank's column count (summing to "
                              f"{nlon}), got {col_sizes}")
         self.row_weight = self.weight[:, :, :1].clone()  # (C, r, 1): channel x latitude
 

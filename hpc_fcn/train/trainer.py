@@ -175,9 +175,8 @@ class Trainer:
     def crps_rollout_loss(self, seq: torch.Tensor, local: list[int], batch_size: int,
                           spectral_weight: float = 0.0, zonal_weight: float = 0.0) -> torch.Tensor:
         """This rank's members' share of the batch's fair CRPS (plus ``spectral_weight`` x its spectral term and
-        ``zonal_weight`` x its zonal-mean term),
-        mean over steps and samples (plus, on the rank that holds it, loss.control_weight x the noise-free
-        rollout's weighted absolute error)."""
+        ``zonal_weight`` x its zonal-mean term), mean over steps and samples (plus, on the rank that holds it,
+        loss.control_weight x the noise-free rollout's weighted absolute error)."""
         steps, B = seq.shape[1] - 1, seq.shape[0]
         m = self.crps.local_members
         state = seq[:, 0].unsqueeze(0).expand(m, *seq[:, 0].shape).reshape(m * B, *seq.shape[2:])
@@ -211,9 +210,9 @@ class Trainer:
         seq = self.reader.sequences(local, phase.rollout_steps)
         self.optimizer.zero_grad(set_to_none=True)
         if self.crps is not None:
-            weights = [getattr(self.cfg.loss, t) if getattr(phase, t) is None else getattr(phase, t)
-                       for t in CRPS_TERMS]
-            loss = self.crps_rollout_loss(seq, local, phase.batch_size, *weights)
+            weights = {t: getattr(self.cfg.loss, t) if getattr(phase, t) is None else getattr(phase, t)
+                       for t in CRPS_TERMS}
+            loss = self.crps_rollout_loss(seq, local, phase.batch_size, **weights)
         else:
             loss = self.rollout_loss(seq, phase.batch_size)
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
