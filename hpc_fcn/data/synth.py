@@ -43,7 +43,7 @@ CHANNEL_ATTRS = {
     "d": ("s-1", "divergence_of_wind", "horizontal divergence"),
 }
 CHANNELS = tuple(CHANNEL_ATTRS)
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 BUILTIN_ENV_VAR = "HPC_FCN_DATA"
 
 
@@ -67,7 +67,7 @@ class SynthOptions:
     seed: int = 0
     nlat: int = 65
     nlon: int = 128
-    train_years: tuple[int, ...] = (2000, 2001, 2002, 2003)
+    train_years: tuple[int, ...] = (1996, 1997, 1998, 1999, 2000, 2001, 2002, 2003)
     valid_years: tuple[int, ...] = (2004,)
     test_years: tuple[int, ...] = (2005,)
     steps_per_year: int = 730
