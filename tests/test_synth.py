@@ -159,30 +159,38 @@ def test_a_second_process_waits_for_the_first_generator_instead_of_generating_ag
     assert not waiter.is_alive() and calls == []  # found complete after the wait: not generated twice
 
 
-def _weights(nlat):
-    w = np.cos(np.deg2rad(np.linspace(90, -90, nlat)))[:, None]
-    return w / w.mean()
+def test_dataset_summary_table_has_a_row_per_year_with_its_scores(tiny, capsys):
+    summary = load_tool("dataset_summary")
+    summary.main([str(tiny)])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 20")]
+    assert [(r[0], r[1]) for r in rows] == [("| 2000", "train"), ("| 2001", "train"), ("| 2002", "valid"),
+                                            ("| 2003", "test")]
+    x = _read(tiny, "out_of_sample", 2003).astype(np.float64)
+    w = summary.row_weights(TINY.nlat)
+    assert rows[-1][2] == f"{summary.kinetic_energy(x, w):.1f}"
+    a = x[:, 2] - np.load(tiny / "stats/time_means.npy")[0, 2]
+    acc = summary.persistence_acc(a, 4, w)
+    num = sum(float((a[t + 4] * a[t] * w).sum()) / np.sqrt(float((a[t + 4] ** 2 * w).sum() * (a[t] ** 2 * w).sum()))
+              for t in range(len(a) - 4))
+    assert acc == pytest.approx(num / (len(a) - 4), rel=1e-12)     # the mean over start samples, one by one
+    assert rows[-1][4].split(" / ")[0] == f"{acc:.3f}"
 
 
 @pytest.mark.slow
 def test_default_dataset_behaves_like_weather():
+    summary = load_tool("dataset_summary")  # the definitions of docs/builtin_dataset.md's table
     root = builtin.ensure_builtin()
     meta = json.loads((root / "metadata.json").read_text())
     first, last = meta["years"]["train"][0], meta["years"]["test"][-1]
     x0, x1 = _read(root, "train", first), _read(root, "out_of_sample", last)
-    w = _weights(meta["nlat"])
+    w = summary.row_weights(meta["nlat"])
+    ke = summary.kinetic_energy
 
-    def ke(x):
-        return float((0.5 * (x[:, 0] ** 2 + x[:, 1] ** 2) * w).mean())
-
-    assert abs(ke(x1) / ke(x0) - 1) < 0.25                      # statistically steady
-    peak = np.sqrt(x1[:, 0] ** 2 + x1[:, 1] ** 2).max(axis=(-2, -1))
+    assert abs(ke(x1, w) / ke(x0, w) - 1) < 0.25                # statistically steady
+    peak = summary.peak_wind(x1)
     assert 20 < np.median(peak) and peak.max() < 150              # jets of tens of m/s
     clim = np.load(root / "stats/time_means.npy")[0, meta["channels"].index("z")]
-    a = x1[:, 2] - clim
-    num = (a[4:] * a[:-4] * w).sum(axis=(-2, -1))
-    den = np.sqrt((a[4:] ** 2 * w).sum(axis=(-2, -1)) * (a[:-4] ** 2 * w).sum(axis=(-2, -1)))
-    acc = float((num / den).mean())
+    acc = summary.persistence_acc(x1[:, 2] - clim, 4, w)
     assert 0.2 < acc < 0.95                                       # predictable, but not trivially
 
 
