@@ -12,7 +12,7 @@ from mpi4py import MPI
 from hpc_fcn.config import ConfigError, load_config
 from hpc_fcn.ensemble.config import EnsembleConfig
 from hpc_fcn.ensemble.search import golden_section
-from hpc_fcn.ensemble.tune import Objective, tune
+from hpc_fcn.ensemble.tune import Objective, calibration_penalty, tune
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,34 @@ def test_tune_lowers_the_objective_and_writes_a_fragment_the_app_includes(data, 
     start.close()
 
 
+def test_calibration_penalty_is_the_squared_log_distance_outside_the_band():
+    band = (0.8, 1.25)
+    assert calibration_penalty(np.array([[0.8, 1.0], [1.25, 0.9]]), band) == 0.0
+    ssr = np.array([[0.4, 1.0], [2.5, 1.0]])  # a factor 2 below and above the band, two inside
+    assert calibration_penalty(ssr, band) == pytest.approx(2 * math.log(2) ** 2 / 4)
+    assert calibration_penalty(np.array([[np.inf, 1.0]]), band) == math.inf
+    assert calibration_penalty(np.array([[np.nan, 1.0]]), band) == math.inf
+
+
+def test_calibration_weight_trades_crps_for_spread_skill_in_the_band(data, tmp_path):
+    """The untrained tiny model's CRPS wants the widest spread; a band below it pulls the amplitude down."""
+    keys = ["tune.channel_iterations=0", "tune.iterations=4"]
+    free = tune(tiny_tune_config(data, tmp_path / "a.yaml", keys), MPI.COMM_SELF)
+    band = ["tune.calibration_weight=10", "tune.spread_skill_band=[0.0005, 0.005]"]
+    held = tune(tiny_tune_config(data, tmp_path / "b.yaml", keys + band), MPI.COMM_SELF)
+    assert calibration_penalty(free.ssr_best, (0.0005, 0.005)) > 0.5  # the CRPS alone leaves the band
+    assert held.best.amplitude < free.best.amplitude
+    assert calibration_penalty(held.ssr_best, (0.0005, 0.005)) < 0.2 * calibration_penalty(free.ssr_best,
+                                                                                             (0.0005, 0.005))
+    # the reported objective is the CRPS ratio plus the weighted term, and the fragment shows the ratios
+    expected = np.mean(held.crps_best / held.crps_start) + 10 * calibration_penalty(held.ssr_best, (0.0005, 0.005))
+    assert held.objective_best == pytest.approx(expected, rel=1e-9)
+    assert held.objective_start == pytest.approx(1 + 10 * calibration_penalty(held.ssr_start, (0.0005, 0.005)))
+    text = (tmp_path / "b.yaml").read_text()
+    assert "plus 10 x the mean squared distance of log spread/skill (corrected) outside [0.0005, 0.005]" in text
+    assert f"12h  u {held.ssr_start[1, 0]:.2f} -> {held.ssr_best[1, 0]:.2f}" in text
+
+
 def test_common_random_numbers_make_the_objective_smooth_in_the_amplitude(data, tmp_path):
     obj = Objective(tiny_tune_config(data, tmp_path / "f.yaml"), MPI.COMM_SELF)
     from dataclasses import replace
@@ -83,6 +111,8 @@ def _cli(data, tmp_path, *overrides, n=1):
     ("tune.start=2001-01-10T12", "config key 'tune.start': no initial time of the 'valid' split has 0 earlier "
                                  "and 2 later steps"),
     ("tune.amplitude_bounds=[0.5, 0.1]", "config key 'tune.amplitude_bounds': need 0 < low < high"),
+    ("tune.spread_skill_band=[1.2, 0.8]", "config key 'tune.spread_skill_band': need 0 < low <= high"),
+    ("tune.calibration_weight=-1", "config key 'tune.calibration_weight': must be >= 0, got -1"),
     ("tune.itertions=3", "config key 'tune.itertions': unknown key (did you mean 'iterations'?)"),
 ])
 def test_cli_errors_are_one_line(data, tmp_path, override, message):

@@ -6,7 +6,10 @@ loop and member split, the scoring's fair CRPS) for each candidate perturbation 
 initial times, and writes a config fragment (``perturbation:``) that an ensemble config includes.
 
 Objective: the mean over ``tune.leads`` and ``tune.channels`` of fair CRPS divided by the CRPS of the
-starting perturbation at that lead and channel (1 at the start). Every candidate uses the same member
+starting perturbation at that lead and channel (1 at the start), plus, with ``tune.calibration_weight``, that
+weight times the mean squared distance of log spread/skill (corrected) outside ``tune.spread_skill_band``: the
+fair CRPS alone may prefer an ensemble narrower than its error when added spread points the wrong way, and
+centres set perturbation amplitudes so that the spread matches the error. Every candidate uses the same member
 noise (common random numbers: keyed by seed, time and member, never by amplitude), so differences
 between candidates are not sampling noise. Search: bred cycles over a list, a global amplitude scale
 (golden-section on its logarithm), the spherical length scale, then per-channel amplitude refinements.
@@ -58,6 +61,8 @@ class TuneConfig:
     sweeps: int = 1  # passes over the channels
     length_scale_bounds_km: tuple[float, float] = (100.0, 3000.0)
     bred_cycles: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # candidates
+    calibration_weight: float = 0.0  # weight of the spread/skill term (0: fair CRPS alone)
+    spread_skill_band: tuple[float, float] = (0.8, 1.25)  # corrected spread/skill the term leaves alone
     output: str | None = None  # the fragment; null = config/tuned/<method>.yaml
 
     def validate(self, prefix: str) -> None:
@@ -81,6 +86,11 @@ class TuneConfig:
         for name in ("iterations", "channel_iterations", "sweeps"):
             if getattr(self, name) < 0:
                 fail(f"{prefix}.{name}", f"must be >= 0, got {getattr(self, name)}")
+        lo, hi = self.spread_skill_band
+        if not 0 < lo <= hi:
+            fail(f"{prefix}.spread_skill_band", f"need 0 < low <= high, got [{lo}, {hi}]")
+        if self.calibration_weight < 0:
+            fail(f"{prefix}.calibration_weight", f"must be >= 0, got {self.calibration_weight}")
         if self.channel_factor <= 1:
             fail(f"{prefix}.channel_factor", f"must be > 1, got {self.channel_factor}")
         if not self.bred_cycles or min(self.bred_cycles) < 1:
@@ -98,10 +108,12 @@ class TuneResult:
     """What the search found (the same on every rank)."""
     start: PerturbationConfig
     best: PerturbationConfig
-    objective_start: float  # 1 by construction
+    objective_start: float  # 1 plus the start's spread/skill term
     objective_best: float
     crps_start: np.ndarray  # (leads, objective channels)
     crps_best: np.ndarray
+    ssr_start: np.ndarray  # corrected spread/skill, (leads, objective channels)
+    ssr_best: np.ndarray
     evaluations: int
     init_times: list[str]
     wall_s: float
@@ -131,13 +143,23 @@ def tuning_config(cfg: TuneAppConfig) -> TuneAppConfig:
                    scoring=replace(cfg.scoring, enabled=True), resume=False)
 
 
+def calibration_penalty(ssr: np.ndarray, band: tuple[float, float]) -> float:
+    """Mean over leads and channels of the squared distance of log(ssr) outside log(band) (0 inside)."""
+    lo, hi = band
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_ssr = np.log(np.asarray(ssr, dtype=float))
+        out = np.maximum(np.maximum(math.log(lo) - log_ssr, log_ssr - math.log(hi)), 0.0)
+    value = float(np.mean(out ** 2))
+    return math.inf if value != value else value
+
+
 def sig(x: float, digits: int = 4) -> float:
     """``x`` rounded to ``digits`` significant digits (what the fragment writes is what was evaluated)."""
     return float(f"{x:.{digits - 1}e}")
 
 
 class Objective:
-    """Fair CRPS of candidate perturbations on the tuning initial times and leads (collective, cached)."""
+    """Fair CRPS and spread/skill of candidate perturbations on the tuning initial times and leads (collective, cached)."""
 
     def __init__(self, cfg: TuneAppConfig, comm, suggest=None):
         from ..tracing import Tracer
@@ -194,6 +216,10 @@ class Objective:
 
     def crps(self, pc: PerturbationConfig) -> np.ndarray:
         """(leads, objective channels) fair CRPS of the ensemble perturbed by ``pc`` (inf if it blew up)."""
+        return self.scores(pc)[0]
+
+    def scores(self, pc: PerturbationConfig) -> tuple[np.ndarray, np.ndarray]:
+        """(fair CRPS, corrected spread/skill), each (leads, objective channels), of the ensemble perturbed by ``pc``."""
         key = (pc.method, tuple(channel_amplitudes(pc, self.run.channels).tolist()),
                pc.length_scale_km if pc.method == "spherical" else None,
                (pc.bred_cycles, pc.bred_steps) if pc.method == "bred" else None)
@@ -221,10 +247,12 @@ class Objective:
                     finite.check()
                     host = ds.denormalise(state).float().cpu().numpy()
                     self.scoring.add(plan.output_steps.index(s), s, init_index, host, x0)
-            out = self.scoring.reduce()["ensemble"]["crps"][:, self.channel_index]
+            scores = self.scoring.reduce()["ensemble"]
+            out = (scores["crps"][:, self.channel_index], scores["ssr_corrected"][:, self.channel_index])
         except NonFiniteForecast as exc:  # raised alike on every rank
             log.info("candidate blew up (%s): objective inf", exc)
-            out = np.full((len(plan.output_steps), len(self.channel_index)), np.inf)
+            inf = np.full((len(plan.output_steps), len(self.channel_index)), np.inf)
+            out = (inf, inf)
         self.evaluations += 1
         self.cache[key] = out
         return out
@@ -241,6 +269,7 @@ class Search:
         self.length, self.cycles = self.start.length_scale_km, self.start.bred_cycles
         self.reference: np.ndarray | None = None
         self.best = math.inf
+        self.value_start = math.nan
 
     def planned(self) -> int:
         """Evaluations the search makes at most (cache hits included)."""
@@ -261,11 +290,14 @@ class Search:
                        bred_cycles=self.cycles if cycles is None else cycles)
 
     def objective(self, pc: PerturbationConfig, what: str) -> float:
-        crps = self.obj.crps(pc)
+        crps, ssr = self.obj.scores(pc)
         value = float(np.mean(crps / self.reference))
+        penalty = calibration_penalty(ssr, self.t.spread_skill_band) if self.t.calibration_weight else 0.0
+        value = value + self.t.calibration_weight * penalty
         value = math.inf if value != value else value
         self.best = min(self.best, value)
-        log.info("tune %s: %s -> objective %.4f (best %.4f)", what, describe(pc, self.channels), value, self.best)
+        log.info("tune %s: %s -> objective %.4f%s (best %.4f)", what, describe(pc, self.channels), value,
+                 f" (spread/skill term {penalty:.4f})" if self.t.calibration_weight else "", self.best)
         return value
 
     def run(self) -> tuple[PerturbationConfig, float]:
@@ -274,7 +306,7 @@ class Search:
         if not np.all(np.isfinite(self.reference)) or np.any(self.reference <= 0):
             raise ConfigError("config key 'perturbation': the starting perturbation gives no finite, positive CRPS "
                               "to normalise by; start from a smaller amplitude")
-        self.objective(self.start, "start")
+        self.value_start = self.objective(self.start, "start")
         if "bred_cycles" in params:
             scores = [(self.objective(self.candidate(cycles=c), f"bred_cycles={c}"), i)
                       for i, c in enumerate(t.bred_cycles)]
@@ -341,7 +373,10 @@ def fragment_text(result: TuneResult, cfg: TuneAppConfig, channels: list[str], c
         f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}.",
         f"command: {command}",
         f"objective: mean over leads {', '.join(map(str, t.leads))} and channels {', '.join(t.channels)} of fair "
-        f"CRPS / the start's fair CRPS;",
+        f"CRPS / the start's fair CRPS" + (";" if not t.calibration_weight else
+                                          f", plus {t.calibration_weight:g} x the mean squared distance of log "
+                                          f"spread/skill (corrected) outside [{t.spread_skill_band[0]:g}, "
+                                          f"{t.spread_skill_band[1]:g}];"),
         f"  split {t.split}, {t.members} members (control: {str(cfg.ensemble.control).lower()}), "
         f"initial times {', '.join(result.init_times)}, seed {cfg.ensemble.seed}",
         f"start ({start}): {result.objective_start:.4f}  ->  tuned: {result.objective_best:.4f}",
@@ -350,6 +385,10 @@ def fragment_text(result: TuneResult, cfg: TuneAppConfig, channels: list[str], c
     ]
     for li, lead in enumerate(t.leads):
         head.append(f"  {lead!s:>4}  " + "  ".join(f"{c} {result.crps_start[li, k]:.4g} -> {result.crps_best[li, k]:.4g}"
+                                             for k, c in enumerate(t.channels)))
+    head.append("spread/skill (corrected)   start -> tuned:")
+    for li, lead in enumerate(t.leads):
+        head.append(f"  {lead!s:>4}  " + "  ".join(f"{c} {result.ssr_start[li, k]:.2f} -> {result.ssr_best[li, k]:.2f}"
                                              for k, c in enumerate(t.channels)))
     head.append("Use it from an ensemble config with `include: [<path to this file>]` (relative to that config);")
     head.append("the including file's own perturbation keys win over these, so leave them out there.")
@@ -386,12 +425,13 @@ def tune(cfg: TuneAppConfig, comm, command: str = "", suggest=None) -> TuneResul
                 best, value = search.run()
         else:
             best, value = search.run()
-        crps_best = objective.crps(best)  # cached
+        crps_best, ssr_best = objective.scores(best)  # cached
     finally:
         if objective.bar is not None:
             objective.bar.close()
-    result = TuneResult(start=cfg.perturbation, best=best, objective_start=1.0, objective_best=value,
-                        crps_start=search.reference, crps_best=crps_best, evaluations=objective.evaluations,
+    result = TuneResult(start=cfg.perturbation, best=best, objective_start=search.value_start, objective_best=value,
+                        crps_start=search.reference, crps_best=crps_best,
+                        ssr_start=objective.scores(cfg.perturbation)[1], ssr_best=ssr_best, evaluations=objective.evaluations,
                         init_times=objective.init_times, wall_s=time.perf_counter() - t0)
     out = Path(cfg.tune.output or f"config/tuned/{cfg.perturbation.method}.yaml").expanduser()
     text = fragment_text(result, cfg, objective.run.channels, command)

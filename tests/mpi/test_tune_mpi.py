@@ -33,14 +33,16 @@ def test_every_rank_gets_the_same_result_and_one_fragment(shared_tmp):
 
 
 def test_objective_is_the_same_on_1_and_4_ranks(shared_tmp):
-    """Members are keyed noise, scored after the member exchange: the layout changes only the summation order."""
+    """Members are keyed noise, scored after the member exchange: the layout changes only the summation order.
+
+    Both scores the objective uses, fair CRPS and corrected spread/skill, are compared."""
     values = {}
     for name, (n, overrides) in LAYOUTS.items():
         with sub_comm(n) as comm:
             if comm is not None:
                 obj = Objective(tiny_tune_config(shared_tmp / "data", shared_tmp / "unused.yaml", overrides), comm)
                 pc = obj.run.cfg.perturbation
-                values[name] = np.stack([obj.crps(replace(pc, amplitude=a)) for a in (0.05, 0.4)])
+                values[name] = np.stack([np.stack(obj.scores(replace(pc, amplitude=a))) for a in (0.05, 0.4)])
                 obj.close()
     values = MPI.COMM_WORLD.bcast(values, root=0)
     for name in ("ens4", "h2_ens2"):
