@@ -83,6 +83,38 @@ def test_calibration_weight_trades_crps_for_spread_skill_in_the_band(data, tmp_p
     assert f"12h  u {held.ssr_start[1, 0]:.2f} -> {held.ssr_best[1, 0]:.2f}" in text
 
 
+STOCHASTIC = ["model.stochastic=true", "model.noise_dim=6", "model.noise_length_km=3000"]
+
+
+def test_noise_scale_is_tuned_and_written_to_the_model_section(data, tmp_path):
+    """A stochastic model's noise scale is a parameter when asked for; the fragment sets model.noise_scale."""
+    frag = tmp_path / "tuned" / "stochastic.yaml"
+    keys = STOCHASTIC + ["tune.parameters=[noise_scale, amplitude]", "tune.iterations=3",
+                         "tune.noise_scale_bounds=[0.25, 4.0]"]
+    obj = Objective(tiny_tune_config(data, frag, keys), MPI.COMM_SELF)
+    pc = obj.run.cfg.perturbation
+    narrow, wide = obj.scores(pc, 0.25)[1], obj.scores(pc, 4.0)[1]
+    assert np.all(wide > 2 * narrow)  # the scale reaches the members: 16x the noise, more than 2x the spread
+    obj.close()
+    result = tune(tiny_tune_config(data, frag, keys), MPI.COMM_SELF, command="test")
+    assert 0.25 <= result.noise_scale <= 4.0 and result.objective_best <= 1.0
+    assert result.evaluations <= 1 + 5 + 5  # start, 5 noise-scale probes, 5 amplitude probes
+    text = frag.read_text()
+    assert yaml.safe_load(text)["model"] == {"noise_scale": result.noise_scale}
+    app = tmp_path / "ens.yaml"
+    app.write_text("include: [tuned/stochastic.yaml]\nmodel: {stochastic: true, noise_dim: 6}\n")
+    cfg = load_config(EnsembleConfig, app)
+    assert cfg.model.noise_scale == result.noise_scale and cfg.model.noise_dim == 6
+    assert cfg.perturbation == result.best
+    # measured again from the fragment's values through the config, the objective is the one reported
+    again = Objective(tiny_tune_config(data, frag, keys + [f"model.noise_scale={result.noise_scale}",
+                                                           f"perturbation.amplitude={result.best.amplitude}"]),
+                      MPI.COMM_SELF)
+    ratio = again.crps(again.run.cfg.perturbation) / result.crps_start
+    assert np.mean(ratio) == pytest.approx(result.objective_best, rel=1e-6)
+    again.close()
+
+
 def test_common_random_numbers_make_the_objective_smooth_in_the_amplitude(data, tmp_path):
     obj = Objective(tiny_tune_config(data, tmp_path / "f.yaml"), MPI.COMM_SELF)
     from dataclasses import replace
@@ -113,6 +145,9 @@ def _cli(data, tmp_path, *overrides, n=1):
     ("tune.amplitude_bounds=[0.5, 0.1]", "config key 'tune.amplitude_bounds': need 0 < low < high"),
     ("tune.spread_skill_band=[1.2, 0.8]", "config key 'tune.spread_skill_band': need 0 < low <= high"),
     ("tune.calibration_weight=-1", "config key 'tune.calibration_weight': must be >= 0, got -1"),
+    ("tune.parameters=[noise_scale]", "config key 'tune.parameters[0]': noise_scale scales a stochastic model's "
+                                      "noise; set model.stochastic=true"),
+    ("tune.noise_scale_bounds=[2, 1]", "config key 'tune.noise_scale_bounds': need 0 < low < high"),
     ("tune.itertions=3", "config key 'tune.itertions': unknown key (did you mean 'iterations'?)"),
 ])
 def test_cli_errors_are_one_line(data, tmp_path, override, message):

@@ -11,8 +11,10 @@ weight times the mean squared distance of log spread/skill (corrected) outside `
 fair CRPS alone may prefer an ensemble narrower than its error when added spread points the wrong way, and
 centres set perturbation amplitudes so that the spread matches the error. Every candidate uses the same member
 noise (common random numbers: keyed by seed, time and member, never by amplitude), so differences
-between candidates are not sampling noise. Search: bred cycles over a list, a global amplitude scale
-(golden-section on its logarithm), the spherical length scale, then per-channel amplitude refinements.
+between candidates are not sampling noise. Search: bred cycles over a list, a stochastic model's
+``model.noise_scale`` (only when asked for: it is the model's uncertainty, not a perturbation), a global
+amplitude scale (golden-section on its logarithm), the spherical length scale, then per-channel amplitude
+refinements.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from .search import golden_section, golden_section_points
 
 log = logging.getLogger("hpc_fcn")
 
-Parameter = Literal["amplitude", "channel_amplitude", "length_scale_km", "bred_cycles"]
+Parameter = Literal["amplitude", "channel_amplitude", "length_scale_km", "bred_cycles", "noise_scale"]
 PARAMETERS = {"gaussian": ["amplitude", "channel_amplitude"],
               "spherical": ["amplitude", "length_scale_km", "channel_amplitude"],
               "bred": ["bred_cycles", "amplitude", "channel_amplitude"]}
@@ -60,6 +62,7 @@ class TuneConfig:
     channel_factor: float = 3.0  # a channel's refinement searches [a / factor, a * factor] (within the bounds)
     sweeps: int = 1  # passes over the channels
     length_scale_bounds_km: tuple[float, float] = (100.0, 3000.0)
+    noise_scale_bounds: tuple[float, float] = (0.5, 2.0)  # model.noise_scale (parameters: [noise_scale, ...])
     bred_cycles: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # candidates
     calibration_weight: float = 0.0  # weight of the spread/skill term (0: fair CRPS alone)
     spread_skill_band: tuple[float, float] = (0.8, 1.25)  # corrected spread/skill the term leaves alone
@@ -86,6 +89,9 @@ class TuneConfig:
         for name in ("iterations", "channel_iterations", "sweeps"):
             if getattr(self, name) < 0:
                 fail(f"{prefix}.{name}", f"must be >= 0, got {getattr(self, name)}")
+        lo, hi = self.noise_scale_bounds
+        if not 0 < lo < hi:
+            fail(f"{prefix}.noise_scale_bounds", f"need 0 < low < high, got [{lo}, {hi}]")
         lo, hi = self.spread_skill_band
         if not 0 < lo <= hi:
             fail(f"{prefix}.spread_skill_band", f"need 0 < low <= high, got [{lo}, {hi}]")
@@ -108,6 +114,7 @@ class TuneResult:
     """What the search found (the same on every rank)."""
     start: PerturbationConfig
     best: PerturbationConfig
+    noise_scale: float | None  # the tuned model.noise_scale (None: not tuned)
     objective_start: float  # 1 plus the start's spread/skill term
     objective_best: float
     crps_start: np.ndarray  # (leads, objective channels)
@@ -127,6 +134,10 @@ def parameters_of(cfg: TuneAppConfig) -> list[str]:
         fail("perturbation.method", f"tune searches gaussian, spherical or bred perturbations, not {method!r}")
     params = list(cfg.tune.parameters) if cfg.tune.parameters is not None else PARAMETERS[method]
     for i, p in enumerate(params):
+        if p == "noise_scale":
+            if not cfg.model.stochastic:
+                fail(f"tune.parameters[{i}]", "noise_scale scales a stochastic model's noise; set model.stochastic=true")
+            continue
         if p not in PARAMETERS[method]:
             fail(f"tune.parameters[{i}]", f"{p} is not a parameter of perturbation.method={method} "
                                           f"(it has {', '.join(PARAMETERS[method])})")
@@ -159,7 +170,9 @@ def sig(x: float, digits: int = 4) -> float:
 
 
 class Objective:
-    """Fair CRPS and spread/skill of candidate perturbations on the tuning initial times and leads (collective, cached)."""
+    """Fair CRPS and spread/skill of candidate perturbations on the tuning initial times and leads.
+
+    Collective; evaluations are cached by the candidate's values."""
 
     def __init__(self, cfg: TuneAppConfig, comm, suggest=None):
         from ..tracing import Tracer
@@ -214,15 +227,17 @@ class Objective:
         plan = self.run.plan
         return self.run.members * plan.lead_steps * len(plan.init_indices)
 
-    def crps(self, pc: PerturbationConfig) -> np.ndarray:
+    def crps(self, pc: PerturbationConfig, noise_scale: float | None = None) -> np.ndarray:
         """(leads, objective channels) fair CRPS of the ensemble perturbed by ``pc`` (inf if it blew up)."""
-        return self.scores(pc)[0]
+        return self.scores(pc, noise_scale)[0]
 
-    def scores(self, pc: PerturbationConfig) -> tuple[np.ndarray, np.ndarray]:
-        """(fair CRPS, corrected spread/skill), each (leads, objective channels), of the ensemble perturbed by ``pc``."""
+    def scores(self, pc: PerturbationConfig, noise_scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(fair CRPS, corrected spread/skill), each (leads, objective channels), of the members perturbed by ``pc``
+        with a stochastic model's noise scaled by ``noise_scale`` (None: ``model.noise_scale``)."""
+        noise_scale = self.run.cfg.model.noise_scale if noise_scale is None else noise_scale
         key = (pc.method, tuple(channel_amplitudes(pc, self.run.channels).tolist()),
                pc.length_scale_km if pc.method == "spherical" else None,
-               (pc.bred_cycles, pc.bred_steps) if pc.method == "bred" else None)
+               (pc.bred_cycles, pc.bred_steps) if pc.method == "bred" else None, noise_scale)
         if key in self.cache:
             if self.bar is not None:
                 self.bar.update(self.member_steps)
@@ -233,6 +248,8 @@ class Objective:
         run = replace(self.run, cfg=replace(self.run.cfg, perturbation=pc))
         if self.model_noise is False:  # built once: the stochastic model's noise does not depend on pc
             self.model_noise = make_model_noise(run)
+        if self.model_noise is not None:
+            self.model_noise.scale = float(noise_scale)
         rollout = Rollout(run, self.forecaster, make_perturber(run), products=None, scoring=self.scoring,
                           model_noise=self.model_noise)
         ds, plan = run.ds, run.plan
@@ -267,6 +284,7 @@ class Search:
         self.start = cfg.perturbation
         self.amps = channel_amplitudes(self.start, self.channels).double().numpy()
         self.length, self.cycles = self.start.length_scale_km, self.start.bred_cycles
+        self.noise_scale = cfg.model.noise_scale
         self.reference: np.ndarray | None = None
         self.best = math.inf
         self.value_start = math.nan
@@ -275,6 +293,7 @@ class Search:
         """Evaluations the search makes at most (cache hits included)."""
         t, p, n = self.t, self.obj.params, 1
         n += len(t.bred_cycles) if "bred_cycles" in p else 0
+        n += 1 + golden_section_points(t.iterations) if "noise_scale" in p else 0
         n += 1 + golden_section_points(t.iterations) if "amplitude" in p else 0
         n += 1 + golden_section_points(t.iterations) if "length_scale_km" in p else 0
         if "channel_amplitude" in p:
@@ -289,14 +308,16 @@ class Search:
                        length_scale_km=sig(self.length if length is None else length),
                        bred_cycles=self.cycles if cycles is None else cycles)
 
-    def objective(self, pc: PerturbationConfig, what: str) -> float:
-        crps, ssr = self.obj.scores(pc)
+    def objective(self, pc: PerturbationConfig, what: str, noise_scale: float | None = None) -> float:
+        noise_scale = self.noise_scale if noise_scale is None else noise_scale
+        crps, ssr = self.obj.scores(pc, noise_scale)
         value = float(np.mean(crps / self.reference))
         penalty = calibration_penalty(ssr, self.t.spread_skill_band) if self.t.calibration_weight else 0.0
         value = value + self.t.calibration_weight * penalty
         value = math.inf if value != value else value
         self.best = min(self.best, value)
-        log.info("tune %s: %s -> objective %.4f%s (best %.4f)", what, describe(pc, self.channels), value,
+        noise = f", noise_scale {noise_scale:.4g}" if "noise_scale" in self.obj.params else ""
+        log.info("tune %s: %s%s -> objective %.4f%s (best %.4f)", what, describe(pc, self.channels), noise, value,
                  f" (spread/skill term {penalty:.4f})" if self.t.calibration_weight else "", self.best)
         return value
 
@@ -311,6 +332,11 @@ class Search:
             scores = [(self.objective(self.candidate(cycles=c), f"bred_cycles={c}"), i)
                       for i, c in enumerate(t.bred_cycles)]
             self.cycles = t.bred_cycles[min(scores)[1]]
+        if "noise_scale" in params:
+            lo, hi = (math.log(b) for b in t.noise_scale_bounds)
+            x, _ = golden_section(lambda x: self.objective(self.candidate(), "noise scale", sig(math.exp(x))),
+                                  lo, hi, t.iterations, start=math.log(self.noise_scale))
+            self.noise_scale = sig(math.exp(x))
         if "amplitude" in params:
             lo, hi = (math.log(b) for b in t.amplitude_bounds)
             s, _ = golden_section(lambda s: self.objective(self.candidate(amps=self.amps * math.exp(s)), "scale"),
@@ -359,7 +385,8 @@ def describe(pc: PerturbationConfig, channels: list[str]) -> str:
 
 
 def fragment_text(result: TuneResult, cfg: TuneAppConfig, channels: list[str], command: str) -> str:
-    """The YAML fragment: a comment header (command, date, objective before and after) and ``perturbation:``."""
+    """The YAML fragment: a comment header (command, date, objective before and after), ``perturbation:`` and,
+    when it was tuned, ``model: {noise_scale: ...}``."""
     import yaml
     t, pc = cfg.tune, result.best
     section = {"method": pc.method, "amplitude": pc.amplitude, "channel_amplitude": dict(pc.channel_amplitude)}
@@ -368,6 +395,8 @@ def fragment_text(result: TuneResult, cfg: TuneAppConfig, channels: list[str], c
     if pc.method == "bred":
         section.update(bred_cycles=pc.bred_cycles, bred_steps=pc.bred_steps)
     start = describe(result.start, channels)
+    if result.noise_scale is not None:
+        start += f", noise_scale {cfg.model.noise_scale:.4g}"
     head = [
         f"Tuned initial perturbations ({pc.method}), written by hpc_fcn.ensemble.tune on "
         f"{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}.",
@@ -388,11 +417,15 @@ def fragment_text(result: TuneResult, cfg: TuneAppConfig, channels: list[str], c
                                              for k, c in enumerate(t.channels)))
     head.append("spread/skill (corrected)   start -> tuned:")
     for li, lead in enumerate(t.leads):
-        head.append(f"  {lead!s:>4}  " + "  ".join(f"{c} {result.ssr_start[li, k]:.2f} -> {result.ssr_best[li, k]:.2f}"
-                                             for k, c in enumerate(t.channels)))
+        head.append(f"  {lead!s:>4}  " + "  ".join(f"{c} {result.ssr_start[li, k]:.2f} -> "
+                                                   f"{result.ssr_best[li, k]:.2f}" for k, c in enumerate(t.channels)))
     head.append("Use it from an ensemble config with `include: [<path to this file>]` (relative to that config);")
-    head.append("the including file's own perturbation keys win over these, so leave them out there.")
-    body = yaml.safe_dump({"perturbation": section}, sort_keys=False)
+    head.append("the including file's own keys win over these (perturbation: and model.noise_scale), so leave them "
+                "out there.")
+    data = {"perturbation": section}
+    if result.noise_scale is not None:
+        data = {"model": {"noise_scale": result.noise_scale}, **data}
+    body = yaml.safe_dump(data, sort_keys=False)
     return "".join(f"# {line}\n" for line in head) + body
 
 
@@ -425,19 +458,23 @@ def tune(cfg: TuneAppConfig, comm, command: str = "", suggest=None) -> TuneResul
                 best, value = search.run()
         else:
             best, value = search.run()
-        crps_best, ssr_best = objective.scores(best)  # cached
+        crps_best, ssr_best = objective.scores(best, search.noise_scale)  # cached
     finally:
         if objective.bar is not None:
             objective.bar.close()
-    result = TuneResult(start=cfg.perturbation, best=best, objective_start=search.value_start, objective_best=value,
+    tuned_noise = search.noise_scale if "noise_scale" in objective.params else None
+    result = TuneResult(start=cfg.perturbation, best=best, noise_scale=tuned_noise,
+                        objective_start=search.value_start, objective_best=value,
                         crps_start=search.reference, crps_best=crps_best,
-                        ssr_start=objective.scores(cfg.perturbation)[1], ssr_best=ssr_best, evaluations=objective.evaluations,
-                        init_times=objective.init_times, wall_s=time.perf_counter() - t0)
+                        ssr_start=objective.scores(cfg.perturbation)[1], ssr_best=ssr_best,
+                        evaluations=objective.evaluations, init_times=objective.init_times,
+                        wall_s=time.perf_counter() - t0)
     out = Path(cfg.tune.output or f"config/tuned/{cfg.perturbation.method}.yaml").expanduser()
     text = fragment_text(result, cfg, objective.run.channels, command)
     result.output = root_decides(comm, lambda: write_fragment(out, text))
-    log.info("tuned %s: objective %.4f -> %.4f (%s) in %d forecasts, %.0f s; wrote %s", best.method,
-             result.objective_start, value, describe(best, objective.run.channels), result.evaluations,
+    log.info("tuned %s: objective %.4f -> %.4f (%s%s) in %d forecasts, %.0f s; wrote %s", best.method,
+             result.objective_start, value, describe(best, objective.run.channels),
+             "" if tuned_noise is None else f", noise_scale {tuned_noise:.4g}", result.evaluations,
              result.wall_s, result.output)
     objective.close()
     return result
