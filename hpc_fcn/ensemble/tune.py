@@ -136,7 +136,8 @@ def parameters_of(cfg: TuneAppConfig) -> list[str]:
     for i, p in enumerate(params):
         if p == "noise_scale":
             if not cfg.model.stochastic:
-                fail(f"tune.parameters[{i}]", "noise_scale scales a stochastic model's noise; set model.stochastic=true")
+                fail(f"tune.parameters[{i}]",
+                     "noise_scale scales a stochastic model's noise; set model.stochastic=true")
             continue
         if p not in PARAMETERS[method]:
             fail(f"tune.parameters[{i}]", f"{p} is not a parameter of perturbation.method={method} "
