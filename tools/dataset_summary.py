@@ -22,14 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hpc_fcn.data.builtin import ensure_builtin  # noqa: E402
+from hpc_fcn.metrics import lat_weights  # noqa: E402
 
 SPLITS = (("train", "train"), ("valid", "test"), ("test", "out_of_sample"))  # metadata key, directory
 
 
 def row_weights(nlat: int) -> np.ndarray:
     """cos(lat) of the stored rows (pole to pole), normalised to mean 1, as a (nlat, 1) column."""
-    w = np.cos(np.deg2rad(np.linspace(90, -90, nlat)))[:, None]
-    return w / w.mean()
+    return lat_weights(np.linspace(90, -90, nlat), "fourcastnet")[:, None]
 
 
 def kinetic_energy(x: np.ndarray, w: np.ndarray) -> float:
