@@ -402,6 +402,45 @@ def test_spread_spectrum_of_a_run_adds_up_to_its_pooled_spread_skill(tmp_path, c
     assert len(rows) == 4 and all("(+0.0 %)" in r.split("|")[3] for r in rows), rows
 
 
+def test_ssr_sampling_rebuilds_the_pooled_ratio_from_a_runs_files(tmp_path, capsys):
+    """tools/ssr_sampling.py on a real (tiny) run of 3 initial times: the per-forecast sums it rebuilds from the
+    mean and spread files and the split's truths pool to metrics.json's corrected spread/skill, and each
+    single forecast's ratio is the run's own with that forecast alone."""
+    import json
+    from ensemble_setup import tiny_config, tiny_dataset
+    from hpc_fcn.ensemble.app import EnsembleRun
+    from mpi4py import MPI
+    tool = load_tool("ssr_sampling")
+    cfg = tiny_config(tiny_dataset(tmp_path / "data"), tmp_path / "run",
+                      ["ensemble.members=6", "initial_conditions.count=3"])
+    EnsembleRun(cfg, MPI.COMM_SELF).run()
+    var, mse, m = tool.per_forecast_sums(tmp_path / "run", [1, 2], ["u", "z"])
+    assert var.shape == (3, 2, 2) and m == 6 and (var > 0).all() and (mse > 0).all()
+    doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    full = tool.corrected(var, mse, m)
+    for j, d in enumerate((1, 2)):
+        lead = doc["lead_hours"].index(24 * d)
+        for c, v in enumerate(("u", "z")):
+            assert full[j, c] == pytest.approx(doc["scores"]["ssr_corrected"][v][lead], rel=1e-5)
+    one = tool.corrected(var[:1], mse[:1], m)
+    np.testing.assert_allclose(one, np.sqrt(7 / 6 * var[0] / mse[0]), rtol=1e-12)
+    capsys.readouterr()
+    assert tool.main([str(tmp_path / "run"), "--days", "1", "2", "--vars", "u", "--subset", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 subsets of 2" in out and out.count("  u day") == 2, out
+
+
+def test_ssr_sampling_std_of_a_mean_is_the_textbook_standard_error():
+    """The subsets' spread with its factor sqrt(n / (n - k)) is, for a mean of k, exactly s / sqrt(k) (s: the
+    sample standard deviation of the n): the estimate of k initial times drawn afresh, not of k of these n."""
+    import itertools
+    tool = load_tool("ssr_sampling")
+    x = np.random.default_rng(5).normal(size=12)
+    for k in (2, 4, 7):
+        stats = np.array([x[list(s)].mean() for s in itertools.combinations(range(12), k)])
+        assert tool.sampling_std(stats, 12, k) == pytest.approx(x.std(ddof=1) / np.sqrt(k), rel=1e-12)
+
+
 def test_spread_bound_finds_the_factor_that_calibrates_an_under_dispersed_ensemble():
     """tools/spread_bound.py: members drawn like the truth about a shared mean, then with their deviations
     halved, are best rescaled by about 2, which lowers their fair CRPS; at factor 1 it is metrics.crps_fair."""
