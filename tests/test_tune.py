@@ -115,6 +115,46 @@ def test_noise_scale_is_tuned_and_written_to_the_model_section(data, tmp_path):
     again.close()
 
 
+def test_later_sweeps_retune_the_noise_scale_with_the_amplitudes(data, tmp_path):
+    """With the noise scale and the amplitudes coupled (the best log noise scale is minus v's log amplitude
+    change), one pass keeps the noise scale where it started; each later sweep re-tunes it first, so three
+    sweeps walk towards the joint minimum (log v change 0.5, noise scale exp(-0.5)) and score lower."""
+    from types import SimpleNamespace
+    from hpc_fcn.ensemble.tune import Search
+
+    class Coupled:  # the Objective interface Search uses, with a known minimum
+        params = ["noise_scale", "channel_amplitude"]
+        run = SimpleNamespace(channels=["u", "v", "z"])
+        def __init__(self):
+            self.seen = set()  # distinct candidates: the real Objective caches the others
+
+        def scores(self, pc, noise_scale=None):
+            self.seen.add((tuple(sorted(pc.channel_amplitude.items())), noise_scale or 1.0))
+            la = math.log(pc.channel_amplitude["v"] / 0.1)
+            ls = math.log(1.0 if noise_scale is None else noise_scale)
+            return np.array([[1.0 + (ls + la) ** 2 + 0.5 * (la - 0.5) ** 2]]), np.ones((1, 1))
+
+        def crps(self, pc):
+            return self.scores(pc)[0]
+
+    def search(sweeps):
+        cfg = tiny_tune_config(data, tmp_path / "f.yaml", STOCHASTIC + [
+            "perturbation.channel_amplitude={u: 0.1, v: 0.1, z: 0.1}", "tune.parameters=[noise_scale, channel_amplitude]",
+            "tune.tune_channels=[v]", "tune.iterations=12", "tune.channel_iterations=12", f"tune.sweeps={sweeps}"])
+        obj = Coupled()
+        s = Search(cfg, obj)
+        best, value = s.run()
+        assert len(obj.seen) <= s.planned()
+        return s.noise_scale, best.channel_amplitude["v"], value
+
+    ns1, v1, value1 = search(1)
+    ns3, v3, value3 = search(3)
+    assert ns1 == pytest.approx(1.0, abs=0.01)  # at v's starting amplitude the best noise scale is 1
+    start = 1.0 + 0.5 * 0.5 ** 2  # the objective divides by the start's CRPS
+    assert value1 == pytest.approx((1.0 + 0.5 * (1 / 6 - 0.5) ** 2 + (1 / 6) ** 2) / start, abs=1e-3)  # v: log 1/6
+    assert ns3 < 0.8 and math.log(v3 / 0.1) > 0.3 and value3 < value1 - 0.03
+
+
 def test_common_random_numbers_make_the_objective_smooth_in_the_amplitude(data, tmp_path):
     obj = Objective(tiny_tune_config(data, tmp_path / "f.yaml"), MPI.COMM_SELF)
     from dataclasses import replace

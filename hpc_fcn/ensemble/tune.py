@@ -14,7 +14,7 @@ noise (common random numbers: keyed by seed, time and member, never by amplitude
 between candidates are not sampling noise. Search: bred cycles over a list, a stochastic model's
 ``model.noise_scale`` (only when asked for: it is the model's uncertainty, not a perturbation), a global
 amplitude scale (golden-section on its logarithm), the spherical length scale, then per-channel amplitude
-refinements.
+refinements (``tune.sweeps`` passes, each after the first re-tuning the noise scale first).
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class TuneConfig:
     iterations: int = 6  # golden-section steps of the global amplitude and the length scale
     channel_iterations: int = 3  # golden-section steps of each channel's refinement
     channel_factor: float = 3.0  # a channel's refinement searches [a / factor, a * factor] (within the bounds)
-    sweeps: int = 1  # passes over the channels
+    sweeps: int = 1  # passes over the channels (each after the first re-tunes noise_scale first)
     length_scale_bounds_km: tuple[float, float] = (100.0, 3000.0)
     noise_scale_bounds: tuple[float, float] = (0.5, 2.0)  # model.noise_scale (parameters: [noise_scale, ...])
     bred_cycles: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # candidates
@@ -294,11 +294,13 @@ class Search:
         """Evaluations the search makes at most (cache hits included)."""
         t, p, n = self.t, self.obj.params, 1
         n += len(t.bred_cycles) if "bred_cycles" in p else 0
-        n += 1 + golden_section_points(t.iterations) if "noise_scale" in p else 0
+        noise = 1 + golden_section_points(t.iterations) if "noise_scale" in p else 0
+        n += noise
         n += 1 + golden_section_points(t.iterations) if "amplitude" in p else 0
         n += 1 + golden_section_points(t.iterations) if "length_scale_km" in p else 0
         if "channel_amplitude" in p:
             n += t.sweeps * len(t.tune_channels or self.channels) * (1 + golden_section_points(t.channel_iterations))
+            n += (t.sweeps - 1) * noise
         return n
 
     def candidate(self, amps=None, length=None, cycles=None) -> PerturbationConfig:
@@ -334,10 +336,7 @@ class Search:
                       for i, c in enumerate(t.bred_cycles)]
             self.cycles = t.bred_cycles[min(scores)[1]]
         if "noise_scale" in params:
-            lo, hi = (math.log(b) for b in t.noise_scale_bounds)
-            x, _ = golden_section(lambda x: self.objective(self.candidate(), "noise scale", sig(math.exp(x))),
-                                  lo, hi, t.iterations, start=math.log(self.noise_scale))
-            self.noise_scale = sig(math.exp(x))
+            self.tune_noise_scale()
         if "amplitude" in params:
             lo, hi = (math.log(b) for b in t.amplitude_bounds)
             s, _ = golden_section(lambda s: self.objective(self.candidate(amps=self.amps * math.exp(s)), "scale"),
@@ -350,11 +349,20 @@ class Search:
                                   lo, hi, t.iterations, start=math.log(self.length))
             self.length = sig(math.exp(x))
         if "channel_amplitude" in params:
-            for _ in range(t.sweeps):
+            for sweep in range(t.sweeps):
+                if sweep and "noise_scale" in params:  # coordinate descent: the best noise moves with the amplitudes
+                    self.tune_noise_scale()
                 for name in t.tune_channels or self.channels:
                     self.refine(self.channels.index(name))
         best = self.candidate()
         return best, self.objective(best, "tuned")
+
+    def tune_noise_scale(self) -> None:
+        """Golden-section on the log noise scale within ``tune.noise_scale_bounds``, from its current value."""
+        lo, hi = (math.log(b) for b in self.t.noise_scale_bounds)
+        x, _ = golden_section(lambda x: self.objective(self.candidate(), "noise scale", sig(math.exp(x))),
+                              lo, hi, self.t.iterations, start=math.log(self.noise_scale))
+        self.noise_scale = sig(math.exp(x))
 
     def refine(self, c: int) -> None:
         """Golden-section on channel ``c``'s log amplitude within ``channel_factor`` of its value."""
