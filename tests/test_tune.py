@@ -139,8 +139,8 @@ def test_later_sweeps_retune_the_noise_scale_with_the_amplitudes(data, tmp_path)
 
     def search(sweeps):
         cfg = tiny_tune_config(data, tmp_path / "f.yaml", STOCHASTIC + [
-            "perturbation.channel_amplitude={u: 0.1, v: 0.1, z: 0.1}", "tune.parameters=[noise_scale, channel_amplitude]",
-            "tune.tune_channels=[v]", "tune.iterations=12", "tune.channel_iterations=12", f"tune.sweeps={sweeps}"])
+            "perturbation.channel_amplitude={u: 0.1, v: 0.1, z: 0.1}",
+            "tune.parameters=[noise_scale, channel_amplitude]", "tune.tune_channels=[v]", "tune.iterations=12", "tune.channel_iterations=12", f"tune.sweeps={sweeps}"])
         obj = Coupled()
         s = Search(cfg, obj)
         best, value = s.run()

@@ -72,37 +72,53 @@ def band_ratios(scores: dict[str, np.ndarray]) -> list[tuple[str, float, float, 
     return out
 
 
-def read_run(run: Path, days, variables):
-    """Members, truths and latitudes of every ``forecast_*_members.nc`` in ``run`` at the leads ``days``."""
-    import xarray as xr
+def run_split(run: Path, variables) -> tuple[dict, object, list[int]]:
+    """An ensemble run folder's resolved config, its initial-condition split (the truths) and the indices of
+    ``variables`` among the split's channels."""
+    import yaml
     from hpc_fcn.data.builtin import ensure_builtin
     from hpc_fcn.data.era5 import open_split
     from hpc_fcn.schema import DataConfig
-    import yaml
 
-    files = sorted(run.glob("forecast_*_members.nc"))
-    if not files:
-        raise SystemExit(f"error: {run} has no forecast_*_members.nc: run the ensemble with output.members=true")
     cfg = yaml.safe_load((run / "config.resolved.yaml").read_text())
     root = cfg["data"]["root"]
     root = str(ensure_builtin()) if root == "builtin" else root
     ds = open_split(DataConfig(root=root), cfg["initial_conditions"]["split"])
-    times = np.asarray(ds.times, "datetime64[h]")
-    chans = [ds.channels.index(v) for v in variables]
+    missing = [v for v in variables if v not in ds.channels]
+    if missing:
+        raise SystemExit(f"error: --vars {', '.join(missing)} not in the data's channels ({', '.join(ds.channels)})")
+    return cfg, ds, [ds.channels.index(v) for v in variables]
+
+
+def lead_and_truth(nc, name: str, day: int, ds, chans: list[int]) -> tuple[int, np.ndarray]:
+    """The index of lead ``day`` (days) in the forecast file ``nc`` (one initial time) and the split's truth
+    (len(chans), lat, lon) at its valid time, on the file's rows."""
+    leads = list(np.asarray(nc.lead_time.values))
+    if 24 * day not in leads:
+        raise SystemExit(f"error: {name} has no lead of {day} days (leads {leads} h)")
+    valid = np.datetime64(nc.time.values[0], "h") + np.timedelta64(24 * day, "h")
+    at = np.nonzero(np.asarray(ds.times, "datetime64[h]") == valid)[0]
+    if not len(at):
+        raise SystemExit(f"error: {valid} is not in the split of the run's initial conditions")
+    return leads.index(24 * day), ds.read(int(at[0]))[chans][:, : nc.sizes["lat"]]
+
+
+def read_run(run: Path, days, variables):
+    """Members, truths and latitudes of every ``forecast_*_members.nc`` in ``run`` at the leads ``days``."""
+    import xarray as xr
+
+    files = sorted(run.glob("forecast_*_members.nc"))
+    if not files:
+        raise SystemExit(f"error: {run} has no forecast_*_members.nc: run the ensemble with output.members=true")
+    cfg, ds, chans = run_split(run, variables)
     out = {d: ([], []) for d in days}
     for f in files:
         nc = xr.open_dataset(f)
         leads = list(np.asarray(nc.lead_time.values))
         for d in days:
-            if 24 * d not in leads:
-                raise SystemExit(f"error: {f.name} has no lead of {d} days (leads {leads} h)")
-            i = leads.index(24 * d)
-            valid = np.datetime64(nc.time.values[0], "h") + np.timedelta64(24 * d, "h")
-            at = np.nonzero(times == valid)[0]
-            if not len(at):
-                raise SystemExit(f"error: {valid} is not in the {cfg['initial_conditions']['split']} split")
+            i, truth = lead_and_truth(nc, f.name, d, ds, chans)
             out[d][0].append(np.stack([nc[v].values[:, 0, i] for v in variables], axis=1))  # (M, C, lat, lon)
-            out[d][1].append(ds.read(int(at[0]))[chans][:, : nc.sizes["lat"]])
+            out[d][1].append(truth)
         lat = nc.lat.values
     return {d: (np.stack(a), np.stack(b)) for d, (a, b) in out.items()}, lat
 

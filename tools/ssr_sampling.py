@@ -9,8 +9,8 @@ that all of them together give metrics.json's ``ssr_corrected``, and then scores
 ``--subset`` initial times. Printed per variable and lead: the run's ratio, the subsets' 5th-95th
 percentiles and the standard deviation of log(ratio) over the subsets, times sqrt(n / (n - k)) (subsets of
 k of the n vary less than k initial times drawn afresh; for a mean the product is exactly the usual
-estimate, the sample standard deviation over sqrt(k)), and at the end the log margin (``--sigmas`` times the largest of those deviations) and the band
-that leaves it inside ``--band``:
+estimate, the sample standard deviation over sqrt(k)), and at the end the log margin (``--sigmas`` times the
+largest of those deviations) and the band that leaves it inside ``--band``:
 
     mpirun -n 8 python -m hpc_fcn.ensemble config/ens100.yaml initial_conditions.split=valid \\
         initial_conditions.count=12 ensemble.members=16 output.dir=runs/valid12
@@ -29,48 +29,29 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
 
 from hpc_fcn import metrics  # noqa: E402
+from spread_spectrum import lead_and_truth, run_split  # noqa: E402
 
 
 def per_forecast_sums(run: Path, days, variables) -> tuple[np.ndarray, np.ndarray, int]:
     """(n_init, len(days), len(variables)) weighted member variance and squared error of the mean, and M."""
     import xarray as xr
-    import yaml
-    from hpc_fcn.data.builtin import ensure_builtin
-    from hpc_fcn.data.era5 import open_split
-    from hpc_fcn.schema import DataConfig
 
     files = sorted(run.glob("forecast_*_mean.nc"))
     if not files:
         raise SystemExit(f"error: {run} has no forecast_*_mean.nc: give the output.dir of an ensemble run")
-    cfg = yaml.safe_load((run / "config.resolved.yaml").read_text())
-    root = cfg["data"]["root"]
-    root = str(ensure_builtin()) if root == "builtin" else root
-    ds = open_split(DataConfig(root=root), cfg["initial_conditions"]["split"])
-    times = np.asarray(ds.times, "datetime64[h]")
-    missing = [v for v in variables if v not in ds.channels]
-    if missing:
-        raise SystemExit(f"error: --vars {', '.join(missing)} not in the data's channels ({', '.join(ds.channels)})")
-    chans = [ds.channels.index(v) for v in variables]
+    cfg, ds, chans = run_split(run, variables)
     mode = cfg.get("scoring", {}).get("lat_weights", "area")
     var = np.zeros((len(files), len(days), len(variables)))
     mse = np.zeros_like(var)
     for n, f in enumerate(files):
         spread_file = f.with_name(f.name.replace("_mean.nc", "_spread.nc"))
         with xr.open_dataset(f) as mean, xr.open_dataset(spread_file) as spread:
-            leads = list(np.asarray(mean.lead_time.values))
-            nlat = mean.sizes["lat"]
-            w = metrics.lat_weights(ds.lat, mode)[:nlat]
+            w = metrics.lat_weights(ds.lat, mode)[: mean.sizes["lat"]]
             for j, d in enumerate(days):
-                if 24 * d not in leads:
-                    raise SystemExit(f"error: {f.name} has no lead of {d} days (leads {leads} h)")
-                i = leads.index(24 * d)
-                valid = np.datetime64(mean.time.values[0], "h") + np.timedelta64(24 * d, "h")
-                at = np.nonzero(times == valid)[0]
-                if not len(at):
-                    raise SystemExit(f"error: {valid} is not in the {cfg['initial_conditions']['split']} split")
-                truth = ds.read(int(at[0]))[chans][:, :nlat]
+                i, truth = lead_and_truth(mean, f.name, d, ds, chans)
                 for k, v in enumerate(variables):
                     var[n, j, k] = (spread[v].values[0, i] ** 2 * w[:, None]).sum()
                     mse[n, j, k] = ((mean[v].values[0, i] - truth[k]) ** 2 * w[:, None]).sum()
