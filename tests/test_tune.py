@@ -125,6 +125,7 @@ def test_later_sweeps_retune_the_noise_scale_with_the_amplitudes(data, tmp_path)
     class Coupled:  # the Objective interface Search uses, with a known minimum
         params = ["noise_scale", "channel_amplitude"]
         run = SimpleNamespace(channels=["u", "v", "z"])
+
         def __init__(self):
             self.seen = set()  # distinct candidates: the real Objective caches the others
 
@@ -140,7 +141,8 @@ def test_later_sweeps_retune_the_noise_scale_with_the_amplitudes(data, tmp_path)
     def search(sweeps):
         cfg = tiny_tune_config(data, tmp_path / "f.yaml", STOCHASTIC + [
             "perturbation.channel_amplitude={u: 0.1, v: 0.1, z: 0.1}",
-            "tune.parameters=[noise_scale, channel_amplitude]", "tune.tune_channels=[v]", "tune.iterations=12", "tune.channel_iterations=12", f"tune.sweeps={sweeps}"])
+            "tune.parameters=[noise_scale, channel_amplitude]", "tune.tune_channels=[v]", "tune.iterations=12",
+            "tune.channel_iterations=12", f"tune.sweeps={sweeps}"])
         obj = Coupled()
         s = Search(cfg, obj)
         best, value = s.run()

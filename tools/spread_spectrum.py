@@ -110,11 +110,10 @@ def read_run(run: Path, days, variables):
     files = sorted(run.glob("forecast_*_members.nc"))
     if not files:
         raise SystemExit(f"error: {run} has no forecast_*_members.nc: run the ensemble with output.members=true")
-    cfg, ds, chans = run_split(run, variables)
+    _, ds, chans = run_split(run, variables)
     out = {d: ([], []) for d in days}
     for f in files:
         nc = xr.open_dataset(f)
-        leads = list(np.asarray(nc.lead_time.values))
         for d in days:
             i, truth = lead_and_truth(nc, f.name, d, ds, chans)
             out[d][0].append(np.stack([nc[v].values[:, 0, i] for v in variables], axis=1))  # (M, C, lat, lon)
