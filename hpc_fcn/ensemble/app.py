@@ -114,6 +114,7 @@ class EnsembleRun:
         self.cfg, self.grid, self.plan = run.cfg, run.grid, run.plan
         self.identity = root_decides(comm, self._identity)
         root_decides(comm, self._check_space)
+        root_decides(comm, self._check_bred_history)
         self.forecaster = make_forecaster(run, self.tracer, hooks=self._hooks if self.cfg.trace else None)
         self.perturber = make_perturber(run)
         self.model_noise = make_model_noise(run)
@@ -123,6 +124,19 @@ class EnsembleRun:
         run, ck = self.resolved, self.cfg.model.checkpoint
         return run_identity(self.cfg, run.data_root, [run.ds.times[i] for i in self.plan.init_indices],
                             self.plan.lead_steps, checkpoint_path(ck, self.cfg.model.stochastic) if ck is not None else None)
+
+    def _check_bred_history(self) -> None:
+        """Bred vectors: every initial time's earlier analyses are in the data (checked before any output)."""
+        from .perturb import missing_bred_history
+        pc, run = self.cfg.perturbation, self.resolved
+        if pc.method != "bred":
+            return
+        gap = missing_bred_history(run.analyses, [run.ds.times[i] for i in self.plan.init_indices], pc.bred_cycles,
+                                   pc.bred_steps, run.ds.dt_hours)
+        if gap is not None:
+            raise UserError(f"bred vectors at {gap[0]} need the analysis at {gap[1]} ({pc.bred_cycles} cycles x "
+                            f"{pc.bred_steps} steps before it), which no split of {run.data_root} has; choose a later "
+                            "initial_conditions.start")
 
     def step_bytes(self) -> tuple[int, int]:
         """(netCDF, resume snapshot) bytes of one output step, before compression."""

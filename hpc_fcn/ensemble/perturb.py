@@ -129,6 +129,23 @@ class Perturber:
         return x0.unsqueeze(0) + noise.to(x0.dtype)
 
 
+def bred_analysis_times(init_time, cycles: int, steps: int, dt_hours: int) -> list[np.datetime64]:
+    """The analyses the bred cycles start from, earliest first: cycle c's at ``(cycles - c) * steps`` model steps
+    before ``init_time`` (the last cycle ends at the initial time)."""
+    t0 = np.datetime64(init_time, "h")
+    return [t0 - np.timedelta64((cycles - c) * steps * dt_hours, "h") for c in range(cycles)]
+
+
+def missing_bred_history(analyses, init_times, cycles: int, steps: int, dt_hours: int):
+    """The first (initial time, analysis time) whose bred history ``analyses`` (:class:`hpc_fcn.data.analyses.
+    Analyses`) lacks, or None when every initial time has all of its own."""
+    for t in init_times:
+        for a in bred_analysis_times(t, cycles, steps, dt_hours):
+            if not analyses.has(a):
+                return np.datetime64(t, "h"), a
+    return None
+
+
 def breed(x_analyses: Callable[[int], torch.Tensor], delta0: torch.Tensor, step: Callable[[torch.Tensor], torch.Tensor],
           cycles: int, steps: int, amplitude: torch.Tensor, global_rms: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Bred vectors: perturb the analysis of each cycle, integrate both runs, rescale the difference.

@@ -48,6 +48,7 @@ class ResolvedRun:
     tracer: Tracer
     data_root: object  # Path of the data
     ds: object  # the initial-condition split (hpc_fcn.data.era5 reader)
+    analyses: object  # analyses by time over every split of the data root (hpc_fcn.data.analyses: bred history)
     plan: RunPlan
     channels: list[str]  # the model's channels
     out_vars: list[str]  # the channels written
@@ -72,9 +73,11 @@ class ResolvedRun:
 
 def resolve(cfg: EnsembleConfig, comm, tracer: Tracer, suggest=None) -> ResolvedRun:
     """Resolve ``cfg`` on the ranks of ``comm`` (collective)."""
+    from ..data.analyses import Analyses
     from ..data.era5 import open_split
     root = data_root(cfg.data, comm)
     ds = open_split(cfg.data, cfg.initial_conditions.split, root=root)
+    analyses = Analyses(cfg.data, cfg.initial_conditions.split, root, ds)
     channels = list(ds.channels)
     C = len(channels)
     out_vars = list(cfg.output.variables or channels)
@@ -92,7 +95,8 @@ def resolve(cfg: EnsembleConfig, comm, tracer: Tracer, suggest=None) -> Resolved
                         int(mcfg.embed_dim * mcfg.mlp_ratio))
     M, E = cfg.ensemble.members, grid.shape["ensemble"]
     rows, cols = grid.local_window(mcfg.img_size, mcfg.patch_size)
-    return ResolvedRun(cfg=cfg, comm=comm, tracer=tracer, data_root=root, ds=ds, plan=plan, channels=channels,
+    return ResolvedRun(cfg=cfg, comm=comm, tracer=tracer, data_root=root, ds=ds, analyses=analyses, plan=plan,
+                       channels=channels,
                        out_vars=out_vars, out_idx=[channels.index(v) for v in out_vars], serial=serial, device=device,
                        grid=grid,
                        rows=rows, cols=cols, my_members=member_split(M, E, grid.coords["ensemble"]),

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..runtime import UserError, failure_record, raise_first_failure
-from .perturb import Perturber, breed
+from .perturb import Perturber, bred_analysis_times, breed
 from .plan import as_hours, time_tag
 from .products import Products
 from .resolve import ResolvedRun
@@ -63,17 +63,13 @@ class Rollout:
     def bred_state(self, x0: torch.Tensor, init_index: int, init_hours: int) -> torch.Tensor:
         run = self.run
         pc, device = run.cfg.perturbation, run.device
-        back = pc.bred_cycles * pc.bred_steps
-        if init_index < back:
-            raise UserError(f"bred vectors need {back} earlier analyses ({pc.bred_cycles} cycles x {pc.bred_steps} "
-                            f"steps) before {run.ds.times[init_index]}; choose a later initial time")
+        times = bred_analysis_times(run.ds.times[init_index], pc.bred_cycles, pc.bred_steps, run.ds.dt_hours)
         amp = self.perturber.amp
         seeds = torch.stack([self.perturber.initial_noise(init_hours, m, device) for m in run.my_members])
         ctrl = [self.perturber.is_control(m) for m in run.my_members]
 
-        def analysis(c: int) -> torch.Tensor:
-            idx = init_index - back + c * pc.bred_steps
-            return torch.from_numpy(run.ds.read(idx, run.rows, run.cols, normalise=True)).to(device)
+        def analysis(c: int) -> torch.Tensor:  # by time: at a split's first times from another split's file
+            return torch.from_numpy(run.analyses.read(times[c], run.rows, run.cols, normalise=True)).to(device)
 
         def global_rms(d: torch.Tensor) -> torch.Tensor:
             local = d.double().pow(2).sum(dim=(-2, -1))

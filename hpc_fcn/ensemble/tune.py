@@ -33,7 +33,7 @@ import numpy as np
 from ..config import ConfigError, fail, read_config_data, from_dict
 from ..runtime import root_decides
 from .config import EnsembleConfig, InitialConditions, PerturbationConfig, parse_lead
-from .perturb import channel_amplitudes
+from .perturb import channel_amplitudes, missing_bred_history
 from .search import golden_section, golden_section_points
 
 log = logging.getLogger("hpc_fcn")
@@ -199,8 +199,10 @@ class Objective:
         cycles = max(t.bred_cycles) if "bred_cycles" in self.params else pc.bred_cycles
         history = cycles * pc.bred_steps if pc.method == "bred" else 0
         inits = [i for i in run.plan.init_indices
-                 if i >= history and i + steps[-1] < len(ds.times)
-                 and ds.times[i + steps[-1]] == ds.times[i] + np.timedelta64(steps[-1] * ds.dt_hours, "h")]
+                 if i + steps[-1] < len(ds.times)
+                 and ds.times[i + steps[-1]] == ds.times[i] + np.timedelta64(steps[-1] * ds.dt_hours, "h")
+                 and not (history and missing_bred_history(run.analyses, [ds.times[i]], cycles, pc.bred_steps,
+                                                            ds.dt_hours))]
         if not inits:
             fail("tune.start", f"no initial time of the '{t.split}' split has {history} earlier and "
                                f"{steps[-1]} later steps (leads {t.leads})")
