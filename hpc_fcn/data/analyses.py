@@ -38,10 +38,9 @@ class Analyses:
 
     def find(self, time: Any) -> tuple[FCNDataset, int] | None:
         """The split holding ``time`` and its sample index there (None: no split has it)."""
-        t = _as_hour(time)
         for ds in self._sources():
-            i = int(np.searchsorted(ds.times, t))
-            if i < len(ds.times) and ds.times[i] == t:
+            i = ds.find(time)
+            if i is not None:
                 return ds, i
         return None
 

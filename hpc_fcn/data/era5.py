@@ -285,13 +285,18 @@ class FCNDataset:
         return (f"FCNDataset({self.split_path}, years {self.years[0]}-{self.years[-1]}, {len(self)} samples, "
                 f"channels {self.channels}, model grid {self.nlat}x{self.nlon})")
 
-    def index_of(self, time: Any) -> int:
-        """The sample index of ``time`` (datetime, datetime64 or ISO string)."""
+    def find(self, time: Any) -> int | None:
+        """The sample index of ``time`` (datetime, datetime64 or ISO string), None when the split has none."""
         t = _as_hour(time)
         i = int(np.searchsorted(self.times, t))
-        if i == len(self.times) or self.times[i] != t:
-            raise DataError(f"time {t} is not in {self.split_path} (samples every {self.dt_hours} h from "
-                            f"{self.times[0]} to {self.times[-1]})")
+        return i if i < len(self.times) and self.times[i] == t else None
+
+    def index_of(self, time: Any) -> int:
+        """The sample index of ``time``; an error naming the split's range when it has none."""
+        i = self.find(time)
+        if i is None:
+            raise DataError(f"time {_as_hour(time)} is not in {self.split_path} (samples every {self.dt_hours} h "
+                            f"from {self.times[0]} to {self.times[-1]})")
         return i
 
     def _check_index(self, index: int, steps: int = 1) -> int:
