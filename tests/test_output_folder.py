@@ -59,6 +59,16 @@ def descendants(pid):
     return out
 
 
+def signal_all(pids, sig):
+    """Send ``sig`` to each of ``pids``; one that has exited since it was listed (a launcher's short-lived
+    helper) is skipped: the caller checks that the run itself is still there."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def wait_for(pred, proc, limit=200):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and proc.poll() is None:
@@ -101,15 +111,13 @@ def test_second_run_into_a_folder_is_refused_and_the_first_completes(setup, tmp_
                              stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: (out / LOCK_NAME).exists(), first), "the first run never took the lock"
     held = [first.pid] + descendants(first.pid)  # mpirun, its proxies and the ranks (other process groups)
-    for pid in held:  # held mid-run, however fast this machine is, while the second run starts
-        os.kill(pid, signal.SIGSTOP)
+    signal_all(held, signal.SIGSTOP)  # held mid-run, however fast this machine is, while the second run starts
     try:
         second = run_cli(2, cfg, *longer)
         assert first.poll() is None, "the first run ended before the second started: no overlap was tested"
         assert (out / LOCK_NAME).exists(), "the first run released the lock before it was held"
     finally:
-        for pid in held:
-            os.kill(pid, signal.SIGCONT)
+        signal_all(held, signal.SIGCONT)
     assert second.returncode == 2, second.stderr
     lines = error_lines(second)
     assert len(lines) == 1 and "is in use by another run, pid " in lines[0], lines
