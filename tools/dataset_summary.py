@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hpc_fcn.data.builtin import ensure_builtin  # noqa: E402
+from hpc_fcn.data.era5 import SPLITS  # noqa: E402
 from hpc_fcn.metrics import lat_weights  # noqa: E402
-
-SPLITS = (("train", "train"), ("valid", "test"), ("test", "out_of_sample"))  # metadata key, directory
+from hpc_fcn.schema import DataConfig  # noqa: E402
 
 
 def row_weights(nlat: int) -> np.ndarray:
@@ -65,9 +65,9 @@ def main(argv=None) -> None:
     lags = (4, 8, 20)  # 24 h, 48 h, 5 days of 6-hourly samples
     print("| year | split | KE (J/kg) | peak wind, median / max (m/s) | z persistence ACC 24 h / 48 h / 5 d |")
     print("|---|---|---|---|---|")
-    for key, folder in SPLITS:
+    for key in SPLITS:  # metadata.json's keys; the folders are the layout's (DataConfig.split_dir)
         for year in meta["years"][key]:
-            with h5py.File(root / folder / f"{year}.h5", "r") as f:
+            with h5py.File(root / DataConfig().split_dir(key) / f"{year}.h5", "r") as f:
                 x = f["fields"][:].astype(np.float64)
             peak = peak_wind(x)
             accs = " / ".join(f"{persistence_acc(x[:, z] - clim, lag, w):.3f}" for lag in lags)

@@ -96,8 +96,7 @@ def resolve(cfg: EnsembleConfig, comm, tracer: Tracer, suggest=None) -> Resolved
     M, E = cfg.ensemble.members, grid.shape["ensemble"]
     rows, cols = grid.local_window(mcfg.img_size, mcfg.patch_size)
     return ResolvedRun(cfg=cfg, comm=comm, tracer=tracer, data_root=root, ds=ds, analyses=analyses, plan=plan,
-                       channels=channels,
-                       out_vars=out_vars, out_idx=[channels.index(v) for v in out_vars], serial=serial, device=device,
-                       grid=grid,
-                       rows=rows, cols=cols, my_members=member_split(M, E, grid.coords["ensemble"]),
+                       channels=channels, out_vars=out_vars, out_idx=[channels.index(v) for v in out_vars],
+                       serial=serial, device=device, grid=grid, rows=rows, cols=cols,
+                       my_members=member_split(M, E, grid.coords["ensemble"]),
                        group_counts=[len(member_split(M, E, e)) for e in range(E)])
