@@ -1,9 +1,9 @@
 """Distributed rfft2 + irfft2 on 1, 2 and 4 ranks: time per call, communication share, speed-up.
 
-    .venv/bin/python bench/dist_fft.py [--tokens 90 180] [--channels 96] [--batch 1] [--reps 10]
+    .venv/bin/python bench/dist_fft.py [--tokens 90 180] [--channels 96] [--batch 1] [--reps 10] [--max-ranks 4]
 
-The driver launches one ``mpirun`` per layout and prints one table; ratios are against 1 rank of
-the same run.
+The driver launches one ``mpirun`` per layout (those of at most ``--max-ranks`` ranks) and prints one
+table; ratios are against 1 rank of the same run.
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--backend", default="mpi", choices=["mpi", "torch"])
+    p.add_argument("--max-ranks", type=int, default=4, help="skip the layouts of more ranks than this")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
     p.add_argument("--h", type=int, default=1, help=argparse.SUPPRESS)
@@ -55,6 +56,8 @@ def main() -> None:
     common = ["--tokens", *map(str, a.tokens), "--channels", str(a.channels), "--batch", str(a.batch),
               "--reps", str(a.reps), "--backend", a.backend]
     for h, w in LAYOUTS:
+        if h * w > a.max_ranks:
+            continue
         rows += run_worker(__file__, h * w, [*common, "--h", str(h), "--w", str(w)])
     print_scaling(rows, "ms/call", ".2f",
                   f"rfft2+irfft2 of {a.batch} x {a.tokens[0]} x {a.tokens[1]} x {a.channels} fp32, "

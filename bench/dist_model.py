@@ -1,9 +1,11 @@
 """DistributedAFNONet forward on 1, 2 and 4 ranks and several layouts: time per step, comm share.
 
     .venv/bin/python bench/dist_model.py [--img 360 720] [--embed 256] [--depth 2] [--reps 5] [--train]
+                                         [--max-ranks 4]
 
-The driver launches one ``mpirun`` per layout and prints one table; ratios are against 1 rank of
-the same run. ``--train`` times forward + backward + gradient reduction instead.
+The driver launches one ``mpirun`` per layout (those of at most ``--max-ranks`` ranks) and prints one
+table; ratios are against 1 rank of the same run. ``--train`` times forward + backward + gradient
+reduction instead.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--train", action="store_true")
     p.add_argument("--backend", default="mpi", choices=["mpi", "torch"])
+    p.add_argument("--max-ranks", type=int, default=4, help="skip the layouts of more ranks than this")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
     p.add_argument("--layout", default="{}", help=argparse.SUPPRESS)
@@ -73,6 +76,8 @@ def main() -> None:
         n = 1
         for v in lay.values():
             n *= v
+        if n > a.max_ranks:
+            continue
         rows += run_worker(__file__, n, [*common, "--layout", json.dumps(lay)])
     what = "forward+backward+reduce" if a.train else "forward"
     print_scaling(rows, "ms/step", ".1f",

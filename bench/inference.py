@@ -35,6 +35,7 @@ from hpc_fcn.config import from_dict, read_yaml  # noqa: E402
 from hpc_fcn.forecaster import Forecaster  # noqa: E402
 from hpc_fcn.model import AFNONet, load_checkpoint  # noqa: E402
 from hpc_fcn.schema import InferenceConfig, ModelConfig  # noqa: E402
+from hpc_fcn.setup import rank_device  # noqa: E402
 
 BUILTIN_CKPT = Path(__file__).resolve().parents[1] / "hpc_fcn" / "assets" / "builtin_model.ckpt"
 BUILTIN_SIZE = dict(img_size=(64, 128), patch_size=4, embed_dim=128, depth=6)
@@ -219,7 +220,7 @@ def main(argv=None) -> int:
     data.setdefault("model", {}).update({k: v for k, v in BUILTIN_SIZE.items() if k not in data["model"]})
     cfg = from_dict(BenchConfig, data, a.overrides)
     cfg._custom = bool(a.config or any(o.startswith("model.") for o in a.overrides))
-    device = Forecaster.select_device(InferenceConfig(device=a.device))
+    device = rank_device(a.device)
     net, origin = build_model(cfg, a.production)
     net = net.to(device)
     names = a.variants or list(CPU_VARIANTS) + (list(GPU_VARIANTS) if device.type == "cuda" else [])

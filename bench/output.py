@@ -42,10 +42,14 @@ def fields(members: range, C: int, H: int, W: int) -> np.ndarray:
 
 def worker(args) -> None:
     from mpi4py import MPI
-    from hpc_fcn.io.netcdf import ForecastWriter, gather_window_to_root
-    from hpc_fcn.io.zarr import BackgroundWriter, ZarrForecastStore
+    from hpc_fcn.io.netcdf import ForecastWriter
+    from hpc_fcn.parallel.windows import gather_window_to_root
+    from hpc_fcn.io.background import BackgroundWriter
+    from hpc_fcn.io.zarr import ZarrForecastStore
+    from hpc_fcn.parallel.comm import MPICommunicator
     from hpc_fcn.parallel.split import shard_range
     comm = MPI.COMM_WORLD
+    io = MPICommunicator(comm, "io")  # gather_window_to_root takes a Communicator, as the app passes it
     M, C, (H, W), S = args.members, args.channels, args.grid, args.steps
     mine = range(*shard_range(M, comm.size, comm.rank))
     data = fields(mine, C, H, W)
@@ -64,7 +68,7 @@ def worker(args) -> None:
             for li in range(S):
                 for m in range(M):
                     own = data[m - mine.start][None] if m in mine else None
-                    full = gather_window_to_root(comm, own, (1, C, H, W))
+                    full = gather_window_to_root(io, own, (1, C, H, W))
                     if full is not None:
                         f.write(li, full, members=slice(m, m + 1))
                 if f is not None:
@@ -114,7 +118,10 @@ def main() -> None:
                    "--members", str(args.members), "--steps", str(args.steps), "--grid", *map(str, args.grid),
                    "--channels", str(args.channels), "--dir", tmp]
             env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+            out = proc.stdout
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         res = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])

@@ -1,12 +1,14 @@
 """Validate the performance model on this machine: traced forward passes vs predictions.
 
     .venv/bin/python bench/perfmodel_validation.py [--hardware this_machine] [--out runs/perfmodel_validation]
+                                                   [--passes 5] [--configs 'S b1 1r' ...] [--plots docs/img]
 
 Runs every configuration below as its own ``tools/mpirun.sh -n R`` job (1, 2 and 4 ranks, one torch
 thread per rank), each writing trace summaries with ``hpc_fcn.tracing.write_traces``; then compares
 predicted and measured time per region and per pass (MAPE) and predicted vs measured peak tensor
 memory (weights + buffers + the torch profiler's peak of memory allocated during a pass), and draws
-the charts into docs/img/. Not part of ``make test``: it takes several minutes.
+the charts into --plots (docs/img/). Not part of ``make test`` at full size: it takes several minutes
+(tests/test_bench_smoke.py runs two configurations with --passes 1).
 """
 from __future__ import annotations
 
@@ -132,10 +134,13 @@ def fastest_pass(tracer, comm) -> dict[str, float]:
     return {k: min(p[k] for p in busiest) for k in keys}
 
 
-def run_all(args) -> list[Path]:
+def run_all(args) -> tuple[list[Path], list[str]]:
+    """Run the configurations; (their summaries, the labels of those that failed)."""
     out = Path(args.out)
-    paths = []
+    paths, failed = [], []
     for label, model, batch, layout, group in CONFIGS:
+        if args.configs and label not in args.configs:
+            continue
         ranks = 1
         for v in layout.split(","):
             ranks *= int(v)
@@ -149,10 +154,11 @@ def run_all(args) -> list[Path]:
         r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
         if r.returncode:
             print(f"{label}: failed\n{r.stderr[-2000:]}", file=sys.stderr)
+            failed.append(label)
             continue
         print(f"{label}: {time.perf_counter() - t:.1f} s", flush=True)
         paths.append(d / "summary.json")
-    return paths
+    return paths, failed
 
 
 def main() -> int:
@@ -164,6 +170,8 @@ def main() -> int:
     ap.add_argument("--layout", default="1,1,1,1")
     ap.add_argument("--group", default="")
     ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument("--configs", nargs="+", choices=[c[0] for c in CONFIGS], metavar="LABEL",
+                    help="run only these configurations (labels of CONFIGS, e.g. 'S b1 1r'; default: all)")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                     help="cpu: each rank's thread CPU time (robust on a shared machine); wall: perf_counter")
     ap.add_argument("--out", default=str(ROOT / "runs" / "perfmodel_validation"))
@@ -175,10 +183,14 @@ def main() -> int:
         worker(args)
         return 0
     from perfmodel.compare import compare, load_summary, plots, print_report
+    failed: list[str] = []
     if args.only_compare:
         paths = sorted(Path(args.out).glob("*/summary.json"))
     else:
-        paths = run_all(args)
+        paths, failed = run_all(args)
+    if not paths:
+        print("no configuration produced a summary", file=sys.stderr)
+        return 1
     summaries = [load_summary(p) for p in paths]
     print(f"== against {args.hardware}.yaml (one calibration for every run)")
     print_report(compare(summaries, args.hardware))
@@ -197,6 +209,9 @@ def main() -> int:
     for p in plots(res, "run", args.plots, args.hardware):
         print(f"wrote {p}")
     (Path(args.out) / "comparison.json").write_text(json.dumps(res, indent=1, default=str))
+    if failed:
+        print(f"failed (not in the tables): {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

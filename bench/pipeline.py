@@ -45,7 +45,8 @@ def worker(args) -> None:
     from hpc_fcn.config import from_dict
     from hpc_fcn.ensemble.config import PerturbationConfig
     from hpc_fcn.ensemble.perturb import Perturber
-    from hpc_fcn.ensemble.products import _region_job, ensemble_statistics
+    from hpc_fcn.ensemble.products import ensemble_statistics
+    from hpc_fcn.io.zarr import _region_job
     from hpc_fcn.ensemble.rollout import FiniteFlags
     from hpc_fcn.ensemble.snapshot import SnapshotStore, _atomic_save, _box_name
     from hpc_fcn.io.background import BackgroundWriter
@@ -214,7 +215,10 @@ def main() -> None:
         cmd = [str(ROOT / "tools" / "mpirun.sh"), "-n", str(args.ranks), sys.executable, __file__, "--worker",
                "--dir", tmp, "--model-ms", str(args.model_ms)] + passed
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        out = proc.stdout
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ranks = json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:])

@@ -25,6 +25,7 @@ from hpc_fcn.forecaster import Forecaster  # noqa: E402
 from hpc_fcn.metrics import acc, lat_weights, rmse  # noqa: E402
 from hpc_fcn.model import AFNONet, load_checkpoint  # noqa: E402
 from hpc_fcn.schema import DataConfig, InferenceConfig  # noqa: E402
+from hpc_fcn.setup import rank_device  # noqa: E402
 
 BUILTIN_CKPT = Path(__file__).resolve().parents[1] / "hpc_fcn" / "assets" / "builtin_model.ckpt"
 VARIANTS = {"fp32": {}, "tf32": dict(precision="tf32"), "bf16": dict(precision="bf16"), "fp16": dict(precision="fp16"),
@@ -59,11 +60,18 @@ class Tf32Emulation(torch.overrides.TorchFunctionMode):
 
 
 def load_model(in_chans: int, img_size) -> tuple[AFNONet, str]:
+    """The built-in model when its checkpoint is there and fits the dataset's grid and channels, else random
+    weights of the built-in size on the dataset's grid (e.g. a small synthetic dataset given with --data)."""
+    why = "built-in checkpoint missing"
     if BUILTIN_CKPT.is_file():
-        return load_checkpoint(BUILTIN_CKPT).eval(), "built-in trained model"
+        net = load_checkpoint(BUILTIN_CKPT).eval()
+        if tuple(net.img_size) == tuple(img_size) and net.in_chans == in_chans:
+            return net, "built-in trained model"
+        why = (f"built-in checkpoint is for {net.in_chans} channels on {tuple(net.img_size)}, the dataset has "
+               f"{in_chans} on {tuple(img_size)}")
     torch.manual_seed(0)
     net = AFNONet(img_size=img_size, patch_size=4, in_chans=in_chans, out_chans=in_chans, embed_dim=128, depth=6)
-    return net.eval(), "RANDOM weights (built-in checkpoint missing): differences only, skill is meaningless"
+    return net.eval(), f"RANDOM weights ({why}): differences only, skill is meaningless"
 
 
 def forecast(net, cfg: InferenceConfig, x0: torch.Tensor, leads: list[int]) -> dict[int, np.ndarray]:
@@ -97,7 +105,7 @@ def main(argv=None) -> int:
     if len(ds) <= last:
         raise SystemExit(f"the test split has {len(ds)} samples, fewer than the {last} steps of {max(a.days)} days")
     inits = np.linspace(0, len(ds) - 1 - last, a.inits).astype(int)
-    device = Forecaster.select_device(InferenceConfig(device=a.device))
+    device = rank_device(a.device)
     net, origin = load_model(len(ds.channels), (ds.nlat, ds.nlon))
     net = net.to(device)
     x0 = torch.from_numpy(np.stack([ds.read(int(i), normalise=True) for i in inits])).to(device)

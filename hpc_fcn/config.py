@@ -42,10 +42,12 @@ def duration_hours(text: Any) -> int | None:
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 numbers: ``1e-3`` is a float, not the string YAML 1.1 makes of it."""
+    """PyYAML's safe loader with YAML 1.2 numbers (``1e-3`` is a float, not the string YAML 1.1 makes of it)
+    and, as in YAML 1.2, no timestamps: ``2005-01-01`` stays text, which the schema checks and names."""
 
 
-_Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+_Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] not in ("tag:yaml.org,2002:float",
+                                                                    "tag:yaml.org,2002:timestamp")]
                                    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _FLOAT = re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?
                       |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X)

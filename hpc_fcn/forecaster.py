@@ -75,18 +75,12 @@ class Forecaster:
         self.first_pass_seconds: float | None = None  # includes compilation and graph capture
 
     # ---- construction helpers ----------------------------------------------------------------
-    @staticmethod
-    def select_device(cfg, local_rank: int | None = None) -> torch.device:
-        """The device ``cfg.device`` (auto|cpu|cuda) means on this rank: the one choice, :func:`hpc_fcn.setup.rank_device`."""
-        from .setup import rank_device
-        return rank_device(cfg.device, local_rank=local_rank)
-
     def resolve_members_per_pass(self, x: torch.Tensor) -> int:
         """Pass size for the members ``x``: never more than there are, balanced over the fewest passes."""
         if not self.max_members_per_pass:
             self.max_members_per_pass = auto_members_per_pass(
-                self.runner if not self.serial else self.runner.net, self.device, tuple(x.shape[-2:]),
-                self.in_chans, self.cfg.precision, cuda_graphs=self._graphed is not None)
+                self.runner if not self.serial else self.runner.net, self.device, self.cfg.precision,
+                cuda_graphs=self._graphed is not None)
         self.members_per_pass = pass_size(x.shape[0], self.max_members_per_pass)
         return self.members_per_pass
 

@@ -203,7 +203,6 @@ class Choice:
     """The layout the performance model picked and what it predicts for it."""
     layout: dict
     prediction: object  # perfmodel.Prediction
-    members_per_pass: int | None
     summary: list[str]  # human-readable lines (also put into the script header)
     time_to_solution_s: float
     memory_bytes: float
@@ -223,11 +222,63 @@ def _load_app_config(app: str, config: str, overrides: Sequence[str]):
     return load_config(TrainConfig, config, overrides)
 
 
-def _channels(cfg) -> int:
+def data_facts(cfg, split: str) -> tuple[int, int] | None:
+    """(channels, model step in hours) of the ``split`` the run reads, as the app learns them from the data
+    (:class:`hpc_fcn.data.era5.FCNDataset`); None when the data is not at hand where the script is made."""
+    from .data.era5 import DataError, FCNDataset
+    root = cfg.data.root
+    if root == "builtin":  # only when generated already: making the script never generates data
+        from .data.builtin import builtin_root, is_complete
+        root = builtin_root()
+        if not is_complete(root):
+            return None
+    try:
+        with FCNDataset(root, cfg.data.split_dir(split), cfg.data.channels, stats_dir=None) as ds:
+            return len(ds.channels), ds.dt_hours
+    except (DataError, OSError):
+        return None
+
+
+def step_hours(facts: tuple[int, int] | None) -> int:
+    """The model step: the data's ``dt_hours``, else the one the converter writes and the reader assumes."""
+    from .data.convert import DT_HOURS
+    return facts[1] if facts else DT_HOURS
+
+
+def model_channels(cfg, facts: tuple[int, int] | None, given: int | None = None) -> int:
+    """The model's channels: ``given`` (--channels), else data.channels, else the data's, else 20 on the 0.25 deg
+    grid of the published model; the performance model needs them for the size of the network."""
+    if given:
+        return given
     if cfg.data.channels:
         return len(cfg.data.channels)
+    if facts:
+        return facts[0]
+    if tuple(cfg.model.img_size) == (720, 1440):
+        return 20
     raise ConfigError("config key 'data.channels': list the model's channels so the performance model knows "
-                      "the network size (null means 'whatever the data holds', unknown before the run)")
+                      "the network size (null means 'whatever the data holds', and the data is not at hand here)")
+
+
+def ensemble_case(cfg, channels: int | None = None) -> tuple[dict, dict]:
+    """(AFNONet keywords, keywords of ``perfmodel.predict``/``suggest``) of an ensemble config: members, lead steps
+    at the data's step, and the inference section (``members_per_pass: 0`` stays 0: the run's own rule)."""
+    from .ensemble.config import parse_lead
+    facts = data_facts(cfg, cfg.initial_conditions.split)
+    C = model_channels(cfg, facts, channels)
+    inf = cfg.inference
+    steps = parse_lead(cfg.forecast.lead_time, step_hours(facts), "forecast.lead_time")
+    return cfg.model.kwargs(C, C), dict(members=cfg.ensemble.members, members_per_pass=inf.members_per_pass,
+                                        precision=inf.precision, lead_steps=steps, cuda_graphs=inf.cuda_graphs)
+
+
+def load_ensemble_case(config: str, overrides: Sequence[str], channels: int | None = None):
+    """(AFNONet keywords, predict keywords, parallel section) of an ensemble YAML with overrides: what
+    ``python -m perfmodel predict|suggest`` reads (perfmodel itself never imports the apps)."""
+    from .ensemble.config import EnsembleConfig
+    cfg = load_config(EnsembleConfig, config, overrides)
+    kwargs, run = ensemble_case(cfg, channels)
+    return kwargs, run, cfg.parallel
 
 
 def _import_perfmodel():
@@ -262,46 +313,33 @@ def _seconds(s: float) -> str:
 
 
 def choose_ensemble(cfg, ranks: int, hardware: str, gpus_per_node: int) -> Choice:
-    from .ensemble.config import parse_lead
     pm = _import_perfmodel()
     hw = _hardware(pm, hardware, gpus_per_node)
-    C = _channels(cfg)
-    kwargs = cfg.model.kwargs(C, C)
-    members = cfg.ensemble.members
-    steps = parse_lead(cfg.forecast.lead_time, 6, "forecast.lead_time")
-    given = cfg.inference.members_per_pass
-    candidates = [given] if given > 0 else sorted({min(members, 2 ** k) for k in range(0, 12)})
-    best, errors = None, []
-    for mpp in candidates:
-        try:
-            lay, pred = pm.suggest(kwargs, ranks=ranks, hardware=hw, members=members, members_per_pass=mpp,
-                                   precision=cfg.inference.precision, lead_steps=steps)
-        except ValueError as exc:
-            errors.append(str(exc))
-            continue
-        if best is None or pred.time_to_solution_s < best[1].time_to_solution_s * (1 - 1e-9):
-            best = (lay, pred)
-    if best is None:
-        raise JobError(f"the performance model finds no layout of {ranks} ranks: {errors[0]}")
-    lay, pred = best
+    kwargs, run = ensemble_case(cfg)
+    try:
+        lay, pred = pm.suggest(kwargs, ranks=ranks, hardware=hw, **run)
+    except ValueError as exc:
+        raise JobError(f"the performance model finds no layout of {ranks} ranks: {exc}") from exc
+    members, steps = run["members"], run["lead_steps"]
+    auto = "" if run["members_per_pass"] else " (members_per_pass 0: the run takes as many as its free memory holds)"
     ic = cfg.initial_conditions
     n_init = len(ic.times) if ic.times else ic.count
     tts = pred.time_to_solution_s
     lines = [f"layout (perfmodel.suggest, {hw.name}, {ranks} ranks): ensemble={lay['ensemble']} h={lay['h']} "
-             f"w={lay['w']} matmul={lay['matmul']}, {pred.members_per_pass} member(s) per pass",
+             f"w={lay['w']} matmul={lay['matmul']}, {pred.members_per_pass} member(s) per pass{auto}",
              f"predicted: {pred.step_time_s * 1e3:.3g} ms per forward pass, {_seconds(tts)} time to solution per "
              f"initial time ({members} members x {steps} steps, {cfg.inference.precision}), compute only",
              f"memory per GPU: {_gb(pred.memory_bytes)} of {_gb(hw.mem_capacity_bytes)}"]
     if n_init and n_init > 1:
         lines[1] += f"; {_seconds(tts * n_init)} for {n_init} initial times"
         tts *= n_init
-    return Choice(lay, pred, None if given > 0 else pred.members_per_pass, lines, tts, pred.memory_bytes)
+    return Choice(lay, pred, lines, tts, pred.memory_bytes)
 
 
 def choose_train(cfg, ranks: int, hardware: str, gpus_per_node: int) -> Choice:
     pm = _import_perfmodel()
     hw = _hardware(pm, hardware, gpus_per_node)
-    C = _channels(cfg)
+    C = model_channels(cfg, data_facts(cfg, "train"))
     kwargs = cfg.model.kwargs(C, C)
     phase_name, phase = max(cfg.phases.items(), key=lambda kv: kv[1].rollout_steps)  # the most demanding phase
     try:
@@ -328,7 +366,7 @@ def choose_train(cfg, ranks: int, hardware: str, gpus_per_node: int) -> Choice:
         lines[1] += f"; {_seconds(total)} for every phase"
     else:
         lines.append("(whole-run time: set phases.*.samples_per_epoch; ERA5 1979-2015 has 54,020 samples)")
-    return Choice(lay, pred, None, lines, total or per_step, pred.memory_bytes)
+    return Choice(lay, pred, lines, total or per_step, pred.memory_bytes)
 
 
 def parse_layout(text: str, ranks: int, model=None) -> dict:
@@ -432,8 +470,6 @@ def make_job(args: argparse.Namespace, argv: Sequence[str] = ()) -> tuple[Job, l
         choice = choose(cfg, ranks, args.hardware, args.gpus_per_node)
         layout, lines = choice.layout, list(choice.summary)
     overrides = list(args.overrides)
-    if choice is not None and choice.members_per_pass is not None:
-        overrides.append(f"inference.members_per_pass={choice.members_per_pass}")
     time_ = args.time or (suggested_time(choice.time_to_solution_s) if choice else "01:00:00")
     if choice and not args.time:
         lines.append(f"wall time requested: {time_} (1.5 x prediction + 15 min; --time to change)")
@@ -493,8 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["Job", "JobError", "Choice", "render", "choose_ensemble", "choose_train", "make_job", "detect_app",
-           "example", "write_examples", "suggested_time", "main"]
+__all__ = ["Job", "JobError", "Choice", "render", "choose_ensemble", "choose_train", "ensemble_case",
+           "load_ensemble_case", "make_job", "detect_app", "example", "write_examples", "suggested_time", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

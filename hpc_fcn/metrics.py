@@ -18,7 +18,8 @@ Variants (see the reference "Metric definitions"):
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import json
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -196,6 +197,25 @@ def spread_skill_ratio(members: Any, truth: Any, row_weights: Any) -> np.ndarray
 
 
 # -- accumulation over windows, initial times and ranks ------------------------------------------------
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
+
+
+def rng_to_json(rng: np.random.Generator) -> str:
+    """A NumPy generator's complete state as JSON text."""
+    return json.dumps(rng.bit_generator.state)
+
+
+def rng_from_json(text: str) -> np.random.Generator:
+    """The generator :func:`rng_to_json` describes (only NumPy's own bit generators)."""
+    state = json.loads(text)
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    if name not in _BIT_GENERATORS:
+        raise ValueError(f"not a NumPy random state (bit generator {name!r})")
+    rng = np.random.Generator(getattr(np.random, name)())
+    rng.bit_generator.state = state
+    return rng
+
+
 class ScoreAccumulator:
     """Per-lead, per-channel ensemble scores accumulated over initial times and reduced over ranks.
 
@@ -274,6 +294,33 @@ class ScoreAccumulator:
         out = copy.deepcopy(self)
         out._rows = [[np.zeros_like(r) for r in rows] for rows in out._rows]
         out._ranks = np.zeros_like(out._ranks)
+        return out
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """This accumulator as plain arrays (a resume snapshot's npz entries: no pickled objects)."""
+        out = {"channels": np.array(self.channels, dtype=str),
+               "shape": np.array([self.n_leads, self.n_members, -1 if self.control_member is None
+                                  else self.control_member], dtype=np.int64),
+               "ranks": self._ranks, "rng": np.array(rng_to_json(self.rng))}
+        for lead, rows in enumerate(self._rows):
+            out[f"rows{lead}"] = np.stack(rows) if rows else np.zeros((0, self._width))
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "ScoreAccumulator":
+        """The accumulator :meth:`to_arrays` describes (ValueError if the arrays do not fit together)."""
+        n_leads, n_members, ctl = (int(v) for v in arrays["shape"])
+        out = cls([str(c) for c in arrays["channels"]], n_leads, n_members,
+                  control_member=None if ctl < 0 else ctl, rng=rng_from_json(str(arrays["rng"])))
+        ranks = np.asarray(arrays["ranks"], dtype=np.float64)
+        if ranks.shape != out._ranks.shape:
+            raise ValueError(f"rank counts of shape {ranks.shape}, expected {out._ranks.shape}")
+        out._ranks = ranks
+        for lead in range(n_leads):
+            rows = np.asarray(arrays[f"rows{lead}"], dtype=np.float64)
+            if rows.ndim != 2 or rows.shape[1] != out._width:
+                raise ValueError(f"lead {lead}: sums of shape {rows.shape}, expected (n, {out._width})")
+            out._rows[lead] = list(rows)
         return out
 
     def reduce(self, comm=None) -> dict[str, Any]:

@@ -75,6 +75,12 @@ def world():
     return MPI.COMM_WORLD
 
 
+def alone():
+    """The communicator of this process alone (whatever else runs under the same mpirun)."""
+    from mpi4py import MPI
+    return MPI.COMM_SELF
+
+
 def setup_logging(rank: int, level: str | int = "INFO") -> logging.Logger:
     """Log to stderr with the rank in the prefix; ranks other than 0 only log warnings and above."""
     logger = logging.getLogger("hpc_fcn")

@@ -5,7 +5,7 @@ The model section and its derived shapes live in :mod:`hpc_fcn.model.config`; re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from .config import fail
 from .model.config import ModelConfig
@@ -29,6 +29,12 @@ class DataConfig:
 @dataclass
 class ParallelConfig:
     """The process grid ``ensemble x h x w x matmul``; ``ensemble: auto`` takes the ranks left over."""
+    NOT_RESULTS: ClassVar[dict[str, str]] = {  # fields that cannot change a result, and why (ensemble/identity)
+        "ensemble": "the layout: members are the same on every layout (tests/mpi/test_ensemble_mpi.py)",
+        "h": "the layout (see ensemble)", "w": "the layout (see ensemble)", "matmul": "the layout (see ensemble)",
+        "backend": "MPI or torch.distributed move the same sums (tests/mpi/test_dist_model.py)",
+        "layout": "how the layout is chosen (see ensemble)", "hardware": "the performance model's input (see layout)",
+        "threads": "threads per rank reorder sums only, as a layout does"}
     ensemble: int | Literal["auto"] = "auto"
     h: int = 1
     w: int = 1
@@ -55,6 +61,11 @@ __all__ = ["ModelConfig", "DataConfig", "ParallelConfig", "InferenceConfig"]
 @dataclass
 class InferenceConfig:
     """How each forward pass runs: device, precision, CUDA graphs, torch.compile, quantisation."""
+    NOT_RESULTS: ClassVar[dict[str, str]] = {  # fields that cannot change a result, and why (ensemble/identity)
+        "device": "where the same arithmetic runs; precision and quantize are their own keys",
+        "cuda_graphs": "replays the kernels of an eager step (tests/test_forecaster.py)",
+        "compile": "fuses the same arithmetic (tests/test_forecaster.py)",
+        "members_per_pass": "members are the same in any batch (tests/mpi/test_ensemble_mpi.py)"}
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
     cuda_graphs: bool = False

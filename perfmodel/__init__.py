@@ -7,8 +7,7 @@ from hpc_fcn.parallel.layout import Layout, layout_problem
 
 from .hardware import Hardware, Link, load_hardware
 from .memory import Memory
-from .network import Net
 from .predict import Prediction, Region, predict, suggest
 
-__all__ = ["Hardware", "Layout", "Link", "Memory", "Net", "Prediction", "Region", "layout_problem",
+__all__ = ["Hardware", "Layout", "Link", "Memory", "Prediction", "Region", "layout_problem",
            "load_hardware", "predict", "suggest"]

@@ -131,6 +131,7 @@ import json, sys, time, statistics, torch
 torch.set_num_threads(1)
 from mpi4py import MPI
 from hpc_fcn.parallel.comm import make_communicator
+from perfmodel.network import sent_bytes
 comm = make_communicator("mpi", MPI.COMM_WORLD, "world")
 p = comm.size
 out = {}
@@ -156,7 +157,7 @@ for kind in ("all_to_all", "all_gather", "all_reduce"):
                 run()
             samples.append((time.thread_time() - t) / reps)
         nb = x.numel() * 4
-        sent = {"all_to_all": nb * (p - 1) / p, "all_gather": nb * (p - 1), "all_reduce": 2 * nb * (p - 1) / p}[kind]
+        sent = sent_bytes(kind, nb, p)
         t = comm.all_reduce(statistics.median(samples), op="max")
         rows.append([sent, t])
     out[kind] = rows

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .hardware import load_hardware
 from hpc_fcn.parallel.layout import Layout
@@ -16,42 +15,11 @@ def _gb(x: float) -> str:
     return f"{x / 1e9:.2f} GB"
 
 
-def channels_of(cfg, override: int | None) -> int:
-    """Model channels: --channels, else data.channels, else the dataset's metadata, else 20 for 0.25 deg."""
-    if override:
-        return override
-    if cfg.data.channels:
-        return len(cfg.data.channels)
-    root = cfg.data.root
-    if root == "builtin":
-        try:
-            from hpc_fcn.data.builtin import builtin_root
-            root = str(builtin_root())
-        except Exception:  # noqa: BLE001 - no built-in data on this install
-            root = None
-    if root:
-        meta = Path(root) / "metadata.json"
-        if meta.is_file():
-            return len(json.loads(meta.read_text())["channels"])
-    if tuple(cfg.model.img_size) == (720, 1440):
-        return 20
-    raise SystemExit("error: cannot tell the channel count: set data.channels, generate the dataset, or pass --channels N")
-
-
-def load_case(path: str, overrides: list[str], channels: int | None):
-    """(model kwargs, config) of an ensemble YAML with overrides."""
-    from hpc_fcn.config import load_config
-    from hpc_fcn.ensemble.config import EnsembleConfig, parse_lead
-    cfg = load_config(EnsembleConfig, path, overrides)
-    n = channels_of(cfg, channels)
-    return cfg.model.kwargs(n, n), cfg, parse_lead(cfg.forecast.lead_time, 6, "forecast.lead_time")
-
-
-def _layout_from(cfg, ranks: int | None, layout: str | None) -> tuple[dict | None, int]:
+def _layout_from(p, ranks: int | None, layout: str | None) -> tuple[dict | None, int]:
+    """The layout to predict (None: ``parallel.layout: auto``) and its ranks; ``p``: the config's parallel section."""
     if layout:
         lay = Layout.of(layout)
         return lay.as_dict(), lay.ranks
-    p = cfg.parallel
     model = p.h * p.w * p.matmul
     if ranks is None:
         ranks = model * (p.ensemble if p.ensemble != "auto" else 1)
@@ -98,38 +66,22 @@ def _energy(pred: Prediction, hardware=None):
         return None
 
 
-def _auto_batch(kw, layout, hw, members, precision, lead, training):
-    """members_per_pass = 0: the batch with the lowest time to solution that fits in memory."""
-    best = None
-    b = 1
-    local = -(-members // layout["ensemble"])
-    while True:
-        p = predict(kw, layout=layout, hardware=hw, members=members, members_per_pass=b, precision=precision,
-                    lead_steps=lead, training=training)
-        if p.memory_bytes <= hw.mem_capacity_bytes and (best is None or p.time_to_solution_s < best.time_to_solution_s):
-            best = p
-        if b >= local:
-            break
-        b = min(2 * b, local)
-    return best or p
+def _case(a):
+    """(model keywords, predict keywords, parallel section) of the config, read by the loader the top level gave."""
+    if a.load_case is None:
+        raise ValueError("predict and suggest read an app's config: run them as python -m perfmodel")
+    return a.load_case(a.config, a.overrides, a.channels)
 
 
 def cmd_predict(a) -> int:
-    kw, cfg, lead = load_case(a.config, a.overrides, a.channels)
+    kw, run, par = _case(a)
     hw = load_hardware(a.hardware)
-    layout, ranks = _layout_from(cfg, a.ranks, a.layout)
-    mpp = cfg.inference.members_per_pass
-    pred = None
+    layout, ranks = _layout_from(par, a.ranks, a.layout)
     if layout is None:
-        layout, pred = suggest(kw, ranks=ranks, hardware=hw, members=cfg.ensemble.members,
-                               members_per_pass=max(mpp, 1), precision=cfg.inference.precision, lead_steps=lead,
-                               training=a.training)
+        layout, pred = suggest(kw, ranks=ranks, hardware=hw, training=a.training, **run)
         print(f"parallel.layout=auto: the model suggests {layout}")
-    if mpp == 0:
-        pred = _auto_batch(kw, layout, hw, cfg.ensemble.members, cfg.inference.precision, lead, a.training)
-    elif pred is None:  # suggest() already predicted the layout it picked
-        pred = predict(kw, layout=layout, hardware=hw, members=cfg.ensemble.members, members_per_pass=mpp,
-                       precision=cfg.inference.precision, lead_steps=lead, training=a.training)
+    else:
+        pred = predict(kw, layout=layout, hardware=hw, training=a.training, **run)
     if a.json:
         energy = _energy(pred, hw)
         print(json.dumps(dict(pred.as_dict(), energy=energy.as_dict() if energy else None), indent=1))
@@ -139,10 +91,8 @@ def cmd_predict(a) -> int:
 
 
 def cmd_suggest(a) -> int:
-    kw, cfg, lead = load_case(a.config, a.overrides, a.channels)
-    layout, pred = suggest(kw, ranks=a.ranks, hardware=a.hardware, members=cfg.ensemble.members,
-                           members_per_pass=max(cfg.inference.members_per_pass, 1),
-                           precision=cfg.inference.precision, lead_steps=lead)
+    kw, run, _ = _case(a)
+    layout, pred = suggest(kw, ranks=a.ranks, hardware=a.hardware, **run)
     print(f"suggested layout for {a.ranks} ranks: parallel.ensemble={layout['ensemble']} parallel.h={layout['h']} "
           f"parallel.w={layout['w']} parallel.matmul={layout['matmul']}")
     print_prediction(pred)
@@ -161,7 +111,9 @@ def cmd_compare(a) -> int:
     return compare_main(a.summaries, a.hardware, a.plots)
 
 
-def main(argv=None) -> int:
+def main(argv=None, load_case=None) -> int:
+    """``load_case(config, overrides, channels)``: (model keywords, predict keywords, parallel section) of an
+    app's config, for predict and suggest (the top level, ``python -m perfmodel``, passes the ensemble app's)."""
     ap = argparse.ArgumentParser(prog="python -m perfmodel", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("predict", help="per-region FLOPs, bytes, messages, time, bound; memory; time to solution")
@@ -198,6 +150,7 @@ def main(argv=None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     if extra:  # key=value overrides given after the options
         a.overrides = list(a.overrides) + extra
+    a.load_case = load_case
     try:
         return a.fn(a)
     except ValueError as exc:

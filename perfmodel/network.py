@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass, field
 
 from hpc_fcn.model.config import ModelShape
+from hpc_fcn.model.facts import LOW_PRECISION, act_bytes, local_shapes
 from hpc_fcn.parallel.layout import Layout
 
-ELEM = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 LN_FLOPS = 8  # per element: mean, centre, square, sum, scale, shift (+ rsqrt per token)
 GELU_FLOPS = 8  # per element (erf polynomial)
 
@@ -28,48 +28,16 @@ def _cfft_flops(n: int) -> float:
     return 5.0 * n * math.log2(n) if n > 1 else 0.0
 
 
-@dataclass
-class Net:
-    """Sizes of an AFNONet that the counts need, derived from its constructor keywords."""
-    img: tuple[int, int]
-    patch: tuple[int, int]
-    in_chans: int
-    out_chans: int
-    C: int
-    depth: int
-    F: int  # MLP hidden width
-    nb: int
-    H: int
-    W: int
-    win_rows: int  # rows of the rfft2 output the spectral MLP acts on
-    win_cols: int  # columns of it (0..win_cols)
+def sent_bytes(collective: str, nbytes: float, group: int) -> float:
+    """Bytes one rank sends in ``collective`` over ``group`` ranks (ring algorithms), as the tracer records them.
 
-    @property
-    def bs(self) -> int:
-        return self.C // self.nb
-
-    @property
-    def Wf(self) -> int:
-        return self.W // 2 + 1
-
-    @property
-    def shape(self) -> ModelShape:
-        return ModelShape(self.img, self.patch, self.in_chans, self.out_chans, self.C, self.depth, self.nb, self.F)
-
-    @classmethod
-    def from_kwargs(cls, kw: dict) -> "Net":
-        """From AFNONet keywords, through hpc_fcn.model.config.ModelShape (the one derivation of the shapes)."""
-        s = ModelShape.of(kw)
-        rows, cols = s.modes
-        return cls(s.img, s.patch, s.in_chans, s.out_chans, s.embed_dim, s.depth, s.mlp_hidden, s.num_blocks,
-                   s.H, s.W, rows.stop - rows.start, cols.stop - cols.start)
-
-    def parameters(self) -> int:
-        """Parameter count of the serial model (checks against AFNONet: 74,691,840 for production)."""
-        p1, p2 = self.patch
-        blk = 4 * self.C + 4 * self.nb * self.bs * self.bs + 4 * self.nb * self.bs + 2 * self.C * self.F + self.F + self.C
-        return (self.C * self.in_chans * p1 * p2 + self.C + self.H * self.W * self.C + self.depth * blk
-                + 2 * self.C + self.C * self.out_chans * p1 * p2)
+    ``nbytes``: the rank's whole buffer (all_to_all, reduce_scatter, all_reduce) or its own piece (all_gather).
+    """
+    if collective == "all_gather":
+        return nbytes * (group - 1)
+    if collective == "all_reduce":
+        return 2 * nbytes * (group - 1) / group
+    return nbytes * (group - 1) / group
 
 
 @dataclass
@@ -90,38 +58,13 @@ class Op:
     meta: dict = field(default_factory=dict)
 
 
-@dataclass
-class Local:
-    """Per-rank shapes under a layout: the busiest rank (balanced splits round up)."""
-    B: int
-    hl: int
-    wl: int
-    Cm: int
-    Fm: int
-    nbm: int
-    rows_w: int  # token rows after the w-transpose (hl split over w)
-    mcols: int  # rfft mode columns after the spatial transpose
-    win_cols: int  # window columns among them
-
-    @property
-    def T(self) -> int:
-        return self.B * self.hl * self.wl
-
-
-def local_shapes(net: Net, lay: Layout, batch: int) -> Local:
-    hl, wl = -(-net.H // lay.h), -(-net.W // lay.w)
-    mcols = -(-net.Wf // (lay.h * lay.w))
-    return Local(batch, hl, wl, net.C // lay.matmul, net.F // lay.matmul, net.nb // lay.matmul,
-                 -(-hl // lay.w), mcols, min(net.win_cols, mcols))
-
-
-def forward_ops(net: Net, lay: Layout, batch: int, precision: str = "fp32") -> list[Op]:
+def forward_ops(net: ModelShape, lay: Layout, batch: int, precision: str = "fp32") -> list[Op]:
     """Operations of one forward pass of ``batch`` members on the busiest rank of ``lay``."""
     L = local_shapes(net, lay, batch)
-    low = precision in ("bf16", "fp16", "fp8")
-    a = ELEM[precision] if low else 4  # GEMM operand size under autocast
+    low = precision in LOW_PRECISION
+    a = act_bytes(precision)  # GEMM operand size under autocast
     f4 = 4
-    T, Cm, Fm, C = L.T, L.Cm, L.Fm, net.C
+    T, Cm, Fm, C = L.T, L.Cm, L.Fm, net.embed_dim
     p1, p2 = net.patch
     m, P = lay.matmul, lay.h * lay.w
     D = net.depth
@@ -142,7 +85,7 @@ def forward_ops(net: Net, lay: Layout, batch: int, precision: str = "fp32") -> l
         else:  # per-shard mean and M2, all-gathered statistics, normalise (hpc_fcn/parallel/layers.py)
             ops.append(Op(norm, "layer_norm_stats", "vector", LN_FLOPS * T * Cm + 12 * T * m,
                           bytes=7 * T * Cm * f4, kernels=14, count=D))
-            ops.append(Op(norm, "stats_all_gather", "comm", comm_bytes=2 * T * f4 * (m - 1),
+            ops.append(Op(norm, "stats_all_gather", "comm", comm_bytes=sent_bytes("all_gather", 2 * T * f4, m),
                           collective="all_gather", group=m, count=D))
 
     # AFNO filter (fp32): distributed rfft2, block-diagonal complex MLP on the kept modes, irfft2
@@ -153,19 +96,19 @@ def forward_ops(net: Net, lay: Layout, batch: int, precision: str = "fp32") -> l
     for direction in ("fwd", "inv"):
         if lay.w > 1:
             ops.append(Op("filter", f"transpose_w_{direction}", "comm", bytes=4 * real_tile,
-                          comm_bytes=real_tile * (lay.w - 1) / lay.w, collective="all_to_all", group=lay.w,
+                          comm_bytes=sent_bytes("all_to_all", real_tile, lay.w), collective="all_to_all", group=lay.w,
                           kernels=3, count=D))
         if P > 1:
             ops.append(Op("filter", f"transpose_spatial_{direction}", "comm", bytes=4 * pencil_bytes,
-                          comm_bytes=pencil_bytes * (P - 1) / P, collective="all_to_all", group=P,
+                          comm_bytes=sent_bytes("all_to_all", pencil_bytes, P), collective="all_to_all", group=P,
                           kernels=3, count=D))
         real_pencil = L.B * L.rows_w * net.W * Cm * f4
         ops.append(Op("filter", f"fft_{direction}", "fft", fft_flops_fwd,
                       bytes=2 * (real_pencil + pencil_bytes) + 2 * spec_bytes if P > 1 else
                       2 * (real_pencil + 2 * spec_bytes), kernels=2 if P > 1 else 1, count=D))
-    Tw = L.B * net.win_rows * L.win_cols  # kept modes on this rank
+    Tw = L.B * L.win_rows * L.win_cols  # kept modes on this rank
     K = Tw * Cm * f4  # one real (or imaginary) part of the kept modes
-    mm = 8 * 2.0 * Tw * L.nbm * net.bs * net.bs
+    mm = 8 * 2.0 * Tw * L.nbm * net.block_size * net.block_size
     spectral = "tf32" if precision == "tf32" else "fp32"  # autocast leaves the filter fp32; TF32 applies to it
     ops.append(Op("filter", "spectral_mlp", "gemm", mm + 14 * Tw * Cm, mm, precision=spectral,
                   bytes=72 * K + spec_bytes, kernels=40, count=D, meta={"gemm_calls": 8}))
@@ -174,8 +117,8 @@ def forward_ops(net: Net, lay: Layout, batch: int, precision: str = "fp32") -> l
 
     # MLP: all-gather channels, fc1 (hidden/m), GELU, fc2 (row-parallel), reduce-scatter, bias
     if m > 1:
-        ops.append(Op("mlp", "all_gather", "comm", comm_bytes=T * Cm * f4 * (m - 1), collective="all_gather",
-                      group=m, bytes=2 * T * C * f4, count=D))
+        ops.append(Op("mlp", "all_gather", "comm", comm_bytes=sent_bytes("all_gather", T * Cm * f4, m),
+                      collective="all_gather", group=m, bytes=2 * T * C * f4, count=D))
     fc = 2.0 * T * C * Fm
     ops.append(Op("mlp", "fc1", "gemm", fc, fc, precision=precision, count=D, kernels=2 if low else 1,
                   bytes=T * C * (a + (f4 + a if low else 0)) + C * Fm * a + T * Fm * a))
@@ -183,7 +126,7 @@ def forward_ops(net: Net, lay: Layout, batch: int, precision: str = "fp32") -> l
     ops.append(Op("mlp", "fc2", "gemm", fc, fc, precision=precision, count=D,
                   bytes=T * Fm * a + C * Fm * a + T * C * a))
     if m > 1:
-        ops.append(Op("mlp", "reduce_scatter", "comm", comm_bytes=T * C * f4 * (m - 1) / m,
+        ops.append(Op("mlp", "reduce_scatter", "comm", comm_bytes=sent_bytes("reduce_scatter", T * C * f4, m),
                       collective="reduce_scatter", group=m, bytes=2 * T * C * f4, count=D))
         ops.append(Op("mlp", "bias", "vector", T * Cm, bytes=3 * T * Cm * f4, count=D))
 
@@ -193,7 +136,7 @@ def forward_ops(net: Net, lay: Layout, batch: int, precision: str = "fp32") -> l
     ops.append(Op("head", "linear", "gemm", hf, hf, precision=precision, kernels=2 if low else 1,
                   bytes=T * Cm * (a + (f4 + a if low else 0)) + Cm * n_out * a + T * n_out * a))
     if m > 1:
-        ops.append(Op("head", "all_reduce", "comm", comm_bytes=2 * T * n_out * f4 * (m - 1) / m,
+        ops.append(Op("head", "all_reduce", "comm", comm_bytes=sent_bytes("all_reduce", T * n_out * f4, m),
                       collective="all_reduce", group=m, bytes=2 * T * n_out * f4))
     ops.append(Op("unpatchify", "permute", "vector", 0, bytes=2 * T * n_out * a))
     return ops

@@ -9,10 +9,12 @@ import itertools
 from dataclasses import dataclass, field
 
 from .hardware import Hardware, load_hardware
+from hpc_fcn.model.config import ModelShape
+from hpc_fcn.model.facts import auto_pass_limit, memory_budget, parameter_count, pass_size
 from hpc_fcn.parallel.layout import Layout, layout_problem
 
-from .memory import Memory, footprint, local_parameters
-from .network import Net, Op, backward_ops, forward_ops
+from .memory import Memory, footprint
+from .network import Op, backward_ops, forward_ops, sent_bytes
 
 REGION_ORDER = ("patch_embed", "pos_embed", "norm1", "filter", "residual", "norm2", "mlp", "head", "unpatchify",
                 "grad_allreduce", "optimizer")
@@ -149,24 +151,37 @@ def _ranks_per_node(hw: Hardware, lay: Layout) -> int:
     return min(lay.ranks, hw.devices_per_node) if hw.kind == "gpu" else lay.ranks
 
 
+def pass_members(net: ModelShape, lay: Layout, hw: Hardware, members_local: int, members_per_pass: int,
+                 precision: str, cuda_graphs: bool = False) -> int:
+    """Members per pass as the run steps them (:mod:`hpc_fcn.model.facts`): at most ``members_per_pass``, 0 = as
+    many as fit in the memory the hardware leaves after its runtime and the weights; balanced over the passes."""
+    limit = members_per_pass
+    if not limit:
+        gpu = hw.kind == "gpu"
+        free = hw.mem_capacity_bytes - hw.runtime_bytes - 4.0 * parameter_count(net, lay)[0]
+        limit = auto_pass_limit(net, lay, precision, memory_budget(free, gpu), gpu, cuda_graphs)
+    return pass_size(members_local, limit)
+
+
 def predict(model_kwargs: dict, *, layout=None, hardware="h100", members: int = 1, members_per_pass: int = 1,
             precision: str = "fp32", lead_steps: int = 1, training: bool = False,
-            ranks_per_node: int | None = None) -> Prediction:
+            ranks_per_node: int | None = None, cuda_graphs: bool = False) -> Prediction:
     """Predicted time per step, memory per rank and time to solution for one config and layout.
 
-    ``members_per_pass``: members one rank pushes through the network together (capped at its share
-    of ``members``). ``ranks_per_node``: ranks sharing a CPU node (default: all ranks of the layout).
+    ``members_per_pass``: the most members one rank pushes through the network together (0: as many as fit,
+    ``inference.members_per_pass: 0``; ``cuda_graphs`` as the run sets it), its share of ``members`` balanced
+    over the fewest passes. ``ranks_per_node``: ranks sharing a CPU node (default: all ranks of the layout).
     """
     hw = load_hardware(hardware)
     lay = Layout.of(layout)
-    net = Net.from_kwargs(model_kwargs)
-    problem = layout_problem(lay, net.shape)
+    net = ModelShape.of(model_kwargs)
+    problem = layout_problem(lay, net)
     if problem:
         raise ValueError(f"layout {lay.as_dict()}: {problem}")
     if precision not in ("fp32", "tf32", "bf16", "fp16", "fp8"):
         raise ValueError(f"precision must be fp32, tf32, bf16, fp16 or fp8, got {precision!r}")
     members_local = -(-members // lay.ensemble)
-    batch = max(1, min(members_per_pass, members_local))
+    batch = pass_members(net, lay, hw, members_local, members_per_pass, precision, cuda_graphs)
     passes = -(-members_local // batch)
     share = hw.share(ranks_per_node or _ranks_per_node(hw, lay))
     fwd = forward_ops(net, lay, batch, precision)
@@ -175,18 +190,20 @@ def predict(model_kwargs: dict, *, layout=None, hardware="h100", members: int = 
     notes = []
     if training:
         _accumulate(regions, backward_ops(fwd), hw, lay, share)
-        params, _ = local_parameters(net, lay)
+        params, _ = parameter_count(net, lay)
         opt = Op("optimizer", "adam", "vector", 12.0 * params, bytes=28.0 * params, kernels=12)
         _accumulate(regions, [opt], hw, lay, share)
         grad_ops = []
         if lay.h * lay.w > 1:
             n = 4.0 * params
-            grad_ops.append(Op("grad_allreduce", "spatial", "comm", comm_bytes=2 * n * (lay.h * lay.w - 1) / (lay.h * lay.w),
-                               collective="all_reduce", group=lay.h * lay.w, bytes=2 * n))
+            grad_ops.append(Op("grad_allreduce", "spatial", "comm",
+                               comm_bytes=sent_bytes("all_reduce", n, lay.h * lay.w), collective="all_reduce",
+                               group=lay.h * lay.w, bytes=2 * n))
         if lay.ensemble > 1:
             n = 4.0 * params
-            grad_ops.append(Op("grad_allreduce", "ensemble", "comm", comm_bytes=2 * n * (lay.ensemble - 1) / lay.ensemble,
-                               collective="all_reduce", group=lay.ensemble, bytes=2 * n))
+            grad_ops.append(Op("grad_allreduce", "ensemble", "comm",
+                               comm_bytes=sent_bytes("all_reduce", n, lay.ensemble), collective="all_reduce",
+                               group=lay.ensemble, bytes=2 * n))
         _accumulate(regions, grad_ops, hw, lay, share)
     mem_kw = dict(runtime_bytes=hw.runtime_bytes, allocator_overhead=hw.allocator_overhead)
     mem_inf = footprint(net, lay, batch, precision, False, **mem_kw)
@@ -209,19 +226,21 @@ def layouts(ranks: int) -> list[Layout]:
 
 
 def suggest(model_kwargs: dict, *, ranks: int, hardware="h100", members: int = 1, members_per_pass: int = 1,
-            precision: str = "fp32", lead_steps: int = 1, training: bool = False) -> tuple[dict, Prediction]:
-    """The valid layout of ``ranks`` ranks with the lowest predicted time to solution that fits in memory."""
+            precision: str = "fp32", lead_steps: int = 1, training: bool = False,
+            cuda_graphs: bool = False) -> tuple[dict, Prediction]:
+    """The valid layout of ``ranks`` ranks with the lowest predicted time to solution that fits in memory
+    (``members_per_pass`` 0: each layout's own pass size by the run's rule, see :func:`predict`)."""
     hw = load_hardware(hardware)
-    net = Net.from_kwargs(model_kwargs)
+    net = ModelShape.of(model_kwargs)
     best = None
     reasons = []
     for lay in layouts(ranks):
-        problem = layout_problem(lay, net.shape, members)
+        problem = layout_problem(lay, net, members)
         if problem:
             reasons.append(problem)
             continue
         pred = predict(model_kwargs, layout=lay, hardware=hw, members=members, members_per_pass=members_per_pass,
-                       precision=precision, lead_steps=lead_steps, training=training)
+                       precision=precision, lead_steps=lead_steps, training=training, cuda_graphs=cuda_graphs)
         if pred.memory_bytes > hw.mem_capacity_bytes:
             reasons.append(f"{lay.as_dict()} needs {pred.memory_bytes / 1e9:.1f} GB per rank")
             continue

@@ -1,8 +1,11 @@
 """A tiny dataset and config for ensemble tests (three channels, a 32 x 64 model grid, patch 4), and the
 command line that runs it."""
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from helpers_layout import write_layout
@@ -41,6 +44,24 @@ def command(n, config, *overrides):
 def run_cli(n, config, *overrides, timeout=240):
     return subprocess.run(command(n, config, *overrides), capture_output=True, text=True, timeout=timeout,
                           env=CLI_ENV, cwd=ROOT)
+
+
+def kill_after_snapshot(cmd, marker, init_pos, step):
+    """Start ``cmd``, SIGKILL its process group once the snapshot marker reaches (init_pos, step)."""
+    proc = subprocess.Popen(cmd, env=CLI_ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            m = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            m = {}
+        if m.get("init_pos", 0) >= init_pos and m.get("step", -1) >= step:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 def error_lines(proc):

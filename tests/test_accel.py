@@ -38,6 +38,7 @@ def test_interleaved_spectral_mlp_equals_complex_block_mlp(dense):
         m1, m2, c1, c2 = torch.block_diag(*m1), torch.block_diag(*m2), c1.reshape(-1), c2.reshape(-1)
     z = torch.stack([xr, xi], -1).reshape(n, nb, 2 * bs)  # interleaved (re, im)
     out = spectral_mlp(z, m1, c1, m2, c2, 0.01).reshape(n, nb, bs, 2)
+    # fp32: two layers of 8-term dot products of O(1) values, ~20 roundings of 2^-24 (~1e-6); measured 5e-7
     torch.testing.assert_close(out[..., 0], ref_r, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out[..., 1], ref_i, rtol=1e-5, atol=1e-6)
 
@@ -61,7 +62,7 @@ def test_int8_linear_close_to_fp32():
     with torch.no_grad():
         ref, y = lin(x), Int8Linear(lin)(x)
     assert y.shape == ref.shape and y.dtype == torch.float32
-    assert ((y - ref).norm() / ref.norm()).item() < 2e-2
+    assert ((y - ref).norm() / ref.norm()).item() < 2e-2  # 127-level rounding, see above (measured 0.7 %)
 
 
 def test_quantize_model_replaces_every_mlp_linear_only():
@@ -96,7 +97,7 @@ def test_cuda_graphs_refused_with_mpi_collectives():
 
 def test_auto_members_per_pass_is_bounded():
     net = small_net()
-    n = auto_members_per_pass(net, CPU, (32, 64), 5)
+    n = auto_members_per_pass(net, CPU)
     assert 1 <= n <= 8192 // (8 * 16)  # the CPU token budget: 8192 tokens, 128 per member
 
 
@@ -131,8 +132,8 @@ def test_production_model_fits_about_ninety_members_on_an_h200():
     with torch.device("meta"):
         net = AFNONet(img_size=(720, 1440), patch_size=8, in_chans=20, out_chans=20, embed_dim=768, depth=12)
     budget = int(0.7 * 139 * GiB)  # GPU_MEMORY_FRACTION of an idle H200's free memory
-    eager = members_that_fit(budget, member_bytes(net, (720, 1440), 20, "bf16"))
-    graphed = members_that_fit(budget, member_bytes(net, (720, 1440), 20, "bf16", cuda_graphs=True))
+    eager = members_that_fit(budget, member_bytes(net, "bf16"))
+    graphed = members_that_fit(budget, member_bytes(net, "bf16", cuda_graphs=True))
     assert 60 <= graphed < eager <= 120  # static graph buffers cost memory
     assert pass_size(13, graphed) == 13
 
@@ -167,6 +168,7 @@ def test_graphed_step_replays_eager_result():
     with torch.inference_mode():
         ref = fused(x)
         y1, y2 = step(x), step(x * 0.5)
+        # the captured kernels replayed: fp32 round-off at most, as for the fused path (~100 ulp of O(1) outputs)
         torch.testing.assert_close(y1, ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(y2, fused(x * 0.5), rtol=1e-5, atol=1e-5)
     assert len(step.graphs) == 1
@@ -181,6 +183,6 @@ def test_fp8_linear_close_to_fp32():
     x = torch.randn(64, 128, device="cuda")
     with torch.no_grad():
         ref, y = lin(x), Fp8Linear(lin)(x)
-    assert ((y.float() - ref).norm() / ref.norm()).item() < 8e-2
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 8e-2  # e4m3 rounding, see above
     net = copy.deepcopy(small_net()).cuda()
     assert len(quantize_model(net, "fp8")) == 4

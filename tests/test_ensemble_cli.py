@@ -1,8 +1,5 @@
 """The ensemble program as users run it: clear errors without hangs, resume after a kill, CF output."""
 import json
-import os
-import signal
-import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -13,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from ensemble_setup import CLI_ENV as ENV, ROOT, command, error_lines, run_cli, tiny_config, tiny_dataset
+from ensemble_setup import command, error_lines, kill_after_snapshot, run_cli, tiny_config, tiny_dataset
 
 from hpc_fcn.config import dump_yaml
 
@@ -73,24 +70,6 @@ def _outputs(outdir):
     return files
 
 
-def _kill_after_snapshot(cmd, marker, init_pos, step):
-    """Start ``cmd``, SIGKILL its process group once the snapshot marker reaches (init_pos, step)."""
-    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 200
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            m = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            m = {}
-        if m.get("init_pos", 0) >= init_pos and m.get("step", -1) >= step:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
 def test_killed_run_resumes_to_identical_outputs(setup, tmp_path):
     tmp, _ = setup
     over = ["initial_conditions.count=3", "forecast.lead_time=3d", "ensemble.members=4", "output.members=true",
@@ -101,7 +80,7 @@ def test_killed_run_resumes_to_identical_outputs(setup, tmp_path):
     assert run_cli(2, full_cfg).returncode == 0
     assert not (tmp_path / "full" / ".resume" / "progress.json").exists()  # no snapshots without resume
     killed = tmp_path / "killed"
-    _kill_after_snapshot(command(2, full_cfg, f"output.dir={killed}", "resume=true"),
+    kill_after_snapshot(command(2, full_cfg, f"output.dir={killed}", "resume=true"),
                          killed / ".resume" / "progress.json", 1, 2)
     assert not (killed / "metrics.json").exists()
     resumed = run_cli(2, full_cfg, f"output.dir={killed}", "resume=true")
@@ -128,7 +107,7 @@ def test_run_killed_on_4_ranks_resumes_on_2_ranks_in_another_layout(setup, tmp_p
     full = run_cli(4, cfg, *h2e2)
     assert full.returncode == 0, full.stderr
     killed = tmp_path / "killed"
-    _kill_after_snapshot(command(4, cfg, *h2e2, f"output.dir={killed}", "resume=true"),
+    kill_after_snapshot(command(4, cfg, *h2e2, f"output.dir={killed}", "resume=true"),
                          killed / ".resume" / "progress.json", 0, 2)
     marker = json.loads((killed / ".resume" / "progress.json").read_text())
     assert marker["init_pos"] == 0 and 2 <= marker["step"] < 12 and marker["leads_complete"] >= 2
@@ -137,17 +116,19 @@ def test_run_killed_on_4_ranks_resumes_on_2_ranks_in_another_layout(setup, tmp_p
     a, b = _outputs(tmp_path / "full"), _outputs(killed)
     assert a.keys() == b.keys() and len(a) == 3
     for name in a:
-        for v in a[name]:  # later steps ran on another layout: equal to round-off, as across layouts
+        for v in a[name]:  # later steps ran on another layout: fp32 reduction order, relative to the field's scale
             np.testing.assert_allclose(b[name][v], a[name][v], rtol=1e-5, atol=1e-5 * np.abs(a[name][v]).max(),
                                        err_msg=f"{name} {v}")
     ma = json.loads((tmp_path / "full" / "metrics.json").read_text())
     mb = json.loads((killed / "metrics.json").read_text())
     for score in ("rmse", "acc", "crps", "spread"):
-        for v in ("u", "v", "z"):  # round-off relative to the score's scale over the leads, as for the fields
+        # the fields' round-off relative to the score's scale; rtol 1e-4: spread and CRPS take differences of
+        # near-equal members, which amplify the fields' relative error
+        for v in ("u", "v", "z"):
             want = np.array(ma["scores"][score][v], float)
             np.testing.assert_allclose(np.array(mb["scores"][score][v], float), want, rtol=1e-4,
                                        atol=1e-5 * np.nanmax(np.abs(want)), equal_nan=True, err_msg=f"{score} {v}")
-    for score, per_var in ma["persistence"].items():  # the same sums, added in another order
+    for score, per_var in ma["persistence"].items():  # float64 sums of ~2e3 grid points in another order: ~2e-13
         for v, values in per_var.items():
             np.testing.assert_allclose(np.array(mb["persistence"][score][v], float), np.array(values, float),
                                        rtol=1e-10, equal_nan=True, err_msg=f"persistence {score} {v}")

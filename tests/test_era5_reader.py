@@ -28,13 +28,14 @@ def test_shapes_grid_and_metadata(lay):
         assert ds.channels == ["u10", "v10", "t2m", "sp"] and ds.channel_index == [0, 1, 2, 3]
         x = ds.read(0)
         assert x.shape == (4, 8, 16) and x.dtype == np.float32
+        # the same float64 formula, through metadata.json (repr round-trips exactly): equal; default rtol 1e-7
         np.testing.assert_allclose(ds.lat, lay.model_lat())
         assert ds.lat[0] == 90.0 and ds.lat[-1] > -90.0
-        np.testing.assert_allclose(ds.lon, lay.model_lon())
+        np.testing.assert_allclose(ds.lon, lay.model_lon())  # as lat
         assert ds.units["t2m"] == "unit_t2m" and ds.long_names["sp"] == "long name of sp"
         assert ds.dt_hours == 6
         assert ds.read_sequence(1, 3).shape == (3, 4, 8, 16)
-        assert ds.climatology().shape == (4, 8, 16)
+        assert ds.climatology().shape == (4, 8, 16)  # time means on the model grid (pole row dropped)
 
 
 def test_south_pole_row_dropped(lay):
@@ -42,7 +43,7 @@ def test_south_pole_row_dropped(lay):
     with FCNDataset(lay.root, "train") as ds:
         np.testing.assert_array_equal(ds.read(2), full[2, :, :-1])
         clim = np.load(lay.root / "stats" / "time_means.npy")[0, :, :-1]
-        np.testing.assert_array_equal(ds.climatology(), clim)
+        np.testing.assert_array_equal(ds.climatology(), clim)  # the stored float32 values, unchanged
         with pytest.raises(DataError, match="selects nothing"):
             ds.read(0, rows=slice(8, 9))  # row 8 is the pole: not on the model grid
 
@@ -57,7 +58,7 @@ def test_channel_selection_in_any_order(lay):
         means = np.load(lay.root / "stats" / "global_means.npy").reshape(-1)
         np.testing.assert_array_equal(ds.means, means[[3, 0, 2]])
         clim = np.load(lay.root / "stats" / "time_means.npy")[0]
-        np.testing.assert_array_equal(ds.climatology(rows=slice(2, 5)), clim[[3, 0, 2], 2:5])
+        np.testing.assert_array_equal(ds.climatology(rows=slice(2, 5)), clim[[3, 0, 2], 2:5])  # stored values
     with FCNDataset(lay.root, "train", channels=["v10", "t2m"]) as ds:  # contiguous: slice path
         np.testing.assert_array_equal(ds.read(5), full[1][1:3, :-1])
 
@@ -155,15 +156,18 @@ def test_normalisation_round_trip(lay):
     with FCNDataset(lay.root, "train", channels=["t2m", "v10"]) as ds:
         x = ds.read(3)
         z = ds.read(3, normalise=True)
+        # float32 (x - mean) / std: 2 roundings of 2^-24 relative to z (bitwise here: the same order)
         np.testing.assert_allclose(z, (x - ds.means[:, None, None]) / ds.stds[:, None, None], rtol=1e-6)
+        # float32 round trip: ~4 roundings of 2^-24 relative to |x| <= 35, so <= ~1e-5 absolute
         np.testing.assert_allclose(ds.denormalise(z), x, rtol=1e-6, atol=1e-5)
-        # over the training data the normalised channels have mean ~0 and std ~1
+        # over the training data the normalised channels have mean ~0 and std ~1, not exactly: the stats cover
+        # the stored grid with the south-pole row the reader drops (measured mean -0.003, std 1.03)
         allz = np.stack([ds.read(i, normalise=True) for i in range(len(ds))]).astype(np.float64)
         assert abs(allz.mean()) < 0.05 and abs(allz.std() - 1) < 0.1
         t = torch.from_numpy(np.stack([x, x]))
         tz = ds.normalise(t)
         assert isinstance(tz, torch.Tensor) and tz.dtype == torch.float32
-        torch.testing.assert_close(ds.denormalise(tz), t, rtol=1e-6, atol=1e-5)
+        torch.testing.assert_close(ds.denormalise(tz), t, rtol=1e-6, atol=1e-5)  # float32 round trip, as above
         with pytest.raises(DataError, match="axis -3"):
             ds.normalise(np.zeros((3, 8, 16)))
 
@@ -174,8 +178,8 @@ def test_defaults_without_metadata(tmp_path):
         assert ds.channels == list(ERA5_ORDER) and ds.channels[-1] == "unused20"
         assert ds.units["t2m"] == "K" and ds.standard_names["u10"] == "eastward_wind"
         assert ds.units["z500"] == "m2 s-2" and ds.standard_names["msl"] == "air_pressure_at_mean_sea_level"
-        np.testing.assert_allclose(ds.lat, [90, 45, 0, -45])
-        np.testing.assert_allclose(ds.lon, np.arange(8) * 45.0)
+        np.testing.assert_allclose(ds.lat, [90, 45, 0, -45])  # 90 - 180 i / 4: exact in float64
+        np.testing.assert_allclose(ds.lon, np.arange(8) * 45.0)  # 360 i / 8: exact
 
 
 def test_open_split(lay):

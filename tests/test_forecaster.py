@@ -52,7 +52,7 @@ def test_fp32_fused_path_equals_published_forward(case):
     fc, states = run(net, x)
     for s, r in zip(states, ref):
         assert s.dtype == torch.float32
-        torch.testing.assert_close(s, r, rtol=1e-4, atol=1e-4)  # fp32 round-off grown over 4 steps
+        torch.testing.assert_close(s, r, rtol=1e-4, atol=1e-4)  # fp32 round-off grown over 4 steps (seen 1.6e-5)
     assert "fp32" in fc.describe()
 
 
@@ -63,10 +63,11 @@ def test_tf32_is_refused_on_the_cpu(case):
 
 def test_automatic_passes_are_balanced_and_never_larger_than_the_members(case, monkeypatch):
     import hpc_fcn.accel.memory as memory
+    import hpc_fcn.model.facts as facts
     net = case[0]
-    per = memory.member_bytes(net, tuple(net.img_size), net.in_chans)
+    per = memory.member_bytes(net)
     monkeypatch.setattr(memory, "available_bytes", lambda device: 5 * per)  # 5 members fit
-    monkeypatch.setattr(memory, "CPU_TOKENS_PER_PASS", 10 ** 9)
+    monkeypatch.setattr(facts, "CPU_TOKENS_PER_PASS", 10 ** 9)
     fc = Forecaster(net, InferenceConfig(device="cpu", members_per_pass=0))
     sizes = []
     forward = fc._pass
@@ -78,7 +79,7 @@ def test_automatic_passes_are_balanced_and_never_larger_than_the_members(case, m
     sizes.clear()
     y3 = fc.step(x[:3])
     assert sizes == [3] and fc.members_per_pass == 3  # a step of 3 members runs one pass of 3
-    torch.testing.assert_close(y3, y[:3], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(y3, y[:3], rtol=1e-5, atol=1e-5)  # one step, another batch: fp32 round-off
     sizes.clear()
     fc.step(torch.randn(6, net.in_chans, *net.img_size))
     assert sizes == [3, 3]  # balanced: 6 within a limit of 5 runs as 3 + 3, not 5 + 1
@@ -89,7 +90,9 @@ def test_members_per_pass_does_not_change_results(case):
     net, x, ref = case
     _, one = run(net, x, members_per_pass=1)
     _, two = run(net, x, members_per_pass=2)
-    torch.testing.assert_close(one[-1], two[-1], rtol=1e-5, atol=1e-5)
+    # batches of 1 and 2 take other GEMM blockings: fp32 round-off grown over 4 steps, the bound of the fp32 test
+    # above (was 1e-5: ATen's default kernels used 74 % of it, 1.05e-5 on values ~14)
+    torch.testing.assert_close(one[-1], two[-1], rtol=1e-4, atol=1e-4)
 
 
 # Tolerances, relative RMS error of the whole state after 4 steps. bf16 rounds GEMM inputs to 8
@@ -139,12 +142,15 @@ def test_input_shape_checked(case):
 
 
 @pytest.mark.slow
-def test_compile_matches_eager(case):
+def test_compile_matches_eager(case, tmp_path, monkeypatch):
     # inductor reorders and fuses fp32 arithmetic: round-off only (compile time is measured, not asserted)
+    # A cache of our own: inductor's shared one keeps kernels built under another ATEN_CPU_CAPABILITY (torch 2.13
+    # then fails to compile, or runs them and returns NaN)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     net, x, ref = case
     fc, states = run(net, x, compile=True)
     assert fc.first_pass_seconds is not None
-    torch.testing.assert_close(states[-1], ref[-1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(states[-1], ref[-1], rtol=1e-4, atol=1e-4)  # fp32 round-off over 4 steps, as above
 
 
 @pytest.fixture
@@ -157,6 +163,7 @@ def no_tf32():
     mm.allow_tf32, cudnn.allow_tf32 = saved
 
 
+# fp32 (graphs too): round-off over 4 steps, as on the CPU; bf16 as on the CPU; fp16 keeps 11 significant bits.
 # tf32 rounds GEMM and conv inputs (filter GEMMs too) to 10 mantissa bits: about 1e-3 relative per step.
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kw,tol", [(dict(), 1e-4), (dict(cuda_graphs=True), 1e-4), (dict(precision="bf16"), 3e-2),

@@ -114,7 +114,8 @@ def test_generated_slurm_script_carries_the_perfmodel_layout(tmp_path, capsys):
     cfg = load_config(EnsembleConfig, config, overrides)
     # the layout is what the performance model suggests for these 8 ranks, members_per_pass as chosen
     _, pred = perfmodel.suggest(cfg.model.kwargs(20, 20), ranks=8, hardware="a100", members=50,
-                                members_per_pass=cfg.inference.members_per_pass, precision="bf16", lead_steps=40)
+                                members_per_pass=cfg.inference.members_per_pass, precision="bf16", lead_steps=40,
+                                cuda_graphs=cfg.inference.cuda_graphs)
     assert {k: getattr(cfg.parallel, k) for k in ("ensemble", "h", "w", "matmul")} == pred.layout
     layout_text = " ".join(f"parallel.{k}={v}" for k, v in pred.layout.items())
     assert layout_text in text
@@ -183,6 +184,18 @@ def test_clear_errors(tmp_path, capsys, argv, message):
     assert rc == 2 and not out.exists()
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+
+
+def test_lead_steps_and_channels_come_from_the_data(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from helpers_layout import write_layout
+    write_layout(tmp_path / "d", splits={"out_of_sample": (2001,)}, channels=3, rows=9, cols=16, dt_hours=12)
+    cfg = load_config(EnsembleConfig, None, [f"data.root={tmp_path / 'd'}", "model.img_size=[8,16]",
+                                             "model.patch_size=4", "forecast.lead_time=2d"])
+    kwargs, run = jobs.ensemble_case(cfg)
+    assert kwargs["in_chans"] == 3 and run["lead_steps"] == 4  # 48 h at the data's 12-hour step
+    kwargs, run = jobs.ensemble_case(load_config(EnsembleConfig, PROD))  # data not at hand: the 6-hour default
+    assert kwargs["in_chans"] == 20 and run["lead_steps"] == 40 and run["members_per_pass"] == 0
 
 
 def test_suggested_time_and_app_detection():

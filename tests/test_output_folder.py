@@ -25,10 +25,15 @@ from hpc_fcn.parallel.comm import make_communicator
 
 
 def outputs(outdir):
+    """{file name: {variable: values}} of a run's finished outputs (zarr stores under the netCDF file's name)."""
+    import zarr
     files = {}
     for f in sorted(Path(outdir).glob("forecast_*.nc")):
         with netCDF4.Dataset(f) as ds:
             files[f.name] = {v: np.asarray(ds[v][:]) for v in ("u", "v", "z")}
+    for f in sorted(Path(outdir).glob("forecast_*.zarr")):
+        g = zarr.open_group(str(f), mode="r")
+        files[f.name.replace(".zarr", ".nc")] = {v: np.asarray(g[v][...]) for v in ("u", "v", "z")}
     return files
 
 
@@ -244,10 +249,13 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)])
 
 
-def test_full_disk_is_named_and_the_last_snapshot_resumes_identically(setup, tmpfs):
+@pytest.mark.parametrize("fmt", ["netcdf", "zarr"])
+def test_full_disk_is_named_and_the_last_snapshot_resumes_identically(setup, tmpfs, fmt):
+    """The error names the file or store and the free space; zarr stores hold the netCDF files' values."""
     _, cfg, full = setup
     out = tmpfs / "run"
-    proc = subprocess.Popen(command(2, cfg, f"output.dir={out}", "resume=true", "forecast.snapshot_every=1"),
+    fmt_arg = f"output.format={fmt}"
+    proc = subprocess.Popen(command(2, cfg, f"output.dir={out}", "resume=true", "forecast.snapshot_every=1", fmt_arg),
                             env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert wait_for(marker_at(out, 1, 2), proc), "the run finished before the disk could be filled"
     filler = tmpfs / "filler"
@@ -258,9 +266,16 @@ def test_full_disk_is_named_and_the_last_snapshot_resumes_identically(setup, tmp
     assert proc.returncode != 0 and time.monotonic() - t0 < 60
     lines = [ln for ln in err.splitlines() if ln.startswith("error")]
     assert lines and "No space left on device" in lines[0] and str(out) in lines[0], err
+    assert "free" in lines[0] and len(lines) == 1, err
+    if fmt == "zarr":  # the stores being written keep their partial name; one under its final name is complete
+        import zarr
+        assert list(out.glob("forecast_*.zarr.partial")), sorted(p.name for p in out.iterdir())
+        for f in out.glob("forecast_*.zarr"):
+            g = zarr.open_group(str(f), mode="r")
+            assert g.attrs["leads_complete"] == g["lead_time"].shape[0], f
     assert not (out / "metrics.json").exists()
     filler.unlink()
-    resumed = run_cli(2, cfg, f"output.dir={out}", "resume=true", "forecast.snapshot_every=1")
+    resumed = run_cli(2, cfg, f"output.dir={out}", "resume=true", "forecast.snapshot_every=1", fmt_arg)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_outputs(full, out, 9)
 

@@ -6,7 +6,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import perfmodel as pm
+from hpc_fcn.jobs import load_ensemble_case
 from hpc_fcn.model.afnonet import AFNONet, count_parameters
+from hpc_fcn.model.config import ModelShape
+from hpc_fcn.model.facts import memory_budget, parameter_count, pass_size
 from perfmodel.cli import main as cli_main
 from perfmodel import Layout, layout_problem
 from perfmodel.memory import footprint
@@ -25,7 +28,7 @@ GB = 1e9
 @pytest.mark.parametrize("kw", CASES)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_matmul_flops_per_region_match_flop_counter(kw, batch):
-    """Regions FlopCounterMode sees (conv, addmm/mm, bmm of the einsums) agree within 2 %."""
+    """Regions FlopCounterMode sees (conv, addmm/mm, bmm of the einsums) agree exactly."""
     model = AFNONet(**kw)
     with FlopCounterMode(display=False) as fc:
         model(torch.randn(batch, kw["in_chans"], *kw["img_size"]))
@@ -37,17 +40,19 @@ def test_matmul_flops_per_region_match_flop_counter(kw, batch):
     pred = pm.predict(kw, hardware="h100", members=batch, members_per_pass=batch)
     for region, value in measured.items():
         assert value > 0
-        assert pred.regions[region].mm_flops == pytest.approx(value, rel=0.02), region
-    assert sum(r.mm_flops for r in pred.regions.values()) == pytest.approx(sum(counts["Global"].values()), rel=0.02)
+        # both count 2*M*N*K per GEMM from the same shapes: integers below 2^53, exact in float64 (was rel=0.02)
+        assert pred.regions[region].mm_flops == value, region
+    assert sum(r.mm_flops for r in pred.regions.values()) == sum(counts["Global"].values())  # integer sums: exact
 
 
 def test_production_flops_and_parameters_match_the_reference():
     with torch.device("meta"):
         n = count_parameters(AFNONet())
-    assert pm.Net.from_kwargs(PRODUCTION).parameters() == n == 74_691_840
+    assert parameter_count(ModelShape.of(PRODUCTION))[0] == n == 74_691_840
     p = pm.predict(PRODUCTION, hardware="h100")
+    # published to 3 figures (+-0.25 %); our FFT/LayerNorm/GELU counts are conventions (docs/perfmodel.md): 1 %
     assert p.flops == pytest.approx(1.97e12, rel=0.01)
-    assert p.regions["mlp"].flops / p.flops == pytest.approx(0.93, abs=0.01)
+    assert p.regions["mlp"].flops / p.flops == pytest.approx(0.93, abs=0.01)  # published as "93 %": +-0.005, as above
 
 
 @pytest.mark.parametrize("kw", CASES[::2])
@@ -69,11 +74,12 @@ def test_training_activation_memory_matches_saved_tensors(kw, amp):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             model(x)
     saved = sum(seen.values())  # includes the input image the conv keeps
-    mem = footprint(pm.Net.from_kwargs(kw), Layout(), 2, "bf16" if amp else "fp32", training=True)
-    net = pm.Net.from_kwargs(kw)
+    net = ModelShape.of(kw)
+    mem = footprint(net, Layout(), 2, "bf16" if amp else "fp32", training=True)
     T = 2 * net.H * net.W
-    transient = T * net.F * (2 if amp else 4) + 2 * T * net.C * 4
+    transient = T * net.mlp_hidden * (2 if amp else 4) + 2 * T * net.embed_dim * 4
     image = x.numel() * 4  # the model's input: counted under io by the model, saved by the fp32 conv
+    # exact with this torch; 5 %: which small tensors autograd saves (e.g. LayerNorm per-token stats) varies by version
     assert mem.activations - transient + mem.weight_copies + (0 if amp else image) == pytest.approx(saved, rel=0.05)
 
 
@@ -81,9 +87,10 @@ def test_published_memory_of_the_production_model():
     """9.3 GB to train and 3.4 GB to run (batch 1), as device memory in use on an A100 (docs/perfmodel.md)."""
     train = pm.predict(PRODUCTION, hardware="a100", precision="fp16", training=True)
     infer = pm.predict(PRODUCTION, hardware="a100", precision="fp32")
+    # model vs published measurement: the 2 GB runtime share is an estimate (docs/perfmodel.md: +1.6 %, -11 %)
     assert train.memory_bytes == pytest.approx(9.3 * GB, rel=0.15)
     assert infer.memory_bytes == pytest.approx(3.4 * GB, rel=0.15)
-    # the tensors alone of an fp32 training step (what the allocator reports) are also near 9.3 GB
+    # the tensors alone of an fp32 training step (what the allocator reports) are also near 9.3 GB (+8.7 %, as above)
     fp32 = pm.predict(PRODUCTION, hardware="a100", precision="fp32", training=True)
     assert fp32.memory.tensors == pytest.approx(9.3 * GB, rel=0.15)
     assert fp32.memory.activations > 10 * fp32.memory.weights  # activations saved for backward dominate
@@ -92,17 +99,17 @@ def test_published_memory_of_the_production_model():
 def test_suggest_respects_the_grid_constraints_and_is_the_fastest():
     kw = dict(img_size=(48, 96), patch_size=8, in_chans=4, out_chans=4, embed_dim=96, depth=2, num_blocks=6,
               mlp_ratio=2.0)
-    net = pm.Net.from_kwargs(kw)
+    net = ModelShape.of(kw)
     for ranks in (4, 12, 16):
         layout, pred = pm.suggest(kw, ranks=ranks, hardware="h100", members=3, members_per_pass=1)
         lay = Layout.of(layout)
         assert lay.ranks == ranks
         assert lay.h <= net.H and lay.w <= net.W and lay.ensemble <= 3
-        assert net.nb % lay.matmul == 0 and net.F % lay.matmul == 0
-        assert layout_problem(lay, net.shape, 3) is None
+        assert net.num_blocks % lay.matmul == 0 and net.mlp_hidden % lay.matmul == 0
+        assert layout_problem(lay, net, 3) is None
         valid = [pm.predict(kw, layout=c, hardware="h100", members=3).time_to_solution_s
-                 for c in layouts(ranks) if layout_problem(c, net.shape, 3) is None]
-        assert pred.time_to_solution_s == pytest.approx(min(valid))
+                 for c in layouts(ranks) if layout_problem(c, net, 3) is None]
+        assert pred.time_to_solution_s == pytest.approx(min(valid))  # the same float64 prediction recomputed: exact
     with pytest.raises(ValueError, match="no layout"):
         pm.suggest(kw, ranks=7 * 11, hardware="h100", members=1)
 
@@ -115,7 +122,7 @@ def test_layout_effects_on_comm_and_memory():
     assert split.memory.activations < serial.memory.activations
     assert split.step_time_s < serial.step_time_s
     ens = pm.predict(PRODUCTION, layout=dict(ensemble=4), hardware="h100", members=4)
-    assert ens.time_to_solution_s == pytest.approx(serial.time_to_solution_s / 4)
+    assert ens.time_to_solution_s == pytest.approx(serial.time_to_solution_s / 4)  # float64, a few roundings of 2^-53
     with pytest.raises(ValueError, match="does not divide num_blocks"):
         pm.predict(PRODUCTION, layout=dict(matmul=3), hardware="h100")
 
@@ -134,12 +141,15 @@ def test_cli_predict_and_suggest(tmp_path, capsys):
     cfg = tmp_path / "ens.yaml"
     cfg.write_text("model: {img_size: [32, 64], patch_size: 4, embed_dim: 64, depth: 2, num_blocks: 4}\n"
                    "ensemble: {members: 8}\nforecast: {lead_time: 1d}\ninference: {members_per_pass: 2}\n")
-    assert cli_main(["predict", str(cfg), "--hardware", "h100", "--channels", "3", "--layout", "2,2,1,1"]) == 0
+    assert cli_main(["predict", str(cfg), "--hardware", "h100", "--channels", "3", "--layout", "2,2,1,1"],
+                    load_case=load_ensemble_case) == 0
     out = capsys.readouterr().out
     assert "filter" in out and "time to solution: 2 pass(es) x 4 step(s)" in out and "training" in out
-    assert cli_main(["suggest", str(cfg), "--ranks", "4", "--hardware", "a100", "--channels", "3"]) == 0
+    assert cli_main(["suggest", str(cfg), "--ranks", "4", "--hardware", "a100", "--channels", "3"],
+                    load_case=load_ensemble_case) == 0
     assert "suggested layout for 4 ranks" in capsys.readouterr().out
-    assert cli_main(["predict", str(cfg), "parallel.h=1", "--layout", "1,1,1,3", "--channels", "3"]) == 2
+    assert cli_main(["predict", str(cfg), "parallel.h=1", "--layout", "1,1,1,3", "--channels", "3"],
+                    load_case=load_ensemble_case) == 2
     assert math.isfinite(pm.predict({}, hardware="this_machine").step_time_s)
 
 
@@ -148,6 +158,7 @@ def test_predicted_energy_is_time_times_board_power():
     hw = pm.load_hardware("h100")
     one = pm.predict(PRODUCTION, hardware=hw, members=1, members_per_pass=1, precision="bf16")
     e1 = predict_energy(one, hw)
+    # float64 sums of a handful of terms in another order: ~1e-16 relative; approx's default rel 1e-6 is ample
     assert sum(e1.seconds.values()) == pytest.approx(one.step_time_s)
     assert e1.joules_per_pass == pytest.approx(sum(e1.seconds[s] * hw.power_watts[s] for s in STATES))
     assert min(hw.power_watts.values()) <= e1.mean_watts <= max(hw.power_watts.values())
@@ -156,7 +167,7 @@ def test_predicted_energy_is_time_times_board_power():
                       precision="bf16")
     e = predict_energy(many, hw)
     assert many.passes == 2
-    assert e.joules_per_member_step == pytest.approx(2 * 2 * e.joules_per_pass / 16)
+    assert e.joules_per_member_step == pytest.approx(2 * 2 * e.joules_per_pass / 16)  # float64 products: ~1e-16
     assert e.joules_per_member_step < e1.joules_per_member_step  # batching amortises launches and weights
     assert predict_energy(pm.predict(PRODUCTION, hardware="this_machine"), "this_machine") is None  # no figures
 
@@ -183,3 +194,19 @@ def test_compare_shows_predicted_and_measured_energy(tmp_path, capsys):
     assert row["energy_meas"] == 0.05 and 0 < row["energy_pred"] < 1
     print_report(res)
     assert "energy per member-step" in capsys.readouterr().out
+
+
+def test_members_per_pass_zero_is_the_forecasters_rule(monkeypatch):
+    """members_per_pass 0: the pass the forecaster takes when the device has the memory the hardware file leaves."""
+    import hpc_fcn.accel.memory as memory
+    hw = pm.load_hardware("h200")
+    with torch.device("meta"):
+        net = AFNONet()
+    free = hw.mem_capacity_bytes - hw.runtime_bytes - 4 * count_parameters(net)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: memory_budget(free, gpu=True))
+    for graphs in (False, True):
+        limit = memory.auto_members_per_pass(net, torch.device("cuda", 0), "bf16", cuda_graphs=graphs)
+        for members in (13, 100, 200):
+            pred = pm.predict(PRODUCTION, hardware=hw, members=members, members_per_pass=0, precision="bf16",
+                              cuda_graphs=graphs)
+            assert pred.members_per_pass == pass_size(members, limit) and pred.memory_bytes < hw.mem_capacity_bytes

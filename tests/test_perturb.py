@@ -36,14 +36,17 @@ def test_wrapping_int64_product_keeps_the_unsigned_64_bits():
 
 def test_normals_are_standard_normal_and_independent():
     z = normals(torch.arange(400_000), (11, 12)).double()
-    assert abs(z.mean()) < 5e-3 and abs(z.std() - 1) < 5e-3  # 5 standard errors at n = 400k
-    assert abs((z ** 3).mean()) < 2e-2 and abs((z ** 4).mean() - 3) < 4e-2
-    for p, expect in ((0.5, 0.0), (0.8413447, 1.0), (0.9772499, 2.0), (0.0013499, -3.0)):  # quantiles
+    # Monte Carlo at n = 400k: 3 and 4.5 standard errors (1 / sqrt(n), 1 / sqrt(2 n)); the counter-based draws
+    # are the same bits on every kernel, so these never flake
+    assert abs(z.mean()) < 5e-3 and abs(z.std() - 1) < 5e-3
+    assert abs((z ** 3).mean()) < 2e-2 and abs((z ** 4).mean() - 3) < 4e-2  # 3.3 and 2.6 se: sqrt(15 / n), sqrt(96 / n)
+    # quantiles of 100k: >= 7 standard errors sqrt(p (1 - p) / n) / phi(q)
+    for p, expect in ((0.5, 0.0), (0.8413447, 1.0), (0.9772499, 2.0), (0.0013499, -3.0)):
         assert abs(torch.quantile(z[:100_000], p).item() - expect) < 0.03 + 0.05 * abs(expect)
     other_key = normals(torch.arange(400_000), (11, 13)).double()
     other_stream = normals(torch.arange(400_000), (11, 12), stream=1).double()
     for w in (other_key, other_stream, z.roll(1)):
-        assert abs((z * w).mean()) < 5e-3  # uncorrelated
+        assert abs((z * w).mean()) < 5e-3  # uncorrelated: 3 standard errors (1 / sqrt(n))
     assert z.abs().max() < 8.6  # the 52-bit radius bounds |z| by sqrt(104 ln 2)
 
 
@@ -78,7 +81,8 @@ def test_noise_generated_on_the_gpu_equals_the_cpu(method):
     p = perturber(method, rows=slice(3, 13), cols=slice(5, 29))
     gpu, cpu = p.initial_noise(1000, 3, "cuda"), p.initial_noise(1000, 3)
     assert gpu.is_cuda
-    # integer counters and IEEE +-*/sqrt: identical bits for white noise; the transform rounds differently
+    # integer counters and IEEE +-*/sqrt: identical bits for white noise; the transform rounds differently (fp32
+    # sums of <= 16 Legendre terms and a 32-point FFT of unit-rms noise: ~(16 + 5) * 2^-24 ~ 1.3e-6)
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0 if method == "gaussian" else 1e-5,
                                atol=0 if method == "gaussian" else 1e-5)
 
@@ -93,10 +97,11 @@ def test_noise_is_keyed_and_window_independent(method):
     full = perturber(method).initial_noise(1000, 3)
     for rows, cols in ((slice(5, 11), slice(8, 24)), (slice(0, 3), slice(7, 32)), (slice(15, 16), slice(3, 4))):
         part = perturber(method, rows=rows, cols=cols).initial_noise(1000, 3)
+        # bitwise: white noise from the same counters, spherical the same global field sliced
         torch.testing.assert_close(part, full[:, rows, cols], rtol=0, atol=0)
     assert not torch.equal(full, perturber(method).initial_noise(1000, 4))
     assert not torch.equal(full, perturber(method).initial_noise(1006, 3))
-    torch.testing.assert_close(full, perturber(method).initial_noise(1000, 3), rtol=0, atol=0)
+    torch.testing.assert_close(full, perturber(method).initial_noise(1000, 3), rtol=0, atol=0)  # the same draw: bitwise
 
 
 def test_white_noise_on_a_grid_of_odd_width_is_window_independent_too():
@@ -111,6 +116,7 @@ def test_amplitude_is_in_normalised_units_per_channel():
     p = perturber("gaussian", amplitude=0.3, channel_amplitude={"z": 0.1})
     noise = torch.stack([p.initial_noise(0, m) for m in range(1, 41)])
     std = noise.std(dim=(0, 2, 3))
+    # Monte Carlo: a std of n = 40 * 16 * 32 draws has relative sd 1 / sqrt(2 n) = 0.5 %: 0.05 is 10 sd
     np.testing.assert_allclose(std.numpy(), [0.3, 0.3, 0.1], rtol=0.05)
     assert torch.count_nonzero(p.initial_noise(0, 0)) == 0  # the control member
     with pytest.raises(ConfigError, match="unknown channel"):
@@ -122,6 +128,8 @@ def test_spherical_noise_is_smooth_and_unit_rms():
     white = NoiseField("gaussian", 32, 64, 2).sample(key)
     smooth = NoiseField("spherical", 32, 64, 2, length_scale_km=1500).sample(key)
     assert smooth.shape == (2, 32, 64)
+    # fp32: normalised by its fp32 rms and measured again the same way: two cascaded sums of 2048 squares
+    # (~log2(2048) * 2^-24 = 7e-7 each), halved by the sqrt
     np.testing.assert_allclose(smooth.pow(2).mean(dim=(1, 2)).sqrt().numpy(), [1.0, 1.0], rtol=1e-5)
 
     def lag1(x):  # correlation of neighbouring longitudes
@@ -145,6 +153,8 @@ def test_breeding_rescales_to_the_amplitude():
     def rms(d):
         return d.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt()
     out = breed(lambda c: analyses[c], seeds, step, cycles=3, steps=2, amplitude=amp, global_rms=rms)
-    torch.testing.assert_close(rms(out)[..., 0, 0], amp[:, 0, 0].expand(4, 3))
-    # the bred vector is the rescaled growth of the last cycle, not the seed
+    # fp32 rms of 128 points in breed and again here, plus the rescale: <= 2 * 127 / 2 * 2^-24 + a few 2^-24 ~ 8e-6
+    # even with sequential sums (was torch's default atol 1e-5, i.e. 1e-4 of these amplitudes)
+    torch.testing.assert_close(rms(out)[..., 0, 0], amp[:, 0, 0].expand(4, 3), rtol=1e-5, atol=0)
+    # the bred vector is the rescaled growth of the last cycle, not the seed (they differ by O(1), far above 1e-2)
     assert not torch.allclose(out / rms(out), seeds / rms(seeds), atol=1e-2)

@@ -17,8 +17,8 @@ def test_each_gpu_counted_once_per_member_step():
     ranks = [dict(gpu="GPU-a", joules=100.0), dict(gpu="GPU-a", joules=101.0),  # two ranks on one board
              dict(gpu="GPU-b", joules=50.0)]
     e = joules_per_member_step(ranks, member_steps=30)
-    assert e["gpus"] == 2 and e["joules"] == pytest.approx(151.0)
-    assert e["joules_per_member_step"] == pytest.approx(151.0 / 30)
+    assert e["gpus"] == 2 and e["joules"] == pytest.approx(151.0)  # integer sums: exact in float64 (approx's 1e-6)
+    assert e["joules_per_member_step"] == pytest.approx(151.0 / 30)  # the same division: exact
     none = joules_per_member_step([dict(gpu=None, joules=None, source="no GPU (cpu run)")] * 2, 30)
     assert none["joules"] is None and none["joules_per_member_step"] is None and none["note"] == "no GPU (cpu run)"
 
@@ -44,4 +44,4 @@ def test_gpu_energy_of_a_busy_second():
     r = sampler.reading
     assert r.seconds >= 1.0 and r.samples >= 10
     assert 30 < r.mean_watts < 1500 and r.peak_watts >= 30  # a busy datacentre GPU board
-    assert r.joules == pytest.approx(r.mean_watts * r.seconds)
+    assert r.joules == pytest.approx(r.mean_watts * r.seconds)  # (joules / s) * s: two float64 roundings, ~2e-16

@@ -29,13 +29,14 @@ def test_noise_free_path_is_the_deterministic_model():
     with torch.no_grad():
         assert torch.equal(net(x), plain(x))
         z = torch.randn(2, 4, 8, 6)
-        assert (net(x, z) - plain(x)).abs().max() > 1e-3
+        assert (net(x, z) - plain(x)).abs().max() > 1e-3  # unit noise moves O(1) outputs by ~0.1; round-off ~1e-7
 
 
 def test_fused_inference_path_takes_the_noise():
     net = stochastic_net()
     x, z = torch.randn(3, 3, 16, 32), torch.randn(3, 4, 8, 6)
     with torch.no_grad():
+        # same arithmetic in another order: fp32 round-off only (outputs are O(1); 1e-5 is ~100 ulp)
         torch.testing.assert_close(FusedAFNONet(net)(x, z), net(x, z), rtol=1e-5, atol=1e-5)
 
 
@@ -62,6 +63,8 @@ def test_model_noise_is_keyed_by_member_and_step_and_windows_slice_the_global_fi
     a = full.sample(1000, [0, 1, 2], step=3)
     assert a.shape == (3, 8, 12, dim)
     assert torch.equal(a[0], torch.zeros(8, 12, dim))  # the control runs the noise-free path
+    # Monte Carlo, n = 2 * 8 * 12 * dim >= 960: 3 standard errors of the mean (1 / sqrt(n)), 4.4 of the std
+    # (1 / sqrt(2 n)); counter-based draws: the same bits on every kernel
     assert abs(float(a[1:].std()) - 1.0) < 0.1 and abs(float(a[1:].mean())) < 0.1
     assert not torch.equal(a[1], a[2])
     assert not torch.equal(a[1], full.sample(1000, [1], step=4)[0])  # new noise every step
@@ -98,6 +101,8 @@ def test_correlated_model_noise_has_unit_variance_and_the_asked_correlations():
     a1, a2, a6 = ar.sample(0, members, 1), ar.sample(0, members, 2), None
     for k in range(3, 7):
         a6 = ar.sample(0, members, k)
+    # Monte Carlo over n = 64 * 16 * 32 * 8 = 262144 counter-based draws (the same on every kernel): the variance
+    # has standard error sqrt(2 / n) = 0.0028 (0.03: 11 se), a correlation (1 - rho^2) / sqrt(n) <= 0.002 (0.02: 10+)
     for a in (a1, a2, a6):
         assert abs(float(a.var()) - 1.0) < 0.03
     lag1 = float((a1 * a2).mean() / (a1.std() * a2.std()))
@@ -106,7 +111,8 @@ def test_correlated_model_noise_has_unit_variance_and_the_asked_correlations():
     for length, low, high in ((0.0, -0.02, 0.02), (2500.0, 0.5, 0.95)):
         sp = ModelNoise(8, grid, slice(0, 16), slice(0, 32), seed=1, length_scale_km=length)
         f = sp.sample(0, members, 1)
-        assert abs(float(f.var()) - 1.0) < 0.03
+        assert abs(float(f.var()) - 1.0) < 0.03  # as above (a field on the sphere: unit rms by construction)
+        # white: 5 standard errors of a correlation of 63488 pairs; correlated: the expected range, not an error bound
         eq = f[:, 6:10]  # near the equator, where a token is widest
         neighbour = float((eq[:, :, 1:] * eq[:, :, :-1]).mean() / eq.var())
         assert low < neighbour < high, (length, neighbour)
@@ -131,7 +137,7 @@ def test_the_noise_process_travels_with_the_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="model.noise_length_km.*1500"):  # not silently replaced
         serial_model(given, 3, (16, 32))
     assert "noise_length_km" not in AFNONet(**KW, noise_dim=4).config()  # white noise: configs as before
-    assert ModelNoise.memory_per_step(24.0, 6) == pytest.approx(0.7788, abs=1e-4)
+    assert ModelNoise.memory_per_step(24.0, 6) == pytest.approx(0.7788, abs=1e-4)  # exp(-1/4), 4 decimals: 8e-7 off
     with pytest.raises(ConfigError, match="model.noise_memory_hours"):
         ModelConfig(noise_memory_hours=-1.0).validate("model")
 
@@ -192,6 +198,7 @@ def test_noise_before_later_blocks_in_the_serial_and_fused_paths(blocks, tmp_pat
             p.mul_(50.0)  # make the later projections matter
         y = net(x, noise)
         fused = FusedAFNONet(net)(x, noise)
+        # fp32 in another order, round-off grown by the x50 projections (inner values ~50x): ~50 * a few 2^-24
         assert torch.allclose(fused, y, atol=1e-5, rtol=1e-4)
         net.block_noise_proj[-1].weight.zero_()
         z = net(x, noise)

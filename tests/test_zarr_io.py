@@ -4,7 +4,8 @@ import warnings
 import numpy as np
 import pytest
 
-from hpc_fcn.io.zarr import BackgroundWriter, ZarrForecastStore, aligned_chunk, describe_store, mismatch, store_path
+from hpc_fcn.io.background import BackgroundWriter
+from hpc_fcn.io.zarr import ZarrForecastStore, aligned_chunk, describe_store, mismatch, store_path
 
 INIT = np.datetime64("2002-01-03T00", "h")
 
@@ -66,7 +67,7 @@ def test_a_store_of_another_run_is_named_by_the_mismatch(tmp_path):
 
 def test_background_writer_runs_jobs_in_order_and_raises_their_error():
     out = []
-    w = BackgroundWriter(depth=2)
+    w = BackgroundWriter(depth=2, what="the zarr output")
     for i in range(5):
         w.submit([lambda i=i: out.append(i)])
     w.wait()

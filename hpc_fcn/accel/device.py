@@ -53,6 +53,15 @@ def select_device(requested: str = "auto", local_rank: int | None = None) -> tor
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def cuda_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device; a CUDA device must carry its index (one GPU per rank, named)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        raise ValueError("a CUDA device must be indexed, e.g. torch.device('cuda:0') for local rank 0 "
+                         "(call torch.cuda.set_device(local_rank) and pass that device), not bare 'cuda'")
+    return device
+
+
 def gpu_capability(device: torch.device) -> tuple[int, int] | None:
     """(major, minor) compute capability of a CUDA device, None for the CPU."""
     if device.type != "cuda":

@@ -5,6 +5,7 @@ changes whenever the generator's output does, so a stale cache is never mistaken
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import time
 from pathlib import Path
@@ -19,17 +20,23 @@ def is_complete(root: Path) -> bool:
     return (root / "metadata.json").is_file() and (root / "stats" / "time_means.npy").is_file()
 
 
-def _generate_if_missing(root: Path, log: Callable[[str], None]) -> None:
-    if is_complete(root):
-        return
+@contextlib.contextmanager
+def dataset_lock(root: Path, log: Callable[[str], None]):
+    """Hold the lock of the dataset at ``root``: one generator per machine; others wait for the first."""
     root.parent.mkdir(parents=True, exist_ok=True)
-    # One generator per machine: independent runs started before the cache exists wait for the first.
     with open(root.parent / f".{root.name}.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log(f"waiting for another process that is generating the built-in dataset into {root}")
             fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _generate_if_missing(root: Path, log: Callable[[str], None]) -> None:
+    if is_complete(root):
+        return
+    with dataset_lock(root, log):
         if not is_complete(root):
             _generate(root, log)
 

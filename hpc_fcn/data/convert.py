@@ -9,7 +9,9 @@ computed from that split (streaming, float64 sums). An ensemble of analyses (GRI
 ERA5's EDA) also gives ``members`` (T, M, C, rows, cols) in the same files; ``fields`` is then the member
 with the lowest number (the EDA control), see docs/era5.md.
 
-Parallel: under mpirun the years are shared over the ranks, and the statistics over time chunks.
+Parallel: under mpirun the years are shared over the ranks, and the statistics over time chunks, through a
+:class:`~hpc_fcn.parallel.comm.Communicator` (every collective traced); a failure on any rank is agreed over
+all of them as in :mod:`hpc_fcn.runtime` (:func:`collective`), so every rank ends with the same one-line error.
 Resumable: a year counts as done only once ``YYYY.h5.done`` exists, which is written after the file is
 closed and renamed into place; a re-run skips done years and rewrites any other.
 
@@ -29,22 +31,27 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import h5py
 import numpy as np
 
+from ..runtime import UserError, alone, failure_record, root_decides, world as mpi_world
 from .cds_netcdf import ALIAS_OF, add_netcdf_file, close_all
 from .era5 import ERA5_ATTRS, ERA5_CHANNELS
 from .grib import GRIB_PARAMS, add_grib_file, is_grib
 from .inventory import CHANNEL_SOURCES, UNUSED, ConversionError, Inventory, select_channels
+
+if TYPE_CHECKING:
+    from ..parallel.comm import Communicator
 
 log = logging.getLogger("hpc_fcn.data.convert")
 
 DT_HOURS = 6
 REAL_GRID = (721, 1440)
 STATS_FILES = ("global_means.npy", "global_stds.npy", "time_means.npy")
-INPUT_EXTENSIONS = ("*.nc", "*.nc4", "*.netcdf", "*.grib", "*.grb", "*.grib1", "*.grib2", "*.grb2")
+GRIB_EXTENSIONS = (".grib", ".grb", ".grib1", ".grib2", ".grb2")
+INPUT_EXTENSIONS = ("*.nc", "*.nc4", "*.netcdf") + tuple(f"*{e}" for e in GRIB_EXTENSIONS)
 
 __all__ = ["CHANNEL_SOURCES", "ConversionError", "Inventory", "build_inventory", "compute_stats", "convert_year",
            "main", "run"]
@@ -75,6 +82,9 @@ def build_inventory(files: Sequence[str], grid: tuple[int, int] | None, channels
     for path in files:
         if is_grib(path):
             useful = add_grib_file(inv, path, skip_unknown=skip_unknown)
+        elif str(path).lower().endswith(GRIB_EXTENSIONS):
+            raise ConversionError(f"{path}: not a GRIB file (it does not start with 'GRIB'): a damaged or "
+                                  "unfinished download? fetch it again")
         else:
             useful = add_netcdf_file(inv, path)
         if useful:
@@ -233,13 +243,15 @@ def year_files(split_dir: Path, years: Sequence[int] | None = None) -> list[Path
     return files
 
 
-def compute_stats(root: Path, split: str, comm=None, *, years: Sequence[int] | None = None,
+def compute_stats(root: Path, split: str, comm: Communicator | None = None, *, years: Sequence[int] | None = None,
                   chunk_steps: int = 8) -> dict[str, np.ndarray]:
     """Global means/stds (1, C, 1, 1) and time means (1, C, rows, cols) of ROOT/SPLIT, written to ROOT/stats.
 
-    Time chunks are shared over the ranks of ``comm``; sums are float64, so the result does not depend on it.
+    Time chunks are shared over the ranks of ``comm`` (None: this process alone); sums are float64, so the
+    result does not depend on it. Collective; the statistics are returned on rank 0, ``{}`` elsewhere.
     """
-    rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
+    comm = comm if comm is not None else _alone()
+    rank, size = comm.rank, comm.size
     split_dir = root / split
     files = year_files(split_dir, years)
     if not files:
@@ -257,25 +269,25 @@ def compute_stats(root: Path, split: str, comm=None, *, years: Sequence[int] | N
         raise ConversionError(f"--stats-from {split}: year files differ in shape per step: {sorted(set(shapes))}")
     _, nchan, rows, cols = shapes[0]
     work = [(p, a, min(a + chunk_steps, s[0])) for p, s in zip(files, shapes) for a in range(0, s[0], chunk_steps)]
-    moments = Moments(0.0, np.zeros(nchan), np.zeros(nchan))
-    tsum = np.zeros((nchan, rows, cols), dtype=np.float64)
-    for p, a, b in work[rank::size]:
-        with h5py.File(p, "r", locking=False) as f:
-            x = np.asarray(f["fields"][a:b], dtype=np.float32)
-        moments = moments.merge(Moments.of(x))
-        tsum += x.sum(axis=0, dtype=np.float64)
-    steps = sum(s[0] for s in shapes)
-    if comm is not None and size > 1:
-        from mpi4py import MPI
-        parts = comm.gather(moments, root=0)
-        total = np.zeros_like(tsum) if rank == 0 else None
-        comm.Reduce(tsum, total, op=MPI.SUM, root=0)
-        if rank != 0:
-            return {}
+
+    def accumulate() -> tuple[Moments, np.ndarray]:
         moments = Moments(0.0, np.zeros(nchan), np.zeros(nchan))
-        for m in parts:
-            moments = moments.merge(m)
-        tsum = total
+        tsum = np.zeros((nchan, rows, cols), dtype=np.float64)
+        for p, a, b in work[rank::size]:
+            with h5py.File(p, "r", locking=False) as f:
+                x = np.asarray(f["fields"][a:b], dtype=np.float32)
+            moments = moments.merge(Moments.of(x))
+            tsum += x.sum(axis=0, dtype=np.float64)
+        return moments, tsum
+    moments, tsum = collective(comm, accumulate, tag="stats_read")  # a read failing on one rank stops all here
+    steps = sum(s[0] for s in shapes)
+    parts = comm.gather(moments, root=0, tag="stats")  # size 1: [moments], and merging it below gives it back
+    tsum = comm.reduce(tsum, root=0, tag="stats")
+    if rank != 0:
+        return {}
+    moments = Moments(0.0, np.zeros(nchan), np.zeros(nchan))
+    for m in parts:
+        moments = moments.merge(m)
     means = moments.mean.copy()
     stds = np.sqrt(moments.m2 / moments.n)
     names = names if names and len(names) == nchan else list(ERA5_CHANNELS)[:nchan]
@@ -328,29 +340,47 @@ def parse_grid(text: str) -> tuple[int, int] | None:
     return rows, cols
 
 
-def _world():
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        return None
-    return MPI.COMM_WORLD
+def _alone() -> Communicator:
+    """A size-1 Communicator (this process alone, whatever else runs under mpirun): its collectives return
+    their input."""
+    from ..parallel.comm import MPICommunicator
+    return MPICommunicator(alone(), "convert")
 
 
-def collective(comm, fn: Callable, *args, **kwargs):
-    """Run ``fn`` on every rank; if it fails on any rank, raise the first failure on all ranks."""
+def _world() -> Communicator:
+    """The Communicator of every rank of the job (the world communicator from the runtime bootstrap)."""
+    from ..parallel.comm import MPICommunicator
+    return MPICommunicator(mpi_world(), "convert")
+
+
+def _attempt(comm: Communicator, fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)``; a failure other than a :class:`UserError` is logged with its traceback and
+    raised as a one-line :class:`ConversionError` naming this rank and the failure's type."""
     try:
-        result, error = fn(*args, **kwargs), None
-    except ConversionError as exc:
-        result, error = None, str(exc)
+        return fn(*args, **kwargs)
+    except UserError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure must reach the other ranks, or they wait forever
         log.exception("unexpected failure")
-        rank = comm.rank if comm is not None else 0
-        result, error = None, f"rank {rank}: {type(exc).__name__}: {exc}"
-    if comm is not None and comm.size > 1:
-        errors = [e for e in comm.allgather(error) if e]
-        error = errors[0] if errors else None
-    if error:
-        raise ConversionError(error)
+        raise ConversionError(f"rank {comm.rank}: {type(exc).__name__}: {exc}") from exc
+
+
+def collective(comm: Communicator, fn: Callable, *args, tag: str = "convert", **kwargs):
+    """Run ``fn`` on every rank; if it fails on any rank, raise the first failing rank's error on all ranks.
+
+    The runtime's agreement (:func:`hpc_fcn.runtime.fail_together`: every rank's
+    :func:`~hpc_fcn.runtime.failure_record` in one allgather), with the message kept as :func:`_attempt` made
+    it and raised as a :class:`ConversionError`, so the job ends with that one line and status 2.
+    """
+    result = error = None
+    try:
+        result = _attempt(comm, fn, *args, **kwargs)
+    except UserError as exc:
+        error = exc
+    failed = [record for record in comm.allgather(failure_record(error), tag=tag) if record is not None]
+    if failed:
+        _, text, _ = failed[0]
+        raise ConversionError(text)
     return result
 
 
@@ -381,8 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace, comm) -> None:
-    rank, size = (comm.rank, comm.size) if comm is not None else (0, 1)
+def run(args: argparse.Namespace, comm: Communicator | None) -> None:
+    """The conversion ``args`` ask for, shared over the ranks of ``comm`` (None: this process alone)."""
+    comm = comm if comm is not None else _alone()
+    rank, size = comm.rank, comm.size
     root = Path(args.output).expanduser()
     if args.chunk_steps < 1 or (args.max_steps is not None and args.max_steps < 1):
         raise ConversionError("--chunk-steps and --max-steps must be >= 1")
@@ -396,25 +428,20 @@ def run(args: argparse.Namespace, comm) -> None:
             raise ConversionError("--years needs --input (the CDS netCDF or GRIB files)")
         years = parse_years(args.years)
         out_dir = root / args.split
-        if rank == 0:
-            out_dir.mkdir(parents=True, exist_ok=True)
         todo = [y for y in years if args.force or not is_done(out_dir, y)]
         if rank == 0 and len(todo) < len(years):
             log.info("skipping %d year(s) already done in %s", len(years) - len(todo), out_dir)
         inv = None
         if todo:
-            def scan():
-                if rank != 0:
-                    return None
-                return build_inventory(expand_inputs(args.input), parse_grid(args.grid), channels,
-                                       skip_unknown=args.skip_unknown)
-            inv = collective(comm, scan)
-            if comm is not None and size > 1:
-                inv = comm.bcast(inv, root=0)
-            if rank == 0:
+            def scan() -> Inventory:  # on rank 0
+                out_dir.mkdir(parents=True, exist_ok=True)
+                inv = build_inventory(expand_inputs(args.input), parse_grid(args.grid), channels,
+                                      skip_unknown=args.skip_unknown)
                 log.info("%d input files, grid %d x %d, %d member(s); converting %d year(s) on %d rank(s)",
                          inv.files, *inv.grid.shape, inv.n_members, len(todo), size)
                 write_metadata(root, inv, args.dt_hours)
+                return inv
+            inv = root_decides(comm, lambda: _attempt(comm, scan))
 
         def convert_mine():
             for year in todo[rank::size]:
@@ -422,11 +449,11 @@ def run(args: argparse.Namespace, comm) -> None:
                 n = convert_year(inv, year, out_dir, chunk_steps=args.chunk_steps, max_steps=args.max_steps,
                                  allow_partial=args.allow_partial, dt_hours=args.dt_hours)
                 log.info("%s/%04d.h5: %d steps in %.1f s", args.split, year, n, time.perf_counter() - t0)
-        collective(comm, convert_mine)
+        collective(comm, convert_mine, tag="convert")
     if args.stats_from is not None:
         stats_years = parse_years(args.stats_years) if args.stats_years else None
         collective(comm, compute_stats, root, args.stats_from, comm, years=stats_years,
-                   chunk_steps=max(1, args.chunk_steps))
+                   chunk_steps=max(1, args.chunk_steps), tag="stats")
         if rank == 0:
             log.info("statistics of %s written to %s", args.stats_from, root / "stats")
 
@@ -434,12 +461,12 @@ def run(args: argparse.Namespace, comm) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     comm = _world()
-    rank = comm.rank if comm is not None else 0
+    rank = comm.rank
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(message)s", datefmt="%H:%M:%S")
     try:
         run(args, comm)
-    except ConversionError as exc:
+    except UserError as exc:  # a ConversionError, agreed over the ranks
         if rank == 0:
             print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2

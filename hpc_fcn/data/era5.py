@@ -263,7 +263,7 @@ class FCNDataset:
                                 f"(needed: {', '.join(STATS_FILES)})")
         stats = {}
         for name in STATS_FILES[:2]:
-            arr = np.load(self.stats_path / name)
+            arr = _load_array(self.stats_path / name)
             if arr.shape != (1, nchan, 1, 1):
                 raise DataError(f"{self.stats_path / name}: shape {arr.shape}, expected (1, {nchan}, 1, 1) "
                                 f"to match {self.files[0]}")
@@ -272,7 +272,7 @@ class FCNDataset:
         if not np.all(np.isfinite(self.stds) & (self.stds > 0)):
             raise DataError(f"{self.stats_path / 'global_stds.npy'}: standard deviations must be finite and "
                             f"positive, got {dict(zip(self.channels, self.stds.tolist()))}")
-        self._clim = np.load(self.stats_path / "time_means.npy", mmap_mode="r")
+        self._clim = _load_array(self.stats_path / "time_means.npy", mmap_mode="r")
         if self._clim.shape != (1, nchan, self.rows, self.cols):
             raise DataError(f"{self.stats_path / 'time_means.npy'}: shape {self._clim.shape}, expected "
                             f"(1, {nchan}, {self.rows}, {self.cols}) to match {self.files[0]}")
@@ -408,3 +408,16 @@ class FCNDataset:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown may have torn h5py down already
             pass
+
+
+def _load_array(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """A statistics file: a numeric .npy array (object arrays, i.e. pickles, are refused, never run)."""
+    try:
+        arr = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - truncated, garbage or pickled: one line each
+        raise DataError(f"{path} is not a numeric .npy array ({type(exc).__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0][:120]}); write it again with the converter") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        raise DataError(f"{path} is not a numeric .npy array; write it again with the converter")
+    return arr
+

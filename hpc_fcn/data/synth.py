@@ -16,12 +16,14 @@ to the stored equiangular grid (rows from pole to pole, both included).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import platform
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -459,6 +461,7 @@ def generate(outdir: str | os.PathLike, opts: SynthOptions, progress: bool = Tru
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SynthError(f"{out} already exists and is not empty; remove it or pass --overwrite")
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_work(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     old_threads = torch.get_num_threads()
@@ -513,6 +516,24 @@ def generate(outdir: str | os.PathLike, opts: SynthOptions, progress: bool = Tru
         torch.set_num_threads(old_threads)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _remove_stale_work(out: Path) -> None:
+    """Delete the work folders ``.<name>.tmp-PID`` of generators that died (killed before they could)."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -572,8 +593,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         outdir = Path(args.outdir)
     t0 = time.perf_counter()
+    # SIGTERM (a batch system's stop, kill) ends the run through Python, so the work folder is removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        path = generate(outdir, opts, progress=not args.quiet, overwrite=args.overwrite)
+        with contextlib.ExitStack() as stack:
+            if args.builtin:  # the lock a run that generates the built-in dataset on first use takes too
+                from .builtin import dataset_lock
+                stack.enter_context(dataset_lock(Path(outdir), lambda m: print(m, file=sys.stderr, flush=True)))
+            path = generate(outdir, opts, progress=not args.quiet, overwrite=args.overwrite)
     except SynthError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -139,22 +139,25 @@ class EnsembleRun:
                             "initial_conditions.start")
 
     def step_bytes(self) -> tuple[int, int]:
-        """(netCDF, resume snapshot) bytes of one output step, before compression."""
+        """(outputs, resume snapshot) bytes of one output step, before compression."""
+        from ..io.backend import lead_bytes
         run = self.resolved
+        products = ("mean", "spread") + (("members",) if self.cfg.output.members else ())
+        files = sum(lead_bytes(p, len(run.out_vars), run.ds.nlat, run.ds.nlon, run.members) for p in products)
         plane = run.ds.nlat * run.ds.nlon * 4
-        files = len(run.out_vars) * plane * (2 + (run.members if self.cfg.output.members else 0))
         snapshot = run.members * len(run.channels) * plane if self.cfg.resume else 0  # scoring ranks' windows
         return files, snapshot
 
     def _check_space(self) -> None:
-        from .products import MARGIN
+        from ..io.netcdf import MARGIN
         files, snapshot = self.step_bytes()
         free = free_bytes(self.outdir)
-        log.info("output.dir %s: about %s per output step (%s of netCDF, %s of resume snapshot), %s free",
-                 self.outdir, human(files + snapshot), human(files), human(snapshot), human(free))
+        fmt = self.cfg.output.format
+        log.info("output.dir %s: about %s per output step (%s of %s, %s of resume snapshot), %s free",
+                 self.outdir, human(files + snapshot), human(files), fmt, human(snapshot), human(free))
         if free < files + snapshot + MARGIN:  # the writers keep MARGIN free too
             raise UserError(f"output.dir {self.outdir}: No space left on device for the first output step: it "
-                            f"needs about {human(files + snapshot)} ({human(files)} of netCDF, {human(snapshot)} of "
+                            f"needs about {human(files + snapshot)} ({human(files)} of {fmt}, {human(snapshot)} of "
                             f"resume snapshot) but {human(free)} is free; free some space or choose another output.dir")
 
     def _start(self, store: SnapshotStore) -> dict | None:

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
+
+import numpy as np
 
 from ..config import duration_hours, fail
+from ..io.backend import FORMATS
 from ..schema import DataConfig, InferenceConfig, ModelConfig, ParallelConfig
 
 def parse_lead(value: str | int, dt_hours: int, key: str) -> int:
@@ -38,8 +41,27 @@ class InitialConditions:
             fail(f"{prefix}.times", "give either a list of times or a range (start/end/every), not both")
         if self.count is not None and self.count < 1:
             fail(f"{prefix}.count", f"must be >= 1 or null, got {self.count}")
-        if duration_hours(self.every) is None:
-            fail(f"{prefix}.every", f"'{self.every}' is not a duration: use e.g. 24h or 5d")
+        if not duration_hours(self.every):
+            fail(f"{prefix}.every", f"'{self.every}' is not a positive duration: use e.g. 24h or 5d")
+        for i, t in enumerate(self.times or []):
+            check_time(t, f"{prefix}.times[{i}]")
+        for name in ("start", "end"):
+            if getattr(self, name) is not None:
+                check_time(getattr(self, name), f"{prefix}.{name}")
+        if self.start is not None and self.end is not None and \
+                np.datetime64(self.start, "h") > np.datetime64(self.end, "h"):
+            fail(f"{prefix}.end", f"{self.end} is before start {self.start}")
+
+
+def check_time(text, key: str) -> None:
+    """Fail naming ``key`` unless ``text`` is a date and time (ISO 8601, e.g. 2018-01-01T00)."""
+    try:
+        np.datetime64(str(text), "h")
+    except ValueError:
+        fail(key, f"'{text}' is not a date and time: use ISO 8601, e.g. 2018-01-01T00")
+
+
+SEED_LIMIT = 2 ** 64  # the counter-based generator's key takes 64 bits of the seed (ensemble/perturb.member_key)
 
 
 @dataclass
@@ -51,6 +73,8 @@ class MembersConfig:
     def validate(self, prefix: str) -> None:
         if self.members < 1:
             fail(f"{prefix}.members", f"must be >= 1, got {self.members}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            fail(f"{prefix}.seed", f"must be in 0 .. 2**64 - 1 (the generator's 64-bit key), got {self.seed}")
 
 
 @dataclass
@@ -72,34 +96,48 @@ class PerturbationConfig:
             fail(f"{prefix}.length_scale_km", f"must be positive, got {self.length_scale_km}")
         if self.analysis_scale < 0:
             fail(f"{prefix}.analysis_scale", f"must be >= 0, got {self.analysis_scale}")
-        if self.bred_cycles < 1 or self.bred_steps < 1:
-            fail(f"{prefix}.bred_cycles", "bred_cycles and bred_steps must be >= 1")
+        for name in ("bred_cycles", "bred_steps"):
+            if getattr(self, name) < 1:
+                fail(f"{prefix}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        for channel, a in self.channel_amplitude.items():
+            if a < 0:
+                fail(f"{prefix}.channel_amplitude.{channel}", f"must be >= 0, got {a}")
 
 
 @dataclass
 class ForecastConfig:
+    NOT_RESULTS: ClassVar[dict[str, str]] = {"snapshot_every": "how often resume state is saved"}
     lead_time: str | int = "10d"  # '10d', '240h' or a number of 6-hourly steps
     output_every: int = 4  # write (and score) every this many steps
     snapshot_every: int = 4  # with resume=true: a resume snapshot every this many output steps
 
     def validate(self, prefix: str) -> None:
+        parse_lead(self.lead_time, 1, f"{prefix}.lead_time")  # a duration or a step count (the step is checked later)
         if self.output_every < 1:
             fail(f"{prefix}.output_every", f"must be >= 1, got {self.output_every}")
         if self.snapshot_every < 1:
             fail(f"{prefix}.snapshot_every", f"must be >= 1 (output steps), got {self.snapshot_every}")
 
 
+OutputFormat = Literal[tuple(FORMATS)]  # the output backends (hpc_fcn.io.backend)
+
+
 @dataclass
 class OutputConfig:
+    NOT_RESULTS: ClassVar[dict[str, str]] = {
+        "dir": "where the outputs go",
+        "format": "both formats hold equal values (tests/mpi/test_zarr_mpi.py); a resume checks it among its facts",
+        "keep_resume_state": "whether .resume/ stays after the run"}
     dir: str = "runs/ensemble"
     variables: list[str] | None = None  # null = every model channel
     members: bool = False  # also write every member (mean and spread are always written)
-    format: Literal["netcdf", "zarr"] = "netcdf"  # zarr: every rank writes its own window (large runs)
+    format: OutputFormat = "netcdf"  # zarr: every rank writes its own window (large runs)
     keep_resume_state: bool = False  # keep .resume/ (the last snapshot) after a successful run
 
 
 @dataclass
 class ScoringConfig:
+    NOT_RESULTS: ClassVar[dict[str, str]] = {"table_leads": "the leads metrics.md shows (metrics.json has all)"}
     enabled: bool = True  # scores against the truth when the data has it
     lat_weights: Literal["area", "fourcastnet"] = "area"
     table_leads: list[str] = field(default_factory=lambda: ["1d", "3d", "5d", "10d"])
@@ -111,6 +149,9 @@ class ScoringConfig:
 
 @dataclass
 class EnsembleConfig:
+    NOT_RESULTS: ClassVar[dict[str, str]] = {
+        "resume": "whether to resume (the identity is what a resume checks)", "progress": "the progress bar",
+        "trace": "timing traces", "log_level": "what the log shows"}
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)

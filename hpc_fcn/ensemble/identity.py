@@ -1,28 +1,47 @@
 """The identity of an ensemble run: everything that changes its results, stored to refuse a mismatched resume.
 
-The identity is a flat mapping of dotted names (the config keys that change results, the checkpoint's
-SHA-256, the data root and the code version). It is stored in the resume marker and, with its short
-hash ``run_id``, in every output file's attributes; resuming compares it field by field.
+The identity is a flat mapping of dotted names: every field of the config schema except those a section
+declares in its ``NOT_RESULTS`` (each with the reason it cannot change a result), plus the checkpoint's
+SHA-256, the resolved data root, the initial times and the code version. It is stored in the resume
+marker and, with its short hash ``run_id``, in every output file's attributes; resuming compares it field
+by field.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import subprocess
+import typing
 from pathlib import Path
 
 from .. import __version__
 from ..runtime import UserError
 
-# config keys whose values change the numbers a run writes (the layout is checked on its own)
-RESULT_KEYS = ("model.checkpoint", "model.img_size", "model.patch_size", "model.embed_dim", "model.depth",
-               "model.mlp_ratio", "model.num_blocks", "model.sparsity_threshold", "model.hard_thresholding_fraction",
-               "data.channels", "data.stats_dir", "initial_conditions.split", "ensemble.members", "ensemble.control",
-               "ensemble.seed", "perturbation.method", "perturbation.amplitude", "perturbation.channel_amplitude",
-               "perturbation.length_scale_km", "perturbation.bred_cycles", "perturbation.bred_steps",
-               "forecast.output_every", "output.variables", "output.members", "inference.precision",
-               "inference.quantize", "scoring.enabled", "scoring.lat_weights")
+
+def schema_fields(cls: type, prefix: str = "") -> list[tuple[str, type]]:
+    """(dotted name, class that declares it) of every leaf field of the config dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += schema_fields(tp, f"{name}.")
+        else:
+            out.append((name, cls))
+    return out
+
+
+def exemption(name: str, owner: type) -> str | None:
+    """Why the field ``name`` (declared by ``owner``) cannot change results, or None when it can."""
+    return getattr(owner, "NOT_RESULTS", {}).get(name.rsplit(".", 1)[-1])
+
+
+def result_keys(cls: type) -> list[str]:
+    """The dotted config keys whose values change the numbers a run of schema ``cls`` writes."""
+    return [name for name, owner in schema_fields(cls) if exemption(name, owner) is None]
 
 
 @functools.lru_cache(maxsize=8)
@@ -63,11 +82,11 @@ def _plain(v):
 
 def run_identity(cfg, data_root: Path, init_times, lead_steps: int, checkpoint_file: Path | None) -> dict:
     """The identity of the run ``cfg`` (model and layout as resolved) over ``init_times``."""
-    ident = {k: _plain(_get(cfg, k)) for k in RESULT_KEYS}
+    ident = {k: _plain(_get(cfg, k)) for k in result_keys(type(cfg))}
     ident["model.checkpoint_sha256"] = file_sha256(str(checkpoint_file)) if checkpoint_file else None
     ident["model.seed"] = cfg.model.seed if checkpoint_file is None else None  # random weights only
-    ident["data.root"] = str(Path(data_root).resolve())
-    ident["initial_conditions.times"] = [str(t) for t in init_times]
+    ident["data.root_path"] = str(Path(data_root).resolve())
+    ident["initial_conditions.init_times"] = [str(t) for t in init_times]
     ident["forecast.lead_steps"] = int(lead_steps)
     ident["code.version"] = code_version()
     return ident

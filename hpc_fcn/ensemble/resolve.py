@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from ..config import ConfigError
+from ..data.analyses import Analyses
+from ..data.era5 import FCNDataset, open_split
+from ..model.afnonet import AFNONet
+from ..parallel.grid import ProcessGrid
 from ..setup import data_root, process_grid, rank_device, serial_model
 from ..tracing import Tracer
 from .config import EnsembleConfig
@@ -32,7 +37,8 @@ def choose_layout(cfg: EnsembleConfig, world: int, n_chans: int, suggest=None):
         kwargs = cfg.model.kwargs(n_chans, n_chans)
         hw = par.hardware if par.hardware != "auto" else ("h100" if torch.cuda.is_available() else "this_machine")
         layout, pred = suggest(kwargs, ranks=world, hardware=hw, members=cfg.ensemble.members,
-                               members_per_pass=max(1, cfg.inference.members_per_pass))
+                               members_per_pass=cfg.inference.members_per_pass,  # 0: the forecaster's own rule
+                               cuda_graphs=cfg.inference.cuda_graphs)
         par = replace(par, ensemble=layout["ensemble"], h=layout["h"], w=layout["w"], matmul=layout["matmul"],
                       layout="manual")
         log.info("layout chosen by the performance model: %s (predicted %.3g s per step)", layout,
@@ -44,18 +50,17 @@ def choose_layout(cfg: EnsembleConfig, world: int, n_chans: int, suggest=None):
 class ResolvedRun:
     """The facts of one ensemble run on one rank."""
     cfg: EnsembleConfig  # model and parallel sections as run: the checkpoint's architecture, the chosen layout
-    comm: object  # the run's MPI communicator
     tracer: Tracer
-    data_root: object  # Path of the data
-    ds: object  # the initial-condition split (hpc_fcn.data.era5 reader)
-    analyses: object  # analyses by time over every split of the data root (hpc_fcn.data.analyses: bred history)
+    data_root: Path  # the data root
+    ds: FCNDataset  # the initial-condition split
+    analyses: Analyses  # analyses by time over every split of the data root (the bred vectors' history)
     plan: RunPlan
     channels: list[str]  # the model's channels
     out_vars: list[str]  # the channels written
     out_idx: list[int]  # their indices in ``channels``
-    serial: torch.nn.Module  # the serial model (CPU)
+    serial: AFNONet  # the serial model (CPU)
     device: torch.device
-    grid: object  # the ProcessGrid
+    grid: ProcessGrid  # every communicator of the run: ``grid.world`` and one per axis
     rows: slice  # this rank's window of the model grid
     cols: slice
     my_members: range  # this rank's ensemble group's members
@@ -71,10 +76,62 @@ class ResolvedRun:
         return self.grid.coords["matmul"] == 0
 
 
+def members_fit(members: int, need: int, free: int, ranks_per_node: int, where: str) -> str | None:
+    """Why ``ensemble.members`` cannot run when the ranks of one node need ``need`` bytes each (from the memory
+    model of :mod:`hpc_fcn.model.facts`) and the node has ``free``; None when they fit."""
+    from ..io.outdir import human
+    if need * ranks_per_node <= free:
+        return None
+    return (f"config key 'ensemble.members': {members} members need about {human(need)} per rank {where}, "
+            f"{human(need * ranks_per_node)} for the {ranks_per_node} rank(s) of a node, but {human(free)} is free; "
+            "use fewer members, or more ranks (and nodes) on the ensemble axis")
+
+
+def _agree(world, why: str | None) -> None:
+    """Raise on every rank the first rank's reason (memory differs from node to node); collective."""
+    first = next((w for w in world.allgather(why, tag="members_fit") if w), None)
+    if first:
+        raise ConfigError(first)
+
+
+def _members_before_data(cfg: EnsembleConfig, ranks: int, node_ranks: int) -> str | None:
+    """Before the built-in dataset is generated: the members' states alone, split over every rank at best."""
+    from ..accel.memory import free_bytes
+    from ..data.builtin import is_complete
+    from ..data.synth import CHANNELS, builtin_options, builtin_root
+    from ..model.facts import HELD_IMAGES
+    if cfg.data.root != "builtin" or is_complete(builtin_root()):
+        return None
+    o = builtin_options()
+    need = HELD_IMAGES * -(-cfg.ensemble.members // ranks) * o.nlat * o.nlon * len(CHANNELS) * 4
+    return members_fit(cfg.ensemble.members, need, free_bytes(torch.device("cpu")), node_ranks,
+                       "for their states alone")
+
+
+def _members_on_layout(cfg: EnsembleConfig, grid: ProcessGrid, device: torch.device, n_chans: int,
+                       node_ranks: int) -> str | None:
+    """The members this rank holds between passes and one pass's live set, against this node's free memory."""
+    from ..accel.memory import free_bytes
+    from ..model.config import ModelShape
+    from ..model.facts import held_bytes, member_bytes
+    from ..parallel.layout import Layout
+    s = grid.shape
+    lay = Layout(s["ensemble"], s["h"], s["w"], s["matmul"])
+    shape = ModelShape.of(cfg.model.kwargs(n_chans, n_chans))
+    M = cfg.ensemble.members
+    need = held_bytes(shape, lay, -(-M // s["ensemble"]), M, s["ensemble"]) + \
+        member_bytes(shape, lay, cfg.inference.precision).total
+    free = free_bytes(device) + (free_bytes(torch.device("cpu")) if device.type == "cuda" else 0)
+    where = f"on ensemble={s['ensemble']} x h={s['h']} x w={s['w']} x matmul={s['matmul']}"
+    return members_fit(M, need, free, node_ranks, where)
+
+
 def resolve(cfg: EnsembleConfig, comm, tracer: Tracer, suggest=None) -> ResolvedRun:
     """Resolve ``cfg`` on the ranks of ``comm`` (collective)."""
-    from ..data.analyses import Analyses
-    from ..data.era5 import open_split
+    from ..parallel.comm import MPICommunicator
+    from ..runtime import local_size
+    node_ranks = local_size(comm)
+    _agree(MPICommunicator(comm, "setup"), _members_before_data(cfg, comm.size, node_ranks))
     root = data_root(cfg.data, comm)
     ds = open_split(cfg.data, cfg.initial_conditions.split, root=root)
     analyses = Analyses(cfg.data, cfg.initial_conditions.split, root, ds)
@@ -93,9 +150,10 @@ def resolve(cfg: EnsembleConfig, comm, tracer: Tracer, suggest=None) -> Resolved
     grid = process_grid(cfg.parallel, comm, device, tracer)
     grid.validate_model(mcfg.img_size, mcfg.patch_size, mcfg.embed_dim, mcfg.num_blocks,
                         int(mcfg.embed_dim * mcfg.mlp_ratio))
+    _agree(grid.world, _members_on_layout(cfg, grid, device, C, node_ranks))
     M, E = cfg.ensemble.members, grid.shape["ensemble"]
     rows, cols = grid.local_window(mcfg.img_size, mcfg.patch_size)
-    return ResolvedRun(cfg=cfg, comm=comm, tracer=tracer, data_root=root, ds=ds, analyses=analyses, plan=plan,
+    return ResolvedRun(cfg=cfg, tracer=tracer, data_root=root, ds=ds, analyses=analyses, plan=plan,
                        channels=channels, out_vars=out_vars, out_idx=[channels.index(v) for v in out_vars],
                        serial=serial, device=device, grid=grid, rows=rows, cols=cols,
                        my_members=member_split(M, E, grid.coords["ensemble"]),

@@ -21,7 +21,8 @@ from .perturb import Perturber, bred_analysis_times, breed
 from .plan import as_hours, time_tag
 from .products import Products
 from .resolve import ResolvedRun
-from .snapshot import SnapshotStore
+from ..io.backend import DamagedOutput
+from .snapshot import SCORES, SnapshotStore, damaged
 from .scoring import Scoring
 
 log = logging.getLogger("hpc_fcn")
@@ -111,7 +112,10 @@ class Rollout:
         if marker is not None:
             state, scores = store.load(marker, run.my_members, run.rows, run.cols, len(run.channels))
             start_init = int(marker["init_pos"])
-            self.scoring.restore(scores)
+            try:
+                self.scoring.restore(scores)
+            except (ValueError, KeyError, TypeError) as exc:  # arrays that do not describe this run's sums
+                raise damaged(store.dir / f"slot{marker['slot']}" / SCORES, str(exc)) from None
             step = int(marker.get("step", -1))
             if start_init >= n:
                 log.info("resuming after the last initial time: only the scores remain to be written")
@@ -145,7 +149,7 @@ class Rollout:
 
     def _progress_bar(self, start_init: int, marker):
         run = self.run
-        if run.comm.rank != 0 or not run.cfg.progress:
+        if run.grid.world.rank != 0 or not run.cfg.progress:
             return None
         from tqdm import tqdm
         total = len(run.plan.init_indices) * run.plan.lead_steps * run.members
@@ -170,7 +174,10 @@ class Rollout:
             lead_done = plan.output_steps.index(step) + 1
         else:
             state, first, lead_done = self.initial_state(init_index, x0), 0, None
-        files = self.products.writers(init_time, lead_done)
+        try:
+            self.products.open(init_time, lead_done)
+        except DamagedOutput as exc:
+            raise damaged(exc.path, exc.why, store.dir) from None
         need_host = bool(run.cfg.output.members or self.scoring.active)
         snap_every = run.cfg.forecast.snapshot_every
         finite = FiniteFlags(run.grid.world, run.my_members, run.channels, run.plan.dt_hours, tag)
@@ -184,19 +191,19 @@ class Rollout:
                 if need_host:
                     with run.tracer.region("io.to_host", "io"):
                         host = self.products.buffers.copy(phys.float())
-                self.products.write(li, phys, host, files, agreed=True)
+                self.products.write(li, phys, host, agreed=True)
                 scored.flush()  # the previous output step's
                 scored.hold(li, s, host)
                 if run.cfg.resume and s < plan.lead_steps and (li + 1) % snap_every == 0:
                     scored.flush()
                     self.snapshot(store, {"init_pos": k, "step": s, "leads_complete": li + 1}, state,
-                                  on_complete=lambda n=li + 1: self.products.record_leads(files, n))
+                                  on_complete=lambda n=li + 1: self.products.record_leads(n))
             scored.flush()
             store.complete()  # before the outputs are closed: its on_complete records their leads
             complete = len(plan.output_steps)
         finally:
             scored.drop()
-            self.products.close(files, complete)
+            self.products.close(complete)
 
 
 class _Deferred:

@@ -5,7 +5,8 @@ hold sums per lead; they are part of the resume state and are reduced over the s
 """
 from __future__ import annotations
 
-import copy
+import json
+from typing import Mapping
 
 import numpy as np
 
@@ -21,7 +22,7 @@ class Scoring:
         self.run = run
         cfg, ds = run.cfg, run.ds
         self.ens_comm = run.grid.ensemble
-        self.comm = run.grid.world.split(0 if run.scorer else None, run.comm.rank, name="scorers")
+        self.comm = run.grid.world.split(0 if run.scorer else None, run.grid.world.rank, name="scorers")
         self.row_w = lat_weights(ds.lat, cfg.scoring.lat_weights)[run.rows]
         with run.tracer.region("io.read", "io"):
             self.clim = ds.climatology(run.rows, run.cols).astype(np.float32)
@@ -67,29 +68,42 @@ class Scoring:
             acc["persistence"].add(li, x0[None, :, blk], o, cl, w)
             acc["climatology"].add(li, cl[None], o, cl, w)
 
-    def summed(self) -> dict | None:
-        """The accumulators summed over the scoring ranks and each scoring rank's tie-breaking random state,
-        on world rank 0 (None elsewhere); collective."""
+    def summed(self) -> dict[str, np.ndarray] | None:
+        """The accumulators summed over the scoring ranks and each scoring rank's tie-breaking random state, as
+        plain arrays (a resume snapshot's ``scores.npz``), on world rank 0 (None elsewhere); collective."""
+        from ..metrics import rng_to_json
         if self.comm is None:
             return None
         accs = {k: a.summed(self.comm) for k, a in self.accumulators.items()}
-        rngs = self.comm.gather({k: a.rng for k, a in self.accumulators.items()}, root=0, tag="snapshot_rngs")
-        return {"accumulators": accs, "rngs": rngs} if self.run.comm.rank == 0 else None
+        rngs = self.comm.gather({k: rng_to_json(a.rng) for k, a in self.accumulators.items()}, root=0,
+                                tag="snapshot_rngs")
+        if self.run.grid.world.rank != 0:
+            return None
+        out = {f"{k}.{name}": v for k, a in accs.items() for name, v in a.to_arrays().items()}
+        out["rngs"] = np.array(json.dumps(rngs))
+        return out
 
-    def restore(self, summed: dict) -> None:
-        """Continue from ``summed`` (a snapshot's): rank 0 holds the sums, the other scoring ranks zeros.
+    def restore(self, summed: Mapping[str, np.ndarray]) -> None:
+        """Continue from ``summed`` (a snapshot's :meth:`summed`): rank 0 holds the sums, the other scoring ranks
+        zeros. ValueError when the arrays do not describe this run's accumulators.
 
         On as many scoring ranks as before, each continues its own random stream (rank histograms equal an
         uninterrupted run's); on another layout the ties of the rank histogram are broken by other draws.
         """
-        accs, rngs = summed["accumulators"], summed["rngs"]
+        from ..metrics import ScoreAccumulator, rng_from_json
+        accs = {}
+        for k in self.accumulators:
+            prefix = f"{k}."
+            accs[k] = ScoreAccumulator.from_arrays({n[len(prefix):]: v for n, v in summed.items()
+                                                    if n.startswith(prefix)})
+        rngs = json.loads(str(summed["rngs"]))
         if self.comm is None:
             return
         me = self.comm.rank
         self.accumulators = {k: (a if me == 0 else a.zeroed()) for k, a in accs.items()}
         own = rngs[me] if self.comm.size == len(rngs) else rngs[0]
         for k, a in self.accumulators.items():
-            a.rng = copy.deepcopy(own[k])
+            a.rng = rng_from_json(own[k])
 
     def reduce(self) -> dict:
         """The scores of the whole run on every rank (collective over the run's communicator)."""

@@ -1,8 +1,9 @@
 """Resume snapshots keyed by member index and window, so a run resumes on any rank count and layout.
 
 A snapshot slot holds one file per writing rank, named by the members and the window it covers
-(``m{m0}-{m1}_r{r0}-{r1}_c{c0}-{c1}.pt``), and ``scores.pt`` with the score sums already added over
-the ranks. A resumed run assembles its own members and window from whichever files overlap them.
+(``m{m0}-{m1}_r{r0}-{r1}_c{c0}-{c1}.pt``, tensors only: read with ``weights_only=True``), and ``scores.npz``
+(plain arrays, read without pickle) with the score sums already added over the ranks. Nothing read back
+can run code; a damaged file is named in one line with the way to start again (:func:`damaged`). A resumed run assembles its own members and window from whichever files overlap them.
 Snapshots are asynchronous: :meth:`SnapshotStore.save` copies the state to host buffers and queues the
 files on the run's writer thread (after the outputs queued before them); the next snapshot, the end of an
 initial time or of the run completes it (:meth:`SnapshotStore.complete`): every rank's files are on disk, a
@@ -23,6 +24,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ..accel.hostcopy import HostBuffers
@@ -30,7 +32,8 @@ from ..io.outdir import check_space, remove_tree, write_failure
 from ..runtime import UserError, fail_together
 from .identity import check_resume
 
-MARGIN = 1 << 20  # bytes kept free beyond a snapshot file's estimate (pickling, file system metadata)
+MARGIN = 1 << 20  # bytes kept free beyond a snapshot file's estimate (file headers, file system metadata)
+SCORES = "scores.npz"
 _NAME = re.compile(r"m(\d+)-(\d+)_r(\d+)-(\d+)_c(\d+)-(\d+)\.pt$")
 _SLOT = re.compile(r"slot(\d+)$")
 log = logging.getLogger("hpc_fcn")
@@ -61,7 +64,12 @@ class SnapshotStore:
     def read_marker(self) -> dict | None:
         if not self.marker.is_file():
             return None
-        return json.loads(self.marker.read_text())
+        try:
+            marker = json.loads(self.marker.read_text())
+            int(marker["slot"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise damaged(self.marker, f"not a progress marker ({type(exc).__name__})") from None
+        return marker
 
     def check(self) -> dict | None:
         """Rank 0: the marker of the state to resume, refused unless it has this run's identity and facts."""
@@ -117,7 +125,7 @@ class SnapshotStore:
                 if host is not None:
                     _atomic_save(host.wait(), box)
                 if scores is not None:
-                    _atomic_save(scores, sdir / "scores.pt")
+                    _atomic_save(scores, sdir / SCORES)
             except BaseException as exc:  # noqa: BLE001 - shared over the ranks by complete()
                 pending.error = exc
             finally:
@@ -180,7 +188,7 @@ class SnapshotStore:
         marker rank 0 checked, broadcast)."""
         slot = int(marker["slot"])
         sdir = self.dir / f"slot{slot}"
-        scores = torch.load(sdir / "scores.pt", map_location="cpu", weights_only=False)
+        scores = _load_scores(sdir / SCORES)
         state = None
         if marker.get("step", -1) >= 0 and len(members):
             state = self._assemble(sdir, members, rows, cols, channels)
@@ -201,14 +209,14 @@ class SnapshotStore:
             d0, d1 = max(c0, cols.start), min(c1, cols.stop)
             if a0 >= a1 or b0 >= b1 or d0 >= d1:
                 continue
-            part = torch.load(f, map_location="cpu", weights_only=True)
+            part = _load_box(f, (m1 - m0, channels, r1 - r0, c1 - c0))
             out[a0 - members.start:a1 - members.start, :, b0 - rows.start:b1 - rows.start,
                 d0 - cols.start:d1 - cols.start] = part[a0 - m0:a1 - m0, :, b0 - r0:b1 - r0, d0 - c0:d1 - c0]
             covered += (a1 - a0) * (b1 - b0) * (d1 - d0)
         if covered != out.shape[0] * out.shape[2] * out.shape[3]:
             raise UserError(f"the snapshot in {sdir} does not cover members {members.start}..{members.stop - 1} "
                             f"rows {rows.start}..{rows.stop - 1} cols {cols.start}..{cols.stop - 1}; "
-                            f"it is damaged: delete {sdir.parent} and start again with resume=false")
+                            f"it is damaged: {start_again(sdir.parent)}")
         return out
 
 
@@ -236,13 +244,52 @@ def _payload_bytes(obj: Any) -> int:
     return 0
 
 
+def start_again(resume_dir: Path) -> str:
+    """The action that always works on damaged resume state."""
+    return f"delete {resume_dir} and run again (resume=true then starts this run afresh), or run with resume=false"
+
+
+def damaged(path: Path, why: str, resume_dir: Path | None = None) -> UserError:
+    """One line naming a damaged file of the resume state (``resume_dir``: its .resume folder, by default the
+    one ``path`` lies in) and what to do."""
+    if resume_dir is None:
+        resume_dir = next((p for p in Path(path).parents if p.name == ".resume"), Path(path).parent)
+    return UserError(f"the resume state {path} is damaged ({why}): {start_again(resume_dir)}")
+
+
+def _load_box(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
+    """One snapshot file: a float tensor of ``shape`` (tensors only; anything else is refused, never run)."""
+    try:
+        part = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, garbage or a pickle of objects: one line each
+        raise damaged(path, f"not a tensor file: {str(exc).splitlines()[0][:120] or type(exc).__name__}") from None
+    if not isinstance(part, torch.Tensor) or tuple(part.shape) != shape or not part.is_floating_point():
+        raise damaged(path, f"holds {type(part).__name__} {tuple(getattr(part, 'shape', ()))}, expected a float "
+                            f"tensor of shape {shape}")
+    return part
+
+
+def _load_scores(path: Path) -> dict:
+    """A snapshot's score sums: plain arrays, read without pickle (an object array is refused, never run)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as exc:  # noqa: BLE001 - missing, truncated, garbage or pickled: one line each
+        raise damaged(path, f"not the score sums: {str(exc).splitlines()[0][:120] or type(exc).__name__}") from None
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
-    """``obj`` to ``path`` through a temporary file; a failure (a full disk) is named and leaves no partial file."""
+    """``obj`` (a tensor, or a dict of NumPy arrays: an npz file) to ``path`` through a temporary file; a
+    failure (a full disk) is named and leaves no partial file."""
     tmp = path.with_suffix(".tmp")
     nbytes = _payload_bytes(obj)
     try:
         check_space(path.parent, nbytes + MARGIN, f"the resume snapshot {path}")
-        torch.save(obj, tmp)
+        if isinstance(obj, dict):
+            with open(tmp, "wb") as f:
+                np.savez(f, **obj)
+        else:
+            torch.save(obj, tmp)
         os.replace(tmp, path)
     except Exception as exc:  # noqa: BLE001 - every cause is named in one line
         tmp.unlink(missing_ok=True)

@@ -4,66 +4,39 @@ A file holds one initial time (dimension ``time``, the forecast reference time),
 (``lead_time``, hours) and the lat/lon grid; the ``members`` product adds ``realization``. Values are
 written window by window as the rollout streams. Work goes to ``<path>.partial``, which is renamed to
 ``path`` once every lead has been written, so a file under its final name is always complete.
-One process writes each file; the other ranks send it their windows with :func:`gather_window_to_root`
-(the installed netCDF4 has no parallel IO, and one writer per file keeps the files simple and robust).
+One process writes each file; the other ranks send it their windows
+(:func:`hpc_fcn.parallel.windows.gather_window_to_root`): the installed netCDF4 has no parallel IO, and one
+writer per file keeps the files simple and robust. :class:`NetCDFOutput` is the run's output backend in this
+format (:mod:`.backend`).
 """
 from __future__ import annotations
 
-import datetime as _dt
-import importlib.metadata
 import os
-import platform
-import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import netCDF4
 import numpy as np
 
-PRODUCTS = ("mean", "spread", "members")
-CELL_METHODS = {"mean": "realization: mean", "spread": "realization: standard_deviation"}
-FILL_VALUE = np.float32(netCDF4.default_fillvals["f4"])
-TIME_UNITS = "hours since 1970-01-01 00:00:00"
-CALENDAR = "proleptic_gregorian"
+from ..parallel.windows import gather_window_to_root, window_bounds
+from . import cf
+from .backend import DamagedOutput, OutputBackend
+from .outdir import check_space, write_failure
+
 PARTIAL_SUFFIX = ".partial"
-COORDINATE_NAMES = ("realization", "time", "lead_time", "valid_time", "lat", "lon")
-_EPOCH = np.datetime64("1970-01-01T00:00:00", "s")
+MARGIN = 1 << 20  # bytes kept free beyond a lead's estimate (netCDF/HDF5 metadata)
 _RESERVED_ATTRS = ("Conventions", "product", "leads_complete")
 
 
 def forecast_path(outdir: str | os.PathLike, init_time: np.datetime64, product: str) -> Path:
     """``{outdir}/forecast_{YYYYmmddTHH}_{product}.nc``: where the file of one initial time and product goes."""
-    _check_product(product)
-    stamp = np.datetime_as_string(np.datetime64(init_time, "h"), unit="h").replace("-", "")
-    return Path(outdir) / f"forecast_{stamp}_{product}.nc"
+    return cf.output_path(outdir, init_time, product, ".nc")
 
 
 def partial_path(path: str | os.PathLike) -> Path:
     """Where an unfinished file lives until its last lead is written."""
     p = Path(path)
     return p.with_name(p.name + PARTIAL_SUFFIX)
-
-
-def hours_since_epoch(t: np.datetime64) -> float:
-    """A time as hours since 1970-01-01 00:00:00 (the files' ``TIME_UNITS``)."""
-    return float((np.datetime64(t, "s") - _EPOCH) / np.timedelta64(1, "h"))
-
-
-def software_versions() -> str:
-    """One line naming the versions of Python, torch, numpy, netCDF4 (and its C libraries), mpi4py and MPI."""
-    def version(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    mpi = "not initialised"
-    if "mpi4py.MPI" in sys.modules:  # never initialise MPI just to name it
-        mpi = sys.modules["mpi4py.MPI"].Get_library_version().splitlines()[0].strip()
-        mpi = " ".join(mpi.split())
-    return (f"python {platform.python_version()}; torch {version('torch')}; numpy {np.__version__}; "
-            f"netCDF4 {netCDF4.__version__} (netCDF-C {netCDF4.__netcdf4libversion__}, "
-            f"HDF5 {netCDF4.__hdf5libversion__}); mpi4py {version('mpi4py')}; MPI {mpi}")
 
 
 class ForecastWriter:
@@ -78,15 +51,8 @@ class ForecastWriter:
                  lat: np.ndarray, lon: np.ndarray, init_time: np.datetime64, lead_hours: Sequence[int],
                  product: str, n_members: int | None = None, attrs: Mapping[str, Any] | None = None,
                  complevel: int = 2):
-        _check_product(product)
-        variables = list(variables)
-        _check_variables(variables, units, long_names)
-        lat, lon = _check_axis(lat, "lat", -90.0, 90.0), _check_axis(lon, "lon", -360.0, 360.0)
-        leads = _check_leads(lead_hours)
-        if product == "members" and (n_members is None or n_members < 1):
-            raise ValueError(f"the members product needs n_members >= 1, got {n_members}")
-        if n_members is not None and n_members < 1:
-            raise ValueError(f"n_members must be >= 1, got {n_members}")
+        variables, lat, lon, leads = cf.checked_layout(product, variables, units, long_names, lat, lon,
+                                                       lead_hours, n_members)
         if not 1 <= complevel <= 9:
             raise ValueError(f"complevel must be in 1..9, got {complevel}")
         init = np.datetime64(init_time, "s")
@@ -131,8 +97,8 @@ class ForecastWriter:
         try:
             ds = netCDF4.Dataset(src, "a")
         except OSError as exc:
-            raise OSError(f"cannot reopen {src} to resume ({exc}); delete it and start this initial time again") from exc
-        if "product" not in ds.ncattrs() or ds.getncattr("product") not in PRODUCTS:
+            raise DamagedOutput(src, f"cannot be reopened: {(str(exc).splitlines() or [''])[0][:120]}") from exc
+        if "product" not in ds.ncattrs() or ds.getncattr("product") not in cf.PRODUCTS:
             ds.close()
             raise ValueError(f"{src} is not a forecast file written by hpc_fcn (no 'product' attribute)")
         done = int(ds.getncattr("leads_complete"))
@@ -145,9 +111,8 @@ class ForecastWriter:
         self.path, self.partial_path = final, part
         self._attach(ds, leads_complete=resume_at)
         if from_partial:
-            stamp = _now().isoformat(timespec="seconds").replace("+00:00", "Z")
             history = ds.getncattr("history") if "history" in ds.ncattrs() else ""
-            ds.setncattr("history", f"{history}\n{stamp} hpc_fcn: resumed at lead index {resume_at}".lstrip())
+            ds.setncattr("history", f"{history}\n{cf.timestamp()} hpc_fcn: resumed at lead index {resume_at}".lstrip())
             self.flush()
         return self
 
@@ -155,7 +120,7 @@ class ForecastWriter:
         """Bookkeeping shared by a new and a reopened file."""
         self._ds = ds
         self.product = ds.getncattr("product")
-        self.variables = [n for n, v in ds.variables.items() if n not in COORDINATE_NAMES]
+        self.variables = [n for n, v in ds.variables.items() if n not in cf.COORDINATE_NAMES]
         self.n_leads = len(ds.dimensions["lead_time"])
         self.n_lat, self.n_lon = len(ds.dimensions["lat"]), len(ds.dimensions["lon"])
         self.n_members = len(ds.dimensions["realization"]) if self.product == "members" else None
@@ -175,11 +140,11 @@ class ForecastWriter:
         if self._done[lead_index]:
             raise ValueError(f"lead index {lead_index} of {self.path.name} is already complete")
         data = np.asarray(data, dtype=np.float32)
-        r0, r1 = _window(rows, self.n_lat, "rows")
-        c0, c1 = _window(cols, self.n_lon, "cols")
+        r0, r1 = window_bounds(rows, self.n_lat, "rows")
+        c0, c1 = window_bounds(cols, self.n_lon, "cols")
         C = len(self.variables)
         if self.product == "members":
-            m0, m1 = _window(members, self.n_members, "members")
+            m0, m1 = window_bounds(members, self.n_members, "members")
             want = (m1 - m0, C, r1 - r0, c1 - c0)
         else:
             if members is not None:
@@ -255,200 +220,111 @@ class ForecastWriter:
             raise ValueError(f"{self.path.name} is closed")
 
 
-# -- gathering windows to the writer ---------------------------------------------------------------
+# -- the run's outputs in netCDF ------------------------------------------------------------------
 
-def gather_window_to_root(comm, data, full_shape: Sequence[int], *, rows: slice | None = None,
-                          cols: slice | None = None, members: slice | None = None, root: int = 0):
-    """Assemble the windows held by the ranks of ``comm`` into one float32 array on ``root`` (None elsewhere).
+class NetCDFOutput(OutputBackend):
+    """netCDF: every window is gathered to world rank 0, which writes one file per product and flushes it at
+    every lead (so settling has nothing left to do)."""
 
-    Collective over ``comm`` (a :class:`hpc_fcn.parallel.comm.Communicator`). ``data`` covers ``rows`` x
-    ``cols`` of the last two axes of ``full_shape`` and, when given, ``members`` of its first axis; a rank
-    holding a copy of data that another rank sends passes ``data=None``. The windows must tile
-    ``full_shape`` exactly (checked; every rank raises alike).
-    """
-    full_shape = tuple(int(n) for n in full_shape)
-    if len(full_shape) < 2:
-        raise ValueError(f"full_shape must have at least two axes (rows, cols), got {full_shape}")
-    meta = None
-    if data is not None:
-        data = np.ascontiguousarray(data, dtype=np.float32)
-        box = [(0, n) for n in full_shape]
-        box[-2] = _window(rows, full_shape[-2], "rows")
-        box[-1] = _window(cols, full_shape[-1], "cols")
-        if members is not None:
-            if len(full_shape) < 3:
-                raise ValueError("members= needs a full_shape with a leading members axis")
-            box[0] = _window(members, full_shape[0], "members")
-        want = tuple(b - a for a, b in box)
-        if data.shape != want:
-            raise ValueError(f"rank {comm.rank}: data of shape {data.shape} does not fit its window {want}")
-        meta = tuple(box)
-    metas = comm.gather(meta, root=root, tag="write")
-    error = _check_tiling(metas, full_shape) if comm.rank == root else None
-    error = comm.bcast(error, root=root, tag="write")
-    if error:
-        raise ValueError(f"gather_window_to_root: {error}")
-    pieces = comm.gatherv_to_root(data if data is not None else np.empty(0, np.float32), root=root, tag="write")
-    if pieces is None:
-        return None
-    out = np.empty(full_shape, np.float32)
-    for m, piece in zip(metas, pieces):
-        if m is not None:
-            out[tuple(slice(a, b) for a, b in m)] = piece
-    return out
+    def __init__(self, spec, window, writer=None, buffers=None):
+        super().__init__(spec, window, writer, buffers)
+        self.files: dict[str, ForecastWriter] = {}
+
+    def open(self, init_time, resume_at):
+        self.files = {}
+        if self.window.world.rank != 0:
+            return
+        for p in self.spec.products:
+            path = forecast_path(self.spec.outdir, init_time, p)
+            if resume_at is not None:
+                self.files[p] = ForecastWriter.open_existing(path, resume_at=resume_at)
+                continue
+            try:
+                check_space(path.parent, self.spec.lead_bytes(p) + MARGIN, str(partial_path(path)))
+                self.files[p] = ForecastWriter(path, init_time=init_time, attrs=self.spec.attrs,
+                                               **self.spec.describe(p))
+            except (OSError, RuntimeError) as exc:
+                self.abandon()
+                raise write_failure(partial_path(path), exc) from None
+
+    def write(self, lead, statistics, members, agreed=False):
+        spec, w = self.spec, self.window
+        host = members.numpy() if members is not None else None
+        full2 = (len(w.channels), len(spec.lat), len(spec.lon))
+        with w.tracer.region("io.write", "io"):
+            for name, f in self.files.items():  # before touching a file, so a full disk leaves it as last flushed
+                check_space(f.partial_path.parent, spec.lead_bytes(name) + MARGIN, f"lead {lead} of {f.partial_path}")
+            if w.writes_statistics:
+                for name, t in statistics.items():
+                    full = gather_window_to_root(w.spatial, t.cpu().numpy(), full2, rows=w.rows, cols=w.cols)
+                    if full is not None:
+                        _put(self.files[name], "write", lead, full)
+            if "members" in spec.products and w.writes_members:
+                mine = w.members
+                for m in range(spec.n_members):  # one member at a time bounds the writer's memory to one field
+                    own = host[m - mine.start, w.channels][None] if m in mine else None
+                    full = gather_window_to_root(w.member_ranks, own, (1,) + full2, rows=w.rows, cols=w.cols)
+                    if full is not None:
+                        _put(self.files["members"], "write", lead, full, members=slice(m, m + 1))
+            for f in self.files.values():
+                _put(f, "flush")
+
+    def close(self, leads_complete):
+        if leads_complete is None:  # an error path: the files stay as last flushed
+            self.abandon()
+            return
+        for f in self.files.values():
+            try:
+                f.close()  # a complete file gets its final name
+            except (OSError, RuntimeError) as exc:
+                self.abandon()
+                raise write_failure(f.partial_path, exc) from None
+
+    def abandon(self):
+        """Close the files as they were last flushed, keeping the first error."""
+        for f in self.files.values():
+            try:
+                f.abandon()
+            except Exception:  # noqa: BLE001 - the failure being raised matters, not this one
+                pass
 
 
-def _check_tiling(metas: list, full_shape: tuple[int, ...]) -> str | None:
-    """None when the boxes are disjoint and cover the full shape, else the reason."""
-    boxes = [(r, m) for r, m in enumerate(metas) if m is not None]
-    for i, (ri, a) in enumerate(boxes):
-        for rj, b in boxes[i + 1:]:
-            if all(lo1 < hi2 and lo2 < hi1 for (lo1, hi1), (lo2, hi2) in zip(a, b)):
-                return f"the windows of ranks {ri} and {rj} overlap"
-    covered = sum(int(np.prod([hi - lo for lo, hi in m])) for _, m in boxes)
-    total = int(np.prod(full_shape))
-    if covered != total:
-        return f"the windows cover {covered} of the {total} points of {full_shape}"
-    return None
+def _put(writer: ForecastWriter, method: str, *args, **kwargs) -> None:
+    """``writer.method(*args)``, a failure named by the file and its cause (a full disk as such)."""
+    try:
+        getattr(writer, method)(*args, **kwargs)
+    except (OSError, RuntimeError) as exc:
+        raise write_failure(writer.partial_path, exc) from None
 
 
 # -- file layout -----------------------------------------------------------------------------------
 
 def _define(ds: netCDF4.Dataset, *, variables, units, standard_names, long_names, lat, lon, init, leads,
             product, n_members, complevel, attrs, filename) -> None:
-    """Dimensions, coordinates, data variables and global attributes of a new file."""
-    members = product == "members"
-    if members:
-        ds.createDimension("realization", n_members)
-    ds.createDimension("time", 1)
-    ds.createDimension("lead_time", len(leads))
-    ds.createDimension("lat", len(lat))
-    ds.createDimension("lon", len(lon))
-
-    if members:
-        v = ds.createVariable("realization", "i4", ("realization",))
-        v.setncatts({"standard_name": "realization", "long_name": "ensemble member number"})
-        v[:] = np.arange(n_members, dtype=np.int32)
-    t0 = hours_since_epoch(init)
-    v = ds.createVariable("time", "f8", ("time",))
-    v.setncatts({"standard_name": "forecast_reference_time", "long_name": "initial time of the forecast",
-                 "units": TIME_UNITS, "calendar": CALENDAR})
-    v[:] = [t0]
-    v = ds.createVariable("lead_time", "i4", ("lead_time",))
-    v.setncatts({"standard_name": "forecast_period", "long_name": "forecast lead time", "units": "hours"})
-    v[:] = np.asarray(leads, dtype=np.int32)
-    v = ds.createVariable("valid_time", "f8", ("time", "lead_time"))
-    v.setncatts({"standard_name": "time", "long_name": "valid time of the forecast", "units": TIME_UNITS,
-                 "calendar": CALENDAR})
-    v[:] = t0 + np.asarray(leads, dtype=np.float64)[None, :]
-    v = ds.createVariable("lat", "f8", ("lat",))
-    v.setncatts({"standard_name": "latitude", "long_name": "latitude", "units": "degrees_north", "axis": "Y"})
-    v[:] = lat
-    v = ds.createVariable("lon", "f8", ("lon",))
-    v.setncatts({"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east", "axis": "X"})
-    v[:] = lon
-
-    dims = (("realization",) if members else ()) + ("time", "lead_time", "lat", "lon")
+    """Dimensions, coordinates, data variables and global attributes of a new file (the layout of :mod:`.cf`)."""
+    coords = cf.coordinates(init, leads, lat, lon, n_members if product == "members" else None)
+    for name, values, dims, _ in coords:
+        if len(dims) == 1:
+            ds.createDimension(name, len(values))
+    for name, values, dims, attributes in coords:
+        v = ds.createVariable(name, values.dtype.str[1:], dims)
+        v.setncatts(attributes)
+        v[:] = values
+    dims = cf.data_dimensions(product)
     chunks = (1,) * (len(dims) - 2) + (len(lat), len(lon))
     for name in variables:
         v = ds.createVariable(name, "f4", dims, zlib=True, complevel=complevel, shuffle=True,
-                              chunksizes=chunks, fill_value=FILL_VALUE)
-        v.setncatts(variable_attributes(name, units, standard_names, long_names, product))
-
-    stamp = _now().isoformat(timespec="seconds").replace("+00:00", "Z")
-    from .. import __version__
-    what = {"mean": "ensemble mean", "spread": "ensemble spread (standard deviation)",
-            "members": "ensemble members"}[product]
-    init_text = np.datetime_as_string(init, unit="m")
-    glob: dict[str, Any] = {
-        "Conventions": "CF-1.10",
-        "title": f"FourCastNet {what} forecast from {init_text}",
-        "institution": "unknown",
-        "source": f"hpc_fcn {__version__}, FourCastNet AFNO",
-        "history": f"{stamp} hpc_fcn {__version__}: created {filename}",
-        "date_created": stamp,
-        "product": product,
-        "forecast_reference_time": f"{init_text}Z",
-        "software_versions": software_versions(),
-    }
-    if n_members is not None:
-        glob["ensemble_size"] = np.int32(n_members)
+                              chunksizes=chunks, fill_value=cf.FILL_VALUE)
+        v.setncatts(cf.variable_attributes(name, units, standard_names, long_names, product))
+    glob = cf.global_attributes(product, init, filename, n_members)
+    if "ensemble_size" in glob:
+        glob["ensemble_size"] = np.int32(glob["ensemble_size"])
     glob.update(attrs)
     glob["leads_complete"] = np.int32(0)
     ds.setncatts(glob)
 
 
-# -- checks and small helpers ----------------------------------------------------------------------
-
-def variable_attributes(name: str, units: Mapping, standard_names: Mapping, long_names: Mapping,
-                        product: str) -> dict:
-    """The CF attributes of output variable ``name`` (the same in the netCDF files and the zarr stores)."""
-    va = {"long_name": str(long_names[name])}
-    if standard_names.get(name):
-        va["standard_name"] = str(standard_names[name])
-    va["units"] = str(units[name])
-    if product in CELL_METHODS:
-        va["cell_methods"] = CELL_METHODS[product]
-    va["coordinates"] = "valid_time"
-    va["missing_value"] = FILL_VALUE
-    return va
-
-
-def _check_product(product: str) -> None:
-    if product not in PRODUCTS:
-        raise ValueError(f"product must be one of {', '.join(PRODUCTS)}, got {product!r}")
-
-
-def _check_variables(variables: list[str], units: Mapping, long_names: Mapping) -> None:
-    if not variables:
-        raise ValueError("variables is empty: select at least one channel to write")
-    if len(set(variables)) != len(variables):
-        raise ValueError(f"variables has duplicates: {variables}")
-    for name in variables:
-        if name in COORDINATE_NAMES:
-            raise ValueError(f"variable name {name!r} clashes with a coordinate of the file")
-        if name not in units:
-            raise ValueError(f"no units given for variable {name!r}")
-        if name not in long_names:
-            raise ValueError(f"no long_name given for variable {name!r}")
-
-
-def _check_axis(values, name: str, lo: float, hi: float) -> np.ndarray:
-    a = np.asarray(values, dtype=np.float64)
-    if a.ndim != 1 or a.size < 1:
-        raise ValueError(f"{name} must be a non-empty 1-d array, got shape {a.shape}")
-    if not np.all(np.isfinite(a)) or a.min() < lo or a.max() > hi:
-        raise ValueError(f"{name} values must be finite and within [{lo}, {hi}]")
-    d = np.diff(a)
-    if a.size > 1 and not (np.all(d > 0) or np.all(d < 0)):
-        raise ValueError(f"{name} must be strictly monotonic")
-    return a
-
-
-def _check_leads(lead_hours: Sequence[int]) -> list[int]:
-    leads = [int(h) for h in lead_hours]
-    if not leads:
-        raise ValueError("lead_hours is empty")
-    if any(h != float(x) for h, x in zip(leads, lead_hours)):
-        raise ValueError(f"lead_hours must be whole hours, got {list(lead_hours)}")
-    if leads[0] < 0 or any(b <= a for a, b in zip(leads, leads[1:])):
-        raise ValueError(f"lead_hours must be >= 0 and strictly increasing, got {leads}")
-    return leads
-
-
-def _window(s: slice | None, n: int, what: str) -> tuple[int, int]:
-    """[start, stop) of a contiguous, non-empty window of an axis of size n."""
-    if s is None:
-        return 0, n
-    if not isinstance(s, slice):
-        raise TypeError(f"{what} must be a slice, got {type(s).__name__}")
-    start, stop, step = s.indices(n)
-    if step != 1:
-        raise ValueError(f"{what} must be a contiguous slice (step 1), got {s}")
-    if stop <= start:
-        raise ValueError(f"{what} window {s} is empty for an axis of size {n}")
-    return start, stop
-
+# -- small helpers ---------------------------------------------------------------------------------
 
 def _overlaps(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return all(a[i] < b[i + 1] and b[i] < a[i + 1] for i in range(0, len(a), 2))
@@ -480,7 +356,3 @@ def _fsync(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)

@@ -5,33 +5,40 @@ coordinates, CF attributes and global attributes, one array per variable with di
 ``([realization,] time, lead_time, lat, lon)``. Rank 0 creates the store (metadata only) before the first
 step; then each rank writes its own members and window as region writes. Chunks are one member x one
 lead x a block of rows x a block of columns, chosen from the layout (:func:`aligned_chunk`) so that no two
-ranks ever write one chunk. Writes run in a background thread (:class:`BackgroundWriter`). The global
+ranks ever write one chunk. Writes run in a background thread (:mod:`.background`). The global
 attribute ``leads_complete`` counts the leads that every rank has finished; it is set by rank 0 after a
-barrier, and the metadata is consolidated when the store is closed.
+barrier. Until the store is closed it is named ``<name>.partial`` (as an unfinished netCDF file is): closing
+consolidates its metadata and gives it its final name, so a store under its final name is always complete.
 """
 from __future__ import annotations
 
 import math
 import os
+import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .background import BackgroundWriter as _BackgroundWriter
-from .netcdf import (CALENDAR, FILL_VALUE, TIME_UNITS, _check_axis, _check_leads, _check_product, _check_variables,
-                     _now, hours_since_epoch, software_versions, variable_attributes)
+from . import cf
+from .backend import OutputBackend
+from .outdir import write_failure
 
 ZARR_SUFFIX = ".zarr"
+PARTIAL_SUFFIX = ".partial"  # an unfinished store's name (as netCDF's): only a complete store has its final name
 COMPRESSION_LEVEL = 1  # zstd level: fast enough that compression does not dominate the write
 
 
 def store_path(outdir: str | os.PathLike, init_time: np.datetime64, product: str) -> Path:
     """``{outdir}/forecast_{YYYYmmddTHH}_{product}.zarr``: the store of one initial time and product."""
-    _check_product(product)
-    stamp = np.datetime_as_string(np.datetime64(init_time, "h"), unit="h").replace("-", "")
-    return Path(outdir) / f"forecast_{stamp}_{product}{ZARR_SUFFIX}"
+    return cf.output_path(outdir, init_time, product, ZARR_SUFFIX)
+
+
+def partial_store(path: str | os.PathLike) -> Path:
+    """Where a store lives until its last lead is written and its metadata consolidated."""
+    p = Path(path)
+    return p.with_name(p.name + PARTIAL_SUFFIX)
 
 
 def aligned_chunk(n: int, starts: Sequence[int]) -> int:
@@ -91,62 +98,27 @@ class ZarrForecastStore:
         """Write the metadata and coordinates of a new store at ``path`` (replacing one that is there)."""
         import zarr
         from zarr.codecs import ZstdCodec
-        _check_product(product)
-        variables = list(variables)
-        _check_variables(variables, units, long_names)
-        lat, lon = _check_axis(lat, "lat", -90.0, 90.0), _check_axis(lon, "lon", -360.0, 360.0)
-        leads = _check_leads(lead_hours)
-        members = product == "members"
-        if members and (n_members is None or n_members < 1):
-            raise ValueError(f"the members product needs n_members >= 1, got {n_members}")
+        variables, lat, lon, leads = cf.checked_layout(product, variables, units, long_names, lat, lon,
+                                                       lead_hours, n_members)
         init = np.datetime64(init_time, "s")
-        from .. import __version__
-        stamp = _now().isoformat(timespec="seconds").replace("+00:00", "Z")
-        init_text = np.datetime_as_string(init, unit="m")
-        what = {"mean": "ensemble mean", "spread": "ensemble spread (standard deviation)",
-                "members": "ensemble members"}[product]
-        glob: dict[str, Any] = {
-            "Conventions": "CF-1.10", "title": f"FourCastNet {what} forecast from {init_text}",
-            "institution": "unknown", "source": f"hpc_fcn {__version__}, FourCastNet AFNO",
-            "history": f"{stamp} hpc_fcn {__version__}: created {Path(path).name}", "date_created": stamp,
-            "product": product, "forecast_reference_time": f"{init_text}Z",
-            "software_versions": software_versions(), "variables": variables, "grid": [len(lat), len(lon)],
-            "lead_hours": leads}
-        if n_members is not None:
-            glob["ensemble_size"] = int(n_members)
+        glob = cf.global_attributes(product, init, Path(path).name.removesuffix(PARTIAL_SUFFIX), n_members)
+        glob.update(variables=variables, grid=[len(lat), len(lon)], lead_hours=leads)
         for k, v in (attrs or {}).items():
             glob[k] = v.tolist() if isinstance(v, np.ndarray) else v
         glob["leads_complete"] = 0
         root = zarr.open_group(path, mode="w", zarr_format=3, attributes=glob)
-
-        def coord(name, values, dtype, dims, attributes):
-            a = root.create_array(name, shape=np.shape(values), dtype=dtype, dimension_names=dims,
+        members = n_members if product == "members" else None
+        for name, values, dims, attributes in cf.coordinates(init, leads, lat, lon, members):
+            a = root.create_array(name, shape=values.shape, dtype=values.dtype.str[1:], dimension_names=dims,
                                   attributes=attributes, fill_value=None, compressors=None)
-            a[...] = np.asarray(values, dtype=dtype)
-
-        t0 = hours_since_epoch(init)
-        if members:
-            coord("realization", np.arange(n_members), "i4", ("realization",),
-                  {"standard_name": "realization", "long_name": "ensemble member number"})
-        coord("time", [t0], "f8", ("time",), {"standard_name": "forecast_reference_time",
-                                              "long_name": "initial time of the forecast", "units": TIME_UNITS,
-                                              "calendar": CALENDAR})
-        coord("lead_time", leads, "i4", ("lead_time",), {"standard_name": "forecast_period",
-                                                         "long_name": "forecast lead time", "units": "hours"})
-        coord("valid_time", t0 + np.asarray(leads, np.float64)[None, :], "f8", ("time", "lead_time"),
-              {"standard_name": "time", "long_name": "valid time of the forecast", "units": TIME_UNITS,
-               "calendar": CALENDAR})
-        coord("lat", lat, "f8", ("lat",), {"standard_name": "latitude", "long_name": "latitude",
-                                           "units": "degrees_north", "axis": "Y"})
-        coord("lon", lon, "f8", ("lon",), {"standard_name": "longitude", "long_name": "longitude",
-                                           "units": "degrees_east", "axis": "X"})
-        dims = (("realization",) if members else ()) + ("time", "lead_time", "lat", "lon")
+            a[...] = values
+        dims = cf.data_dimensions(product)
         shape = ((n_members,) if members else ()) + (1, len(leads), len(lat), len(lon))
         chunks = (1,) * (len(dims) - 2) + (chunk_rows, chunk_cols)
         for name in variables:
-            va = variable_attributes(name, units, standard_names, long_names, product)
+            va = cf.variable_attributes(name, units, standard_names, long_names, product)
             va["missing_value"] = float(va["missing_value"])  # JSON attributes
-            root.create_array(name, shape=shape, chunks=chunks, dtype="f4", fill_value=FILL_VALUE,
+            root.create_array(name, shape=shape, chunks=chunks, dtype="f4", fill_value=cf.FILL_VALUE,
                               dimension_names=dims, attributes=va,
                               compressors=ZstdCodec(level=COMPRESSION_LEVEL))
         cls.consolidate(path)
@@ -203,8 +175,119 @@ class ZarrForecastStore:
             ctx.__exit__(None, None, None)
 
 
-class BackgroundWriter(_BackgroundWriter):
-    """The run's writer thread (:mod:`hpc_fcn.io.background`), naming the zarr output in its errors."""
+class ZarrOutput(OutputBackend):
+    """zarr: rank 0 creates one store per product, then every rank writes its own window and members as region
+    writes on the run's writer thread; ``leads_complete`` is recorded once every rank's writes are on disk."""
 
-    def __init__(self, depth: int = 2, what: str = "the zarr output"):
-        super().__init__(depth, what)
+    def __init__(self, spec, window, writer=None, buffers=None):
+        if writer is None or buffers is None:
+            raise ValueError("zarr output needs the run's background writer and host buffers")
+        super().__init__(spec, window, writer, buffers)
+        self.stores: dict[str, ZarrForecastStore] = {}
+
+    def open(self, init_time, resume_at):
+        from ..runtime import UserError
+        spec, w = self.spec, self.window
+        paths = {p: store_path(spec.outdir, init_time, p) for p in spec.products}
+        error = None
+        if w.world.rank == 0:
+            try:
+                for p, path in paths.items():
+                    error = self._prepare(path, p, init_time, resume_at)
+                    if error:
+                        break
+            except OSError as exc:
+                error = f"cannot write the zarr output in {spec.outdir}: {exc.strerror or exc}"
+        error = w.world.bcast(error, root=0, tag="zarr_create")
+        if error:
+            raise UserError(error)
+        self.stores = {p: ZarrForecastStore.open(partial_store(path)) for p, path in paths.items()}
+        why = self.stores[spec.products[0]].check_aligned(w.rows, w.cols)
+        why = w.world.allgather(why, tag="zarr_aligned")
+        bad = next(((r, x) for r, x in enumerate(why) if x), None)
+        if bad:
+            raise UserError(f"rank {bad[0]}: the zarr store's chunks do not fit this layout ({bad[1]}); resume with "
+                            f"parallel.h and parallel.w that divide the original ones")
+
+    def _prepare(self, path: Path, product: str, init_time, resume_at: int | None) -> str | None:
+        """Rank 0: the unfinished store of ``product`` at ``path``'s partial name, new or kept for a resume
+        (a finished one becomes partial again); the reason when that cannot be."""
+        spec, w = self.spec, self.window
+        part = partial_store(path)
+        want = {"product": product, "members": spec.n_members, "grid": [len(spec.lat), len(spec.lon)],
+                "variables": list(spec.variables), "lead_hours": list(spec.lead_hours)}
+        for where in (part, path):
+            have = describe_store(where)
+            if have is not None and (why := mismatch(have, want)):
+                return f"{where} holds another run's output ({why}); choose another output.dir or delete it"
+        if resume_at is None:
+            ZarrForecastStore.create(part, init_time=init_time, attrs=spec.attrs, chunk_rows=w.chunk[0],
+                                     chunk_cols=w.chunk[1], **spec.describe(product))
+        elif describe_store(part) is None:
+            if describe_store(path) is None:
+                return f"cannot resume: {part} is missing; start again with resume=false"
+            _replace_dir(path, part)  # reopening a finished store for rewriting: it is partial again
+        return None
+
+    def write(self, lead, statistics, members, agreed=False):
+        from ..runtime import fail_together
+        w = self.window
+        jobs = []
+        if w.writes_statistics:
+            for name, t in statistics.items():
+                jobs.append(_region_job(self.stores[name], lead, self.buffers.copy(t), rows=w.rows, cols=w.cols))
+        if "members" in self.stores and w.writes_members and len(w.members):
+            jobs.append(_region_job(self.stores["members"], lead, members.share(), channels=w.channels,
+                                    rows=w.rows, cols=w.cols, members=slice(w.members.start, w.members.stop)))
+        with w.tracer.region("io.submit", "io"):
+            if not agreed:
+                fail_together(w.world, self.writer.take_error(), tag="zarr_write")  # an earlier write's
+            self.writer.submit(jobs)
+
+    def record_leads(self, leads_complete):
+        for store in self.stores.values():
+            store.set_leads_complete(leads_complete)
+
+    def settle(self, leads_complete):
+        from ..runtime import fail_together
+        w = self.window
+        with w.tracer.region("io.wait", "io"):
+            self.writer.drain()
+        fail_together(w.world, self.writer.take_error(), tag="settle")  # and the barrier
+        if w.world.rank == 0:
+            self.record_leads(leads_complete)
+
+    def close(self, leads_complete):
+        if leads_complete is None:  # an error path: a store is complete up to the leads it records
+            return
+        self.settle(leads_complete)
+        if self.window.world.rank == 0:
+            for store in self.stores.values():
+                store.consolidate(store.path)
+                _replace_dir(store.path, store.path.with_name(store.path.name[:-len(PARTIAL_SUFFIX)]))
+
+    def abandon(self):
+        """Nothing to release: a store is complete up to the leads it records."""
+
+
+def _region_job(store: ZarrForecastStore, lead: int, data, channels=None, **where):
+    """A write job for the writer thread: waits for the host copy, writes one region, gives the buffer back; a
+    failure names the store (and a full disk's free space)."""
+    def job():
+        try:
+            arr = data.wait()
+            if channels is not None:
+                arr = arr[:, channels]
+            store.write(lead, arr.numpy(), **where)
+        except OSError as exc:
+            raise write_failure(store.path, exc) from None
+        finally:
+            data.release()
+    return job
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Rename the store ``src`` to ``dst``, replacing a store there."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(src, dst)

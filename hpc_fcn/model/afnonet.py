@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import mode_window, pair
+from .config import NOISE_PROCESS_KEYS, block_size, mode_window, network_config, pair, token_grid
 
 
 def spectral_block_mlp(xr: torch.Tensor, xi: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
@@ -35,12 +35,10 @@ class AFNO2D(nn.Module):
     def __init__(self, hidden_size: int, num_blocks: int = 8, sparsity_threshold: float = 0.01,
                  hard_thresholding_fraction: float = 1.0, hidden_size_factor: int = 1):
         super().__init__()
-        if hidden_size % num_blocks != 0:
-            raise ValueError(f"embed_dim {hidden_size} must be divisible by num_blocks {num_blocks}")
+        self.block_size = block_size(hidden_size, num_blocks)
         self.hidden_size = hidden_size
         self.sparsity_threshold = sparsity_threshold
         self.num_blocks = num_blocks
-        self.block_size = hidden_size // num_blocks
         self.hard_thresholding_fraction = hard_thresholding_fraction
         self.hidden_size_factor = hidden_size_factor
         self.scale = 0.02
@@ -103,7 +101,7 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.img_size = img_size
         self.patch_size = patch_size
-        self.num_patches = (img_size[0] // patch_size[0]) * (img_size[1] // patch_size[1])
+        self.num_patches = math.prod(token_grid(img_size, patch_size))
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,10 +127,7 @@ class AFNONet(nn.Module):
         super().__init__()
         self.img_size = pair(img_size)
         self.patch_size = pair(patch_size)
-        for name, n, p in (("img_size[0]", self.img_size[0], self.patch_size[0]),
-                           ("img_size[1]", self.img_size[1], self.patch_size[1])):
-            if n % p != 0:
-                raise ValueError(f"{name}={n} is not a multiple of the patch size {p}")
+        self.h, self.w = token_grid(self.img_size, self.patch_size)
         self.in_chans = in_chans
         self.out_chans = out_chans
         self.embed_dim = self.num_features = embed_dim
@@ -141,8 +136,6 @@ class AFNONet(nn.Module):
         self.num_blocks = num_blocks
         self.sparsity_threshold = sparsity_threshold
         self.hard_thresholding_fraction = hard_thresholding_fraction
-        self.h = self.img_size[0] // self.patch_size[0]
-        self.w = self.img_size[1] // self.patch_size[1]
         self.patch_embed = PatchEmbed(self.img_size, self.patch_size, in_chans, embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
         self.blocks = nn.ModuleList([
@@ -178,17 +171,7 @@ class AFNONet(nn.Module):
 
     def config(self) -> dict:
         """Constructor keywords that rebuild this network (stored in our checkpoints)."""
-        cfg = dict(img_size=list(self.img_size), patch_size=list(self.patch_size),
-                   in_chans=self.in_chans, out_chans=self.out_chans, embed_dim=self.embed_dim,
-                   depth=self.depth, mlp_ratio=self.mlp_ratio, num_blocks=self.num_blocks,
-                   sparsity_threshold=self.sparsity_threshold,
-                   hard_thresholding_fraction=self.hard_thresholding_fraction)
-        if self.noise_dim:  # the published (deterministic) config stays as it was
-            cfg["noise_dim"] = self.noise_dim
-        if self.noise_blocks > 1:
-            cfg["noise_blocks"] = self.noise_blocks
-        cfg.update(noise_process_config(self))
-        return cfg
+        return network_config(self)
 
     def forward_features(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         b = x.shape[0]
@@ -212,20 +195,12 @@ def check_noise_blocks(noise_blocks: int, depth: int) -> int:
     return int(noise_blocks)
 
 
-NOISE_PROCESS_KEYS = ("noise_length_km", "noise_memory_hours")  # the noise a stochastic model was trained with
-
-
 def noise_process(noise_dim: int, length_km: float, memory_hours: float) -> tuple[float, float]:
     """The (correlation length, e-folding time) of a stochastic model's token noise; 0 is white (none)."""
     for name, v in zip(NOISE_PROCESS_KEYS, (length_km, memory_hours)):
         if v < 0:
             raise ValueError(f"{name} must be >= 0, got {v}")
     return (float(length_km), float(memory_hours)) if noise_dim else (0.0, 0.0)
-
-
-def noise_process_config(net: nn.Module) -> dict:
-    """The noise process keys of ``net.config()``, written only when set (older checkpoints have neither)."""
-    return {k: getattr(net, k) for k in NOISE_PROCESS_KEYS if getattr(net, k, 0.0)}
 
 
 def add_noise(net: nn.Module, tokens: torch.Tensor, noise: torch.Tensor | None, block: int = 0) -> torch.Tensor:

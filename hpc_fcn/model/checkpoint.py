@@ -25,7 +25,9 @@ def _read(path_or_dict: str | os.PathLike | Mapping) -> Mapping:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - rewrap every unpickling failure in one message
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(exc).__name__}: {exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"checkpoint {path} could not be read as tensors ({type(exc).__name__}: {first}); "
+                              f"objects other than tensors are never unpickled") from exc
 
 
 def extract_state_dict(ckpt: Mapping) -> dict[str, torch.Tensor]:

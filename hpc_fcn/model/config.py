@@ -31,6 +31,13 @@ def token_grid(img_size, patch_size) -> tuple[int, int]:
     return H // p1, W // p2
 
 
+def block_size(embed_dim: int, num_blocks: int) -> int:
+    """Channels per AFNO block: the embedding over the blocks (ValueError when they do not divide it)."""
+    if embed_dim % num_blocks:
+        raise ValueError(f"num_blocks {num_blocks} does not divide embed_dim {embed_dim}")
+    return embed_dim // num_blocks
+
+
 def mode_window(h: int, hard_thresholding_fraction: float) -> tuple[slice, slice]:
     """Rows and columns of the rfft2 output that the spectral MLP acts on (all others are zeroed).
 
@@ -40,6 +47,29 @@ def mode_window(h: int, hard_thresholding_fraction: float) -> tuple[slice, slice
     total = h // 2 + 1
     kept = int(total * hard_thresholding_fraction)
     return slice(max(total - kept, 0), min(total + kept, h)), slice(0, kept)
+
+
+NOISE_PROCESS_KEYS = ("noise_length_km", "noise_memory_hours")  # the noise a stochastic model was trained with
+# AFNONet's (and DistributedAFNONet's) constructor keywords: what a network's config() holds
+MODEL_KEYS = ("img_size", "patch_size", "in_chans", "out_chans", "embed_dim", "depth", "mlp_ratio", "num_blocks",
+              "sparsity_threshold", "hard_thresholding_fraction", "noise_dim", "noise_blocks") + NOISE_PROCESS_KEYS
+
+
+def network_config(net) -> dict:
+    """The constructor keywords that rebuild ``net`` (an AFNONet or its distributed twin), as checkpoints store them.
+
+    The published (deterministic) config stays as it was: the noise keys appear only when they are set.
+    """
+    cfg = dict(img_size=list(net.img_size), patch_size=list(net.patch_size), in_chans=net.in_chans,
+               out_chans=net.out_chans, embed_dim=net.embed_dim, depth=net.depth, mlp_ratio=net.mlp_ratio,
+               num_blocks=net.num_blocks, sparsity_threshold=net.sparsity_threshold,
+               hard_thresholding_fraction=net.hard_thresholding_fraction)
+    if net.noise_dim:
+        cfg["noise_dim"] = net.noise_dim
+    if net.noise_blocks > 1:
+        cfg["noise_blocks"] = net.noise_blocks
+    cfg.update({k: getattr(net, k) for k in NOISE_PROCESS_KEYS if getattr(net, k, 0.0)})
+    return cfg
 
 
 @dataclass
@@ -64,13 +94,19 @@ class ModelConfig:
 
     def validate(self, prefix: str) -> None:
         p = f"{prefix}." if prefix else ""
-        for i, n in enumerate(self.img_size):
-            if n <= 0 or n % self.patch_size:
-                fail(f"{p}img_size", f"{self.img_size[i]} must be a positive multiple of patch_size={self.patch_size}")
         for name in ("patch_size", "embed_dim", "depth", "num_blocks"):
             if getattr(self, name) <= 0:
                 fail(f"{p}{name}", f"must be positive, got {getattr(self, name)}")
-        if self.embed_dim % self.num_blocks:
+        for i, n in enumerate(self.img_size):
+            if n <= 0 or n % self.patch_size:
+                fail(f"{p}img_size", f"{self.img_size[i]} must be a positive multiple of patch_size={self.patch_size}")
+        if self.sparsity_threshold < 0:
+            fail(f"{p}sparsity_threshold", f"must be >= 0 (softshrink's lambda), got {self.sparsity_threshold}")
+        if not 0 <= self.seed < 2 ** 64:
+            fail(f"{p}seed", f"must be in 0 .. 2**64 - 1 (torch.manual_seed), got {self.seed}")
+        try:
+            block_size(self.embed_dim, self.num_blocks)
+        except ValueError:
             fail(f"{p}num_blocks", f"must divide embed_dim={self.embed_dim}, got {self.num_blocks}")
         if not 0.0 < self.hard_thresholding_fraction <= 1.0:
             fail(f"{p}hard_thresholding_fraction", f"must be in (0, 1], got {self.hard_thresholding_fraction}")
@@ -120,8 +156,7 @@ class ModelShape:
         img, patch = pair(kw.get("img_size", (720, 1440))), pair(kw.get("patch_size", 8))
         C, nb = int(kw.get("embed_dim", 768)), int(kw.get("num_blocks", 8))
         token_grid(img, patch)
-        if C % nb:
-            raise ValueError(f"num_blocks {nb} does not divide embed_dim {C}")
+        block_size(C, nb)
         in_chans = int(kw.get("in_chans", 20))
         return cls(img, patch, in_chans, int(kw.get("out_chans", in_chans)), C, int(kw.get("depth", 12)), nb,
                    int(C * float(kw.get("mlp_ratio", 4.0))), float(kw.get("hard_thresholding_fraction", 1.0)))
@@ -146,7 +181,7 @@ class ModelShape:
 
     @property
     def block_size(self) -> int:
-        return self.embed_dim // self.num_blocks
+        return block_size(self.embed_dim, self.num_blocks)
 
     @property
     def modes(self) -> tuple[slice, slice]:
@@ -155,4 +190,5 @@ class ModelShape:
         return rows, slice(0, min(cols.stop, self.Wf))
 
 
-__all__ = ["ModelConfig", "ModelShape", "mode_window", "pair", "token_grid"]
+__all__ = ["MODEL_KEYS", "NOISE_PROCESS_KEYS", "ModelConfig", "ModelShape", "block_size", "mode_window",
+           "network_config", "pair", "token_grid"]

@@ -14,7 +14,8 @@ import torch
 
 from ..tracing import Tracer
 from ..model.config import pair, token_grid
-from .comm import Communicator, cuda_device, make_communicator
+from ..accel.device import cuda_device
+from .comm import Communicator, make_communicator
 from .layout import AXES, check_layout, check_model_layout
 from .split import shard_range, split_sizes
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import ConfigError
-from ..model.config import ModelShape
+from ..model.config import ModelShape, block_size
 from .split import split_sizes
 
 AXES = ("ensemble", "h", "w", "matmul")
@@ -98,8 +98,10 @@ def model_layout_problem(h: int, w: int, matmul: int, shape: ModelShape) -> tupl
 def check_model_layout(h: int, w: int, matmul: int, img_size, patch_size, embed_dim: int,
                        num_blocks: int, mlp_hidden: int) -> None:
     """Raise ConfigError when the model cannot be split over h x w x matmul (see docs/parallel.md)."""
-    if embed_dim % num_blocks:
-        raise ConfigError(f"config key 'model.num_blocks': {num_blocks} does not divide embed_dim={embed_dim}")
+    try:
+        block_size(embed_dim, num_blocks)
+    except ValueError as exc:
+        raise ConfigError(f"config key 'model.num_blocks': {exc}") from None
     try:
         shape = ModelShape.of(dict(img_size=img_size, patch_size=patch_size, embed_dim=embed_dim,
                                    num_blocks=num_blocks))

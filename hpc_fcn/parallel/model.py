@@ -16,16 +16,13 @@ import torch
 import torch.nn as nn
 
 from ..model import AFNONet, unpatchify
-from ..model.afnonet import NOISE_PROCESS_KEYS, add_noise, check_noise_blocks, noise_process, noise_process_config
+from ..model.afnonet import add_noise, check_noise_blocks, noise_process
 from ..model.checkpoint import infer_model_config
-from ..model.config import pair
+from ..model.config import MODEL_KEYS, network_config, pair, token_grid
 from .grid import ProcessGrid
 from .layers import DistBlock, DistLayerNorm, DistPatchEmbed
 from . import sharding
 from .primitives import gather, reduce_from
-
-_MODEL_KEYS = ("img_size", "patch_size", "in_chans", "out_chans", "embed_dim", "depth", "mlp_ratio", "num_blocks",
-               "sparsity_threshold", "hard_thresholding_fraction", "noise_dim", "noise_blocks") + NOISE_PROCESS_KEYS
 
 
 class DistributedAFNONet(nn.Module):
@@ -44,8 +41,7 @@ class DistributedAFNONet(nn.Module):
         self.sparsity_threshold, self.hard_thresholding_fraction = sparsity_threshold, hard_thresholding_fraction
         self.mlp_hidden = int(embed_dim * mlp_ratio)
         grid.validate_model(self.img_size, self.patch_size, embed_dim, num_blocks, self.mlp_hidden)
-        self.H = self.img_size[0] // self.patch_size[0]
-        self.W = self.img_size[1] // self.patch_size[1]
+        self.H, self.W = token_grid(self.img_size, self.patch_size)
         self.token_rows, self.token_cols = grid.token_window(self.img_size, self.patch_size)
         self.window = grid.local_window(self.img_size, self.patch_size)
         hl = self.token_rows.stop - self.token_rows.start
@@ -92,23 +88,14 @@ class DistributedAFNONet(nn.Module):
             kwargs = dict(model_kwargs) if model_kwargs is not None else infer_model_config(state)
         if model_kwargs is not None:
             kwargs.update(model_kwargs)
-        kwargs = {k: v for k, v in kwargs.items() if k in _MODEL_KEYS}
+        kwargs = {k: v for k, v in kwargs.items() if k in MODEL_KEYS}
         model = cls(grid, **kwargs, dtype=state["patch_embed.proj.weight"].dtype)
         model.load_serial_state_dict(state)
         return model
 
     def config(self) -> dict:
         """Constructor keywords of the equivalent serial AFNONet."""
-        cfg = dict(img_size=list(self.img_size), patch_size=list(self.patch_size), in_chans=self.in_chans,
-                   out_chans=self.out_chans, embed_dim=self.embed_dim, depth=self.depth, mlp_ratio=self.mlp_ratio,
-                   num_blocks=self.num_blocks, sparsity_threshold=self.sparsity_threshold,
-                   hard_thresholding_fraction=self.hard_thresholding_fraction)
-        if self.noise_dim:
-            cfg["noise_dim"] = self.noise_dim
-        if self.noise_blocks > 1:
-            cfg["noise_blocks"] = self.noise_blocks
-        cfg.update(noise_process_config(self))
-        return cfg
+        return network_config(self)
 
     def load_serial_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load a full serial state dict (same keys and shapes as AFNONet), keeping this rank's shards."""

@@ -76,14 +76,3 @@ def write_weights(path: Path, model_state: Mapping[str, torch.Tensor], model_con
     """The published layout with the weights only (an empty optimizer state): the committed asset."""
     save_checkpoint(path, model_state, optimizer_state={}, epoch=epoch, iters=iters,
                     model_config=model_config, extra=extra)
-
-
-def export_weights(src: Path, dst: Path) -> Path:
-    """Copy the weights of a training checkpoint ``src`` into a weights-only file ``dst`` (and its config)."""
-    ckpt = read(Path(src))
-    dst = Path(dst)
-    write_weights(dst, ckpt["model_state_plain"], ckpt["model_config"], epoch=ckpt["epoch"], iters=ckpt["iters"])
-    if "config" in ckpt:
-        import yaml
-        dst.with_suffix(".yaml").write_text(yaml.safe_dump(ckpt["config"], sort_keys=False))
-    return dst

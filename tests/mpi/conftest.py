@@ -25,7 +25,7 @@ def pytest_configure(config):
         if reporter is not None:
             config.pluginmanager.unregister(reporter)
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("HPC_FCN_TEST_THREADS", "1")))  # ranks share the cores
 
 
 def _wait_all(comm, what: str) -> None:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from hpc_fcn.parallel.comm import MPICommunicator, TorchCommunicator, cuda_device
+from hpc_fcn.accel.device import cuda_device
+from hpc_fcn.parallel.comm import MPICommunicator
+from hpc_fcn.parallel.torch_comm import TorchCommunicator
 from hpc_fcn.parallel.split import split_sizes
 from hpc_fcn.parallel.testing import sub_comm
 from hpc_fcn.tracing import Tracer

@@ -77,6 +77,7 @@ def check_specs(model, serial, grid):
     norm = global_grad_norm(list(model.named_parameters()), copies, grid.model)
     serial_norm = float(torch.stack([p.grad.double().pow(2).sum() for p in serial.parameters()
                                      if p.grad is not None]).sum().sqrt())
+    # float32 gradients through a reordered network (sharded matmuls, FFTs, all-reduces): ~1e-6 relative
     assert norm == pytest.approx(serial_norm, rel=1e-5)
 
 
@@ -112,6 +113,6 @@ def test_reload_and_checkpoint_round_trip():
             model.load_serial_state_dict(b.state_dict())
             x = torch.randn(1, 3, 18, 36)
             y = gather_field(grid, model(scatter_field(grid, x, (18, 36), 2)).detach(), (18, 36), 2)
-            assert rel_err(y, b(x).detach()) < 1e-5
+            assert rel_err(y, b(x).detach()) < 1e-5  # float32 forward, reduction order of the layout: ~1e-6
             with pytest.raises(ValueError, match="is not this rank's window"):
                 model(x)

@@ -43,13 +43,16 @@ def test_parallel_conversion_and_statistics(shared):
     for year in (2000, 2001):
         with h5py.File(out / "train" / f"{year}.h5", "r") as f:
             fields.append(f["fields"][...])
+        # float32 storage of fields up to ~1e5 (geopotential): 2^-24 relative, atol for the near-zero winds
         np.testing.assert_allclose(fields[-1], expected_year(year, 8), rtol=1e-6, atol=1e-3)
     allf = np.concatenate(fields).astype(np.float64)
     means = np.load(out / "stats" / "global_means.npy")[0, :, 0, 0]
     stds = np.load(out / "stats" / "global_stds.npy")[0, :, 0, 0]
+    # statistics accumulated in float64 and stored as float32: 2^-24 relative storage rounding
     np.testing.assert_allclose(means[:20], allf[:, :20].mean(axis=(0, 2, 3)), rtol=1e-6)
+    # a std from float64 sums of squares: cancellation ~ (mean/std)^2 * 2^-52, then float32 storage
     np.testing.assert_allclose(stds[:20], allf[:, :20].std(axis=(0, 2, 3)), rtol=1e-5)
-    np.testing.assert_allclose(np.load(out / "stats" / "time_means.npy")[0], allf.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(np.load(out / "stats" / "time_means.npy")[0], allf.mean(axis=0), rtol=1e-6)  # as means
 
 
 def test_an_error_on_one_rank_reaches_every_rank(shared, capsys):
@@ -82,4 +85,38 @@ def test_grib_ensemble_conversion_equals_serial(shared):
                 np.testing.assert_array_equal(f[name][...], g[name][...], err_msg=name)
         for name in ("global_means.npy", "global_stds.npy", "time_means.npy"):
             np.testing.assert_allclose(np.load(out / "stats" / name), np.load(shared / "grib_serial" / "stats" / name),
-                                       rtol=1e-6, err_msg=name)
+                                       rtol=1e-6, err_msg=name)  # float64 sums in another order, float32 storage
+
+
+def test_collectives_go_through_the_communicator(shared):
+    """Every collective of a conversion with statistics is one of the Communicator's, so the tracer sees it."""
+    from hpc_fcn.parallel.comm import MPICommunicator
+    from hpc_fcn.tracing import Tracer
+    tracer = Tracer(rank=MPI.COMM_WORLD.rank, scorep=False, cuda=False)
+    comm = MPICommunicator(MPI.COMM_WORLD, "convert", lambda: tracer)
+    args = tool.build_parser().parse_args(["--input", str(shared / "cds"), "--output", str(shared / "traced"),
+                                           "--years", "2000-2001", "--grid", "any", "--allow-partial",
+                                           "--stats-from", "train"])
+    tool.run(args, comm)
+    names = {name for name, category, *_ in tracer.events if category == "comm"}
+    assert names == {"comm/bcast@convert", "convert/allgather@convert", "stats_read/allgather@convert",
+                     "stats/gather@convert", "stats/reduce_sum@convert", "stats/allgather@convert"}, names
+
+
+def test_a_read_failing_on_one_rank_during_statistics_reaches_every_rank(shared, capsys, monkeypatch):
+    """The statistics are reduced only once every rank has read its chunks: a failure on one rank ends all of them
+    with its message, none is left waiting in the reduction."""
+    comm = MPI.COMM_WORLD
+    out = shared / "era5"
+    assert tool.main(["--input", str(shared / "cds"), "--output", str(out), "--years", "2000-2001", "--grid", "any",
+                      "--allow-partial"]) == 0
+    moments_of = tool.Moments.of
+
+    def failing(x):
+        if comm.rank == comm.size - 1:
+            raise RuntimeError("disk gone")
+        return moments_of(x)
+    monkeypatch.setattr(tool.Moments, "of", staticmethod(failing))
+    assert tool.main(["--output", str(out), "--stats-from", "train", "--chunk-steps", "1"]) == 2
+    if comm.rank == 0:
+        assert f"error: rank {comm.size - 1}: RuntimeError: disk gone" in capsys.readouterr().err

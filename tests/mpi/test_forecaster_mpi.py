@@ -79,4 +79,4 @@ def test_cuda_graphs_capture_nccl_collectives():
         fc = Forecaster(model, InferenceConfig(device="cuda", cuda_graphs=True, members_per_pass=2), grid=grid)
         xl = scatter_field(grid, x, SMALL["img_size"], SMALL["patch_size"]).to(device)
         y = gather_field(grid, fc.rollout(xl, STEPS), SMALL["img_size"], SMALL["patch_size"]).cpu()
-        assert rel(y, ref) < 1e-4
+        assert rel(y, ref) < 1e-4  # TF32-free float32 on GPU over STEPS steps: ~1e-6 a step, compounding

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from hpc_fcn.io import ForecastWriter, forecast_path, gather_window_to_root
+from hpc_fcn.io import ForecastWriter, forecast_path
+from hpc_fcn.parallel.windows import gather_window_to_root
 from hpc_fcn.parallel.comm import MPICommunicator
 
 pytestmark = pytest.mark.mpi(min_size=4)

@@ -1,0 +1,167 @@
+"""What one rank holds of the model: local shapes, parameter count, per-member memory and the pass-size rule.
+
+The one place for the facts that the forecaster (at run time, fed with the device's free memory), the
+ensemble set-up, the job generator and the performance model (fed with a hardware file's capacity) must
+agree on, above all ``inference.members_per_pass: 0`` (as many members per pass as fit). Pure Python,
+like :mod:`hpc_fcn.model.config`; a layout is anything with ``h``, ``w`` and ``matmul``
+(:class:`hpc_fcn.parallel.layout.Layout`), ``None`` for one rank. Sizes are those of the busiest rank
+(balanced splits round up).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import ModelShape
+
+ELEM = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2, "fp8": 1}  # bytes per element of a GEMM operand
+LOW_PRECISION = ("bf16", "fp16", "fp8")  # autocast precisions: GEMM operands and hidden activations cast down
+
+# The "0 = auto" pass-size rule (see auto_pass_limit)
+CPU_TOKENS_PER_PASS = 8192  # GEMM throughput saturates at a few thousand token rows; bigger passes only add traffic
+CPU_MEMORY_FRACTION = 0.25  # of MemAvailable: leave room for other ranks on the node, IO buffers, the OS
+GPU_MEMORY_FRACTION = 0.7  # of free device memory: leave room for the caching allocator and workspaces
+MEMBER_MARGIN = 2.0  # on the live set, which counts tensors only: allocator rounding, cuFFT plans, fragmentation
+MAX_MEMBERS_PER_PASS = 256
+
+
+def act_bytes(precision: str) -> int:
+    """Bytes of one GEMM operand or hidden activation element in ``precision`` (fp32 and tf32 keep 4)."""
+    return ELEM[precision] if precision in LOW_PRECISION else 4
+
+
+@dataclass(frozen=True)
+class Local:
+    """Per-rank sizes of a pass of ``B`` members under a layout (the busiest rank)."""
+    B: int
+    hl: int  # token rows
+    wl: int  # token columns
+    Cm: int  # embedding channels (split over matmul)
+    Fm: int  # MLP hidden channels (split over matmul)
+    nbm: int  # AFNO blocks (split over matmul)
+    rows_w: int  # token rows after the w-transpose (hl split over w)
+    mcols: int  # rfft mode columns after the spatial transpose
+    win_rows: int  # kept mode rows (every rank holds all rows of its mode columns)
+    win_cols: int  # kept mode columns among this rank's
+
+    @property
+    def T(self) -> int:
+        """Tokens of the pass on this rank."""
+        return self.B * self.hl * self.wl
+
+
+def _axes(lay) -> tuple[int, int, int]:
+    return (1, 1, 1) if lay is None else (lay.h, lay.w, lay.matmul)
+
+
+def local_shapes(shape: ModelShape, lay=None, batch: int = 1) -> Local:
+    """The sizes one rank of ``lay`` holds of a pass of ``batch`` members (the pencil FFT's too)."""
+    h, w, m = _axes(lay)
+    hl, wl = -(-shape.H // h), -(-shape.W // w)
+    mcols = -(-shape.Wf // (h * w))
+    rows, cols = shape.modes
+    return Local(batch, hl, wl, shape.embed_dim // m, shape.mlp_hidden // m, shape.num_blocks // m,
+                 -(-hl // w), mcols, rows.stop - rows.start, min(cols.stop - cols.start, mcols))
+
+
+def parameter_count(shape: ModelShape, lay=None) -> tuple[int, int]:
+    """(all parameters, parameters of the GEMM weights autocast copies) one rank holds; ``lay=None``: the
+    serial model (74,691,840 for the production backbone; the stochastic noise projections not counted)."""
+    L = local_shapes(shape, lay)
+    C, bs, (p1, p2) = shape.embed_dim, shape.block_size, shape.patch
+    kin, n_out = shape.in_chans * p1 * p2, shape.out_chans * p1 * p2
+    blk = 4 * L.Cm + 4 * L.nbm * bs * bs + 4 * L.nbm * bs + 2 * C * L.Fm + L.Fm + L.Cm
+    total = L.Cm * kin + L.Cm + L.hl * L.wl * L.Cm + shape.depth * blk + 2 * C + L.Cm * n_out
+    gemm = L.Cm * kin + shape.depth * 2 * C * L.Fm + L.Cm * n_out
+    return total, gemm
+
+
+@dataclass(frozen=True)
+class MemberBytes:
+    """Device bytes one member takes on one rank during an inference pass (``torch.no_grad``)."""
+    activations: int  # the largest live set of a block or the head
+    io: int  # its input and output images
+
+    @property
+    def total(self) -> int:
+        return self.activations + self.io
+
+
+def member_bytes(shape: ModelShape, lay=None, precision: str = "fp32") -> MemberBytes:
+    """The per-member memory of inference: the largest live set, and the input and output images.
+
+    Live at the MLP: the block input (kept by the skip), x, norm2(x), [its cast], fc1's and GELU's output;
+    at the filter: 3 token tensors, 2 spectra, the FFT pencil and 4 parts of the kept modes; at the head:
+    its input and output. Equal to the profiler's peak on CPU (docs/perfmodel.md); linear in the members.
+    """
+    h, w, m = _axes(lay)
+    L = local_shapes(shape, lay)
+    low, a, f4 = precision in LOW_PRECISION, act_bytes(precision), 4
+    T, Cm, Fm, C = L.T, L.Cm, L.Fm, shape.embed_dim
+    p1, p2 = shape.patch
+    n_out = shape.out_chans * p1 * p2
+    tok = T * Cm * f4  # one fp32 activation of the residual stream
+    spec = shape.H * L.mcols * Cm * 2 * f4  # local spectrum
+    pencil = L.rows_w * shape.Wf * Cm * 2 * f4 if h * w > 1 else 0
+    K = L.win_rows * L.win_cols * Cm * f4  # one part of the kept modes
+    gathered = T * C * f4 if m > 1 else 0
+    mlp = 3 * tok + gathered + (T * C * a if low else 0) + 2 * T * Fm * a
+    filt = 3 * tok + 2 * spec + pencil + 4 * K
+    head = tok + 2 * T * n_out * max(a, f4 if m > 1 else a)
+    io = L.hl * p1 * L.wl * p2 * (shape.in_chans + shape.out_chans) * f4
+    return MemberBytes(max(mlp, filt, head), io)
+
+
+HELD_IMAGES = 3  # fp32 images an ensemble rank keeps per member between passes: state, physical units, host copy
+
+
+def held_bytes(shape: ModelShape, lay, members_here: int, members_total: int, ensemble_ranks: int = 1) -> int:
+    """Bytes an ensemble rank of ``lay`` holds for its ``members_here`` members between passes (HELD_IMAGES fp32
+    images of its window each), plus the block of rows on which it scores every member (1 / ensemble_ranks of
+    its window, all ``members_total``); the passes' live set (:func:`member_bytes`) comes on top."""
+    L = local_shapes(shape, lay)
+    p1, p2 = shape.patch
+    image = L.hl * p1 * L.wl * p2 * shape.in_chans * 4
+    return HELD_IMAGES * members_here * image + members_total * -(-image // ensemble_ranks)
+
+
+# ---- members_per_pass ----------------------------------------------------------------------------------
+def memory_budget(free_bytes: float, gpu: bool) -> int:
+    """Bytes the passes of one rank may take of ``free_bytes`` (free device memory, or MemAvailable on a CPU)."""
+    return int(free_bytes * (GPU_MEMORY_FRACTION if gpu else CPU_MEMORY_FRACTION))
+
+
+def budgeted_member_bytes(member: MemberBytes, cuda_graphs: bool = False) -> int:
+    """What the rule reserves per member: the live set with its margin; a CUDA graph adds its static input
+    and output images (its private pool holds the activations, counted once)."""
+    return int(MEMBER_MARGIN * (member.activations + member.io * (2 if cuda_graphs else 1)))
+
+
+def members_that_fit(budget_bytes: int, per_member_bytes: int, cap: int = MAX_MEMBERS_PER_PASS) -> int:
+    """The most members one pass may carry: the budget over the per-member bytes, within [1, cap]."""
+    return int(max(1, min(budget_bytes // max(per_member_bytes, 1), cap)))
+
+
+def auto_pass_limit(shape: ModelShape, lay, precision: str, budget_bytes: int, gpu: bool,
+                    cuda_graphs: bool = False) -> int:
+    """``members_per_pass: 0``: the most members one pass of a rank of ``lay`` may carry within ``budget_bytes``
+    (:func:`memory_budget`), at most MAX_MEMBERS_PER_PASS, and on a CPU at most CPU_TOKENS_PER_PASS tokens."""
+    per = budgeted_member_bytes(member_bytes(shape, lay, precision), cuda_graphs)
+    cap = MAX_MEMBERS_PER_PASS
+    if not gpu:
+        cap = min(cap, max(1, math.ceil(CPU_TOKENS_PER_PASS / local_shapes(shape, lay).T)))
+    return members_that_fit(budget_bytes, per, cap)
+
+
+def pass_size(n_members: int, limit: int) -> int:
+    """Members per pass for ``n_members`` members when at most ``limit`` fit: the fewest passes, balanced
+    (``ceil(n / ceil(n / limit))``), so a padded CUDA-graph pass wastes less than one member per pass."""
+    if n_members < 1:
+        raise ValueError(f"a step needs at least one member, got {n_members}")
+    limit = max(1, min(int(limit), n_members))
+    passes = math.ceil(n_members / limit)
+    return math.ceil(n_members / passes)
+
+
+__all__ = ["ELEM", "LOW_PRECISION", "Local", "MemberBytes", "act_bytes", "auto_pass_limit", "budgeted_member_bytes",
+           "local_shapes", "member_bytes", "members_that_fit", "memory_budget", "parameter_count", "pass_size"]
