@@ -1,16 +1,20 @@
-"""Batch job scripts (Slurm, PBS) for the ensemble and training apps on GPU nodes, one rank per GPU.
+"""Batch job scripts (Slurm, PBS) for the ensemble and training apps: GPU nodes (one rank per GPU) or CPU
+nodes (``--gpus-per-node 0``: ranks of ``--threads-per-rank`` cores each).
 
 ``python -m hpc_fcn.jobs CONFIG --scheduler slurm --nodes 2 --gpus-per-node 4 --hardware a100`` asks the
 performance model (``perfmodel.suggest``) for the fastest ``ensemble x h x w x matmul`` layout of the
-N*G ranks that fits in GPU memory, writes a script that passes it as ``parallel.*`` overrides, and prints
-the predicted time to solution and memory per GPU. ``render`` is the one place scripts are written, so
-the examples in jobs/ (``--write-examples``) and generated scripts share one structure.
+ranks that fits in memory, writes a script that passes it as ``parallel.*`` overrides, and prints the
+predicted time to solution and memory per rank. Slurm scripts survive preemption and time limits: they
+ask for SIGTERM before the limit, run with ``resume=true`` and requeue themselves until the run is
+complete. ``render`` is the one place scripts are written, so the examples in jobs/
+(``--write-examples``) and generated scripts share one structure.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import math
+import os
 import re
 import shlex
 import sys
@@ -21,6 +25,7 @@ from typing import Literal, Sequence
 from .config import ConfigError, load_config, read_config_data
 
 APPS = {"ensemble": "hpc_fcn.ensemble", "train": "hpc_fcn.train"}
+STOP_BEFORE_S = 180  # Slurm signals the script this long before its time limit: a step and a snapshot fit
 _TIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 
 
@@ -33,28 +38,47 @@ class Job:
     """Everything a job script says: where it runs, what it runs, and with which layout."""
     scheduler: Literal["slurm", "pbs"]
     nodes: int
-    gpus_per_node: int
+    gpus_per_node: int  # 0: CPU nodes
     app: Literal["ensemble", "train"]
     config: str
     time: str = "01:00:00"
     account: str | None = None
     partition: str | None = None  # PBS: the queue
     launcher: Literal["srun", "mpirun"] = "srun"
-    cpus_per_gpu: int = 8
+    cpus_per_gpu: int = 8  # GPU nodes: cores per rank
+    cpus_per_node: int = 0  # CPU nodes: the cores of a node
+    threads_per_rank: int = 1  # CPU nodes: cores (torch threads) per rank
+    stop_before_s: int = STOP_BEFORE_S  # Slurm: SIGTERM this long before the time limit
     name: str | None = None
     layout: dict | None = None  # None: the example scripts, where the user edits LAYOUT
     overrides: list[str] = field(default_factory=list)  # passed after the layout and device settings
     header: list[str] = field(default_factory=list)  # comment lines at the top (how it was made, predictions)
 
     @property
+    def cpu(self) -> bool:
+        return self.gpus_per_node == 0
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.cpus_per_node // self.threads_per_rank if self.cpu else self.gpus_per_node
+
+    @property
+    def threads(self) -> int:
+        """Cores (torch threads) of one rank."""
+        return self.threads_per_rank if self.cpu else self.cpus_per_gpu
+
+    @property
     def ranks(self) -> int:
-        return self.nodes * self.gpus_per_node
+        return self.nodes * self.ranks_per_node
 
     def validate(self) -> None:
         if self.scheduler not in ("slurm", "pbs"):
             raise JobError(f"--scheduler must be slurm or pbs, got {self.scheduler!r}")
-        if self.nodes < 1 or self.gpus_per_node < 1 or self.cpus_per_gpu < 1:
-            raise JobError("--nodes, --gpus-per-node and --cpus-per-gpu must be >= 1")
+        if self.nodes < 1 or self.gpus_per_node < 0 or self.cpus_per_gpu < 1:
+            raise JobError("--nodes and --cpus-per-gpu must be >= 1 and --gpus-per-node >= 0 (0: CPU nodes)")
+        if self.cpu and not 1 <= self.threads_per_rank <= self.cpus_per_node:
+            raise JobError(f"--threads-per-rank {self.threads_per_rank} must be between 1 and --cpus-per-node "
+                           f"{self.cpus_per_node} (CPU nodes: ranks per node = cores / threads per rank)")
         if not _TIME.match(self.time):
             raise JobError(f"--time {self.time!r} is not HH:MM:SS (e.g. 02:30:00)")
         if self.launcher not in ("srun", "mpirun"):
@@ -70,10 +94,12 @@ class Job:
 # ---------------------------------------------------------------------------------------------------
 # Rendering
 # ---------------------------------------------------------------------------------------------------
-def device_overrides(app: str) -> list[str]:
-    """Run on the GPU with NCCL collectives."""
-    device = "inference.device=cuda" if app == "ensemble" else "device=cuda"
-    return [device, "parallel.backend=torch"]
+def device_overrides(job: Job) -> list[str]:
+    """GPU nodes: the GPU with NCCL collectives; CPU nodes: the CPU with MPI and the rank's threads."""
+    key = "inference.device" if job.app == "ensemble" else "device"
+    if job.cpu:
+        return [f"{key}=cpu", "parallel.backend=mpi", f"parallel.threads={job.threads}"]
+    return [f"{key}=cuda", "parallel.backend=torch"]
 
 
 def layout_overrides(layout: dict) -> list[str]:
@@ -81,26 +107,32 @@ def layout_overrides(layout: dict) -> list[str]:
 
 
 def _slurm_header(job: Job, name: str) -> list[str]:
-    lines = [f"#SBATCH --job-name={name}",
-             f"#SBATCH --nodes={job.nodes}",
-             f"#SBATCH --ntasks-per-node={job.gpus_per_node}   # one MPI rank per GPU",
-             f"#SBATCH --gpus-per-node={job.gpus_per_node}     # some sites want --gres=gpu:{job.gpus_per_node} instead",
-             f"#SBATCH --cpus-per-task={job.cpus_per_gpu}      # CPU cores per rank (data loading, MPI progress)",
-             f"#SBATCH --time={job.time}",
-             "#SBATCH --output=%x-%j.out"]
+    lines = [f"#SBATCH --job-name={name}", f"#SBATCH --nodes={job.nodes}"]
+    if job.cpu:
+        lines += [f"#SBATCH --ntasks-per-node={job.ranks_per_node}   # MPI ranks per node: cores / threads per rank",
+                  f"#SBATCH --cpus-per-task={job.threads}      # cores (torch threads) per rank"]
+    else:
+        lines += [f"#SBATCH --ntasks-per-node={job.gpus_per_node}   # one MPI rank per GPU",
+                  f"#SBATCH --gpus-per-node={job.gpus_per_node}     # some sites want --gres=gpu:{job.gpus_per_node} "
+                  "instead",
+                  f"#SBATCH --cpus-per-task={job.cpus_per_gpu}      # CPU cores per rank (data loading, MPI progress)"]
+    lines += [f"#SBATCH --time={job.time}",
+              "#SBATCH --output=%x-%j.out",
+              "#SBATCH --open-mode=append         # a requeued job adds to the same log",
+              f"#SBATCH --signal=B:TERM@{job.stop_before_s}      # SIGTERM to this script before the time limit",
+              "#SBATCH --requeue                  # a stopped or preempted job is requeued and resumes"]
     if job.account:
         lines.append(f"#SBATCH --account={job.account}")
     if job.partition:
         lines.append(f"#SBATCH --partition={job.partition}")
-    if job.app == "train":
-        lines.append("#SBATCH --requeue                  # a preempted job restarts; resume: true continues it")
     return lines
 
 
 def _pbs_header(job: Job, name: str) -> list[str]:
-    ncpus = job.cpus_per_gpu * job.gpus_per_node
+    ncpus = job.threads * job.ranks_per_node
+    gpus = "" if job.cpu else f":ngpus={job.gpus_per_node}"
     lines = [f"#PBS -N {name}",
-             f"#PBS -l select={job.nodes}:ncpus={ncpus}:ngpus={job.gpus_per_node}:mpiprocs={job.gpus_per_node}",
+             f"#PBS -l select={job.nodes}:ncpus={ncpus}{gpus}:mpiprocs={job.ranks_per_node}",
              f"#PBS -l walltime={job.time}",
              "#PBS -j oe"]
     if job.account:
@@ -114,12 +146,15 @@ def _pbs_header(job: Job, name: str) -> list[str]:
 
 _ENVIRONMENT = """\
 # ---- software: adapt to your site ------------------------------------------------------------------
-# module load cuda/12.4 nccl/2.21 openmpi/4.1 python/3.11     # or: module load PrgEnv-gnu cray-mpich
+# module load @MODULES@     # or: module load PrgEnv-gnu cray-mpich
 # source /path/to/venv/bin/activate                           # pip install -e . inside it (see docs/cluster.md)
 PYTHON=${PYTHON:-python}
 
-# ---- threads and NCCL -------------------------------------------------------------------------------
+# ---- threads ----------------------------------------------------------------------------------------
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-@CPUS@}   # = CPU cores per rank
+"""
+
+_NCCL = """# ---- NCCL -------------------------------------------------------------------------------------------
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}               # INFO prints the rings/trees and the network NCCL picked
 # export NCCL_SOCKET_IFNAME=ib0       # interface for NCCL's bootstrap and socket transport (ib0, hsn0, eth0, ...)
 # export NCCL_IB_HCA=mlx5             # InfiniBand adapters NCCL may use
@@ -130,19 +165,41 @@ export NCCL_DEBUG=${NCCL_DEBUG:-WARN}               # INFO prints the rings/tree
 """
 
 _MPIRUN_FLAGS = """\
-# mpirun flags for GPUS_PER_NODE ranks per node; the MPI library decides the spelling
+# mpirun flags for RANKS_PER_NODE ranks per node; the MPI library decides the spelling
 mpi_flags() {
   if mpirun --version 2>&1 | grep -qi "open mpi"; then
-    echo "--map-by ppr:${GPUS_PER_NODE}:node:PE=${OMP_NUM_THREADS} --bind-to core"
+    echo "--map-by ppr:${RANKS_PER_NODE}:node:PE=${OMP_NUM_THREADS} --bind-to core"
   else  # MPICH, Cray PALS, Intel MPI, MVAPICH
-    echo "-ppn ${GPUS_PER_NODE}"
+    echo "-ppn ${RANKS_PER_NODE}"
   fi
 }
 """
 
 # ranks = the tasks the scheduler granted (nodes x GPUs per node); @N@ when run outside a job
+# Slurm: the run goes to the background so that this script receives SIGTERM (before the time limit, or on
+# preemption) while it runs; it hands the signal to the run, which stops with its last snapshot
+# (resume=true), and requeues the job, which continues from that snapshot. A run that ends by itself,
+# complete or failed, is not requeued.
+_PREEMPTION = """# ---- preemption and time limits ----------------------------------------------------------------------
+STOPPED=0
+# shellcheck disable=SC2317  # run by the trap
+stop() { STOPPED=1; echo "$(date +%FT%T) SIGTERM: stopping the run at its next step"; kill -TERM "$RUN" 2>/dev/null || true; }
+trap stop TERM
+@LAUNCH@ &
+RUN=$!
+rc=0
+wait "$RUN" || rc=$?
+while kill -0 "$RUN" 2>/dev/null; do rc=0; wait "$RUN" || rc=$?; done  # the signal interrupted the wait
+if [ "$STOPPED" = 1 ] && [ "$rc" != 0 ]; then
+  echo "$(date +%FT%T) stopped before the end (status $rc): requeueing job $SLURM_JOB_ID, which resumes the run"
+  scontrol requeue "$SLURM_JOB_ID"
+  exit 0
+fi
+exit "$rc"
+"""
+
 _NRANKS = {
-    "slurm": "NRANKS=${SLURM_NTASKS:-@N@}   # nodes x GPUs per node",
+    "slurm": "NRANKS=${SLURM_NTASKS:-@N@}   # nodes x ranks per node",
     "pbs": 'NRANKS=$( [ -n "${PBS_NODEFILE:-}" ] && wc -l < "$PBS_NODEFILE" || echo @N@ )   # one line per mpiproc',
 }
 
@@ -156,12 +213,18 @@ def render(job: Job) -> str:
     out = ["#!/bin/bash"]
     out += ["# " + line if line else "#" for line in job.header]
     out += head
-    out += ["set -euo pipefail", "", _ENVIRONMENT.replace("@CPUS@", str(job.cpus_per_gpu))]
+    modules = "openmpi/4.1 python/3.11" if job.cpu else "cuda/12.4 nccl/2.21 openmpi/4.1 python/3.11"
+    out += ["set -euo pipefail", "", _ENVIRONMENT.replace("@CPUS@", str(job.threads)).replace("@MODULES@", modules)]
+    if not job.cpu:
+        out += [_NCCL]
     out += ["# ---- what runs ---------------------------------------------------------------------------------------",
             f'cd "${{{workdir}:-.}}"',
             "HPC_FCN_HOME=${HPC_FCN_HOME:-$PWD}   # the checkout (submit from it), for jobs/bind_local_gpu.sh",
-            f"export GPUS_PER_NODE={job.gpus_per_node}",
-            _NRANKS[job.scheduler].replace("@N@", str(job.ranks))]
+            f"export RANKS_PER_NODE={job.ranks_per_node}"]
+    if not job.cpu:
+        out += [f"export GPUS_PER_NODE={job.gpus_per_node}"]
+    out += [_NRANKS[job.scheduler].replace("@N@", str(job.ranks))]
+    resume = ["resume=true"] if job.scheduler == "slurm" else []  # a requeued job continues the run
     if job.layout is None:
         out += [f"CONFIG=${{CONFIG:-{shlex.quote(job.config)}}}",
                 "# The process grid ensemble x h x w x matmul must multiply to NRANKS. ensemble=auto takes every rank",
@@ -169,30 +232,35 @@ def render(job: Job) -> str:
                 f"# generate the script: python -m hpc_fcn.jobs CONFIG --scheduler {job.scheduler} --nodes N --gpus-per-node G",
                 "read -r -a LAYOUT <<< \"${LAYOUT:-parallel.ensemble=auto parallel.h=1 parallel.w=1 parallel.matmul=1}\"",
                 "read -r -a EXTRA <<< \"${EXTRA:-}\"   # more key=value overrides, e.g. EXTRA='ensemble.members=50'",
-                "ARGS=(\"${LAYOUT[@]}\"", *[f"  {shlex.quote(o)}" for o in device_overrides(job.app)],
+                "ARGS=(\"${LAYOUT[@]}\"", *[f"  {shlex.quote(o)}" for o in device_overrides(job) + resume],
                 "  ${EXTRA[@]+\"${EXTRA[@]}\"})"]
     else:
         out += [f"CONFIG={shlex.quote(job.config)}",
                 "ARGS=(",
                 "  " + " ".join(layout_overrides(job.layout)) + "   # chosen by the performance model",
-                "  " + " ".join(device_overrides(job.app))]
+                "  " + " ".join(device_overrides(job) + resume)]
         out += [f"  {shlex.quote(o)}" for o in job.overrides]
         out += [")"]
     cmd = f'"$PYTHON" -m {APPS[job.app]} "$CONFIG" "${{ARGS[@]}}"'
     out.append("")
     if job.launcher == "srun":
-        out += ["# srun gives each task one GPU (the closest to its cores) and pins it to its cores",
-                'srun --ntasks="$NRANKS" --ntasks-per-node="$GPUS_PER_NODE" --gpus-per-task=1 --gpu-bind=closest \\',
-                f"  --cpus-per-task={job.cpus_per_gpu} --cpu-bind=cores \\",
-                f"  {cmd}"]
+        gpu = "" if job.cpu else " --gpus-per-task=1 --gpu-bind=closest"
+        launch = ["# srun gives each task " + ("its cores" if job.cpu else "one GPU (the closest to its cores)") +
+                  " and pins it to them",
+                  f'srun --ntasks="$NRANKS" --ntasks-per-node="$RANKS_PER_NODE"{gpu} \\',
+                  f"  --cpus-per-task={job.threads} --cpu-bind=cores \\", f"  {cmd}"]
     else:
-        out += [_MPIRUN_FLAGS,
-                "# bind_local_gpu.sh sets CUDA_VISIBLE_DEVICES from the MPI local rank: one GPU per rank",
-                "read -r -a MPI_FLAGS <<< \"$(mpi_flags)\"",
-                'mpirun -n "$NRANKS" "${MPI_FLAGS[@]}" \\',
-                '  "$HPC_FCN_HOME/jobs/bind_local_gpu.sh" \\',
-                f"  {cmd}"]
-    return "\n".join(out) + "\n"
+        out += [_MPIRUN_FLAGS, "read -r -a MPI_FLAGS <<< \"$(mpi_flags)\""]
+        launch = ['mpirun -n "$NRANKS" "${MPI_FLAGS[@]}" \\']
+        if not job.cpu:
+            launch.insert(0, "# bind_local_gpu.sh sets CUDA_VISIBLE_DEVICES from the MPI local rank: one GPU per rank")
+            launch += ['  "$HPC_FCN_HOME/jobs/bind_local_gpu.sh" \\']
+        launch += [f"  {cmd}"]
+    if job.scheduler == "slurm":
+        out += [_PREEMPTION.replace("@LAUNCH@", "\n".join(launch))]
+    else:
+        out += launch
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -227,11 +295,13 @@ def data_facts(cfg, split: str) -> tuple[int, int] | None:
     (:class:`hpc_fcn.data.era5.FCNDataset`); None when the data is not at hand where the script is made."""
     from .data.era5 import DataError, FCNDataset
     root = cfg.data.root
-    if root == "builtin":  # only when generated already: making the script never generates data
+    if root == "builtin":  # making the script never generates data: the built-in one's facts are known
         from .data.builtin import builtin_root, is_complete
         root = builtin_root()
         if not is_complete(root):
-            return None
+            from .data.synth import CHANNELS, SIX_HOURS
+            channels = [c for c in CHANNELS if not cfg.data.channels or c in cfg.data.channels]
+            return len(channels), int(SIX_HOURS // 3600)
     try:
         with FCNDataset(root, cfg.data.split_dir(split), cfg.data.channels, stats_dir=None) as ds:
             return len(ds.channels), ds.dt_hours
@@ -254,10 +324,29 @@ def model_channels(cfg, facts: tuple[int, int] | None, given: int | None = None)
         return len(cfg.data.channels)
     if facts:
         return facts[0]
+    ckpt = checkpoint_channels(cfg.model)
+    if ckpt:
+        return ckpt
     if tuple(cfg.model.img_size) == (720, 1440):
         return 20
     raise ConfigError("config key 'data.channels': list the model's channels so the performance model knows "
-                      "the network size (null means 'whatever the data holds', and the data is not at hand here)")
+                      "the network size (null means 'whatever the data holds', and neither the data nor the "
+                      "checkpoint is at hand here)")
+
+
+def checkpoint_channels(model_cfg) -> int | None:
+    """The input channels of the config's checkpoint, when it names one that is readable here."""
+    from .model.checkpoint import CheckpointError, extract_state_dict, infer_model_config
+    from .setup import checkpoint_path
+    if not model_cfg.checkpoint:
+        return None
+    try:
+        path = checkpoint_path(model_cfg.checkpoint, model_cfg.stochastic)
+        import torch
+        state = extract_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return int(infer_model_config(state)["in_chans"])
+    except (CheckpointError, ConfigError, OSError, KeyError, RuntimeError, ValueError):
+        return None
 
 
 def ensemble_case(cfg, channels: int | None = None) -> tuple[dict, dict]:
@@ -290,14 +379,27 @@ def _import_perfmodel():
     return perfmodel
 
 
-def _hardware(perfmodel, name: str, gpus_per_node: int):
+def _hardware(perfmodel, name: str, job: Job):
+    """The hardware file ``name`` for the nodes of ``job``: a GPU file for GPU nodes, a CPU file for CPU nodes."""
     try:
         hw = perfmodel.load_hardware(name)
     except ValueError as exc:
         raise JobError(f"--hardware: {exc}") from exc
-    if getattr(hw, "kind", "gpu") == "gpu" and dataclasses.is_dataclass(hw):
-        hw = dataclasses.replace(hw, devices_per_node=gpus_per_node)  # the node's fast link spans G GPUs
+    kind = getattr(hw, "kind", "gpu")
+    if (kind == "cpu") != job.cpu:
+        want = "a CPU file such as this_machine" if job.cpu else "a GPU file such as h100"
+        raise JobError(f"--hardware {name} describes a {kind} node but the job runs on "
+                       f"{'CPU' if job.cpu else 'GPU'} nodes: pass {want}")
+    if dataclasses.is_dataclass(hw):  # the node's fast link (shared memory, NVLink) spans its ranks
+        extra = dict(cores=job.cpus_per_node, threads=job.threads) if job.cpu else {}
+        hw = dataclasses.replace(hw, devices_per_node=job.ranks_per_node, **extra)
     return hw
+
+
+def _memory_line(pred, hw, job: Job) -> str:
+    if job.cpu:
+        return f"memory per rank: {_gb(pred.memory_bytes)} ({job.ranks_per_node} ranks share {_gb(hw.mem_capacity_bytes)})"
+    return f"memory per GPU: {_gb(pred.memory_bytes)} of {_gb(hw.mem_capacity_bytes)}"
 
 
 def _gb(x: float) -> str:
@@ -312,9 +414,9 @@ def _seconds(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
-def choose_ensemble(cfg, ranks: int, hardware: str, gpus_per_node: int) -> Choice:
+def choose_ensemble(cfg, job: Job, hardware: str) -> Choice:
     pm = _import_perfmodel()
-    hw = _hardware(pm, hardware, gpus_per_node)
+    hw, ranks = _hardware(pm, hardware, job), job.ranks
     kwargs, run = ensemble_case(cfg)
     try:
         lay, pred = pm.suggest(kwargs, ranks=ranks, hardware=hw, **run)
@@ -329,16 +431,16 @@ def choose_ensemble(cfg, ranks: int, hardware: str, gpus_per_node: int) -> Choic
              f"w={lay['w']} matmul={lay['matmul']}, {pred.members_per_pass} member(s) per pass{auto}",
              f"predicted: {pred.step_time_s * 1e3:.3g} ms per forward pass, {_seconds(tts)} time to solution per "
              f"initial time ({members} members x {steps} steps, {cfg.inference.precision}), compute only",
-             f"memory per GPU: {_gb(pred.memory_bytes)} of {_gb(hw.mem_capacity_bytes)}"]
+             _memory_line(pred, hw, job)]
     if n_init and n_init > 1:
         lines[1] += f"; {_seconds(tts * n_init)} for {n_init} initial times"
         tts *= n_init
     return Choice(lay, pred, lines, tts, pred.memory_bytes)
 
 
-def choose_train(cfg, ranks: int, hardware: str, gpus_per_node: int) -> Choice:
+def choose_train(cfg, job: Job, hardware: str) -> Choice:
     pm = _import_perfmodel()
-    hw = _hardware(pm, hardware, gpus_per_node)
+    hw, ranks = _hardware(pm, hardware, job), job.ranks
     C = model_channels(cfg, data_facts(cfg, "train"))
     kwargs = cfg.model.kwargs(C, C)
     phase_name, phase = max(cfg.phases.items(), key=lambda kv: kv[1].rollout_steps)  # the most demanding phase
@@ -353,7 +455,7 @@ def choose_train(cfg, ranks: int, hardware: str, gpus_per_node: int) -> Choice:
              f"w={lay['w']} matmul={lay['matmul']}",
              f"predicted: {_seconds(per_step)} per optimizer step (phase {phase_name}: global batch "
              f"{phase.batch_size}, {phase.rollout_steps} rollout step(s), {cfg.precision}), compute only",
-             f"memory per GPU: {_gb(pred.memory_bytes)} of {_gb(hw.mem_capacity_bytes)}"]
+             _memory_line(pred, hw, job)]
     total = 0.0
     for ph in cfg.phases.values():
         if ph.samples_per_epoch is None:
@@ -438,13 +540,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, passed on to the run")
     p.add_argument("--scheduler", choices=("slurm", "pbs"))
     p.add_argument("--nodes", type=int)
-    p.add_argument("--gpus-per-node", type=int)
+    p.add_argument("--gpus-per-node", type=int, help="GPUs per node, one rank each; 0: CPU nodes")
     p.add_argument("--time", help="wall time HH:MM:SS (default: from the prediction)")
     p.add_argument("--account")
     p.add_argument("--partition", help="Slurm partition or PBS queue")
     p.add_argument("--launcher", choices=("srun", "mpirun"), help="default srun under Slurm, mpirun under PBS")
-    p.add_argument("--hardware", default="h100", help="perfmodel hardware: a100, h100, h200 or a YAML file")
-    p.add_argument("--cpus-per-gpu", type=int, default=8, help="CPU cores per rank (default 8)")
+    p.add_argument("--hardware", help="perfmodel hardware: a100, h100 (default on GPU nodes), h200, this_machine "
+                                       "(default on CPU nodes) or a YAML file")
+    p.add_argument("--cpus-per-gpu", type=int, default=8, help="GPU nodes: CPU cores per rank (default 8)")
+    p.add_argument("--cpus-per-node", type=int, help="CPU nodes: cores of a node (default: this machine's)")
+    p.add_argument("--threads-per-rank", type=int, default=1,
+                   help="CPU nodes: cores (torch threads) per rank; ranks per node = cores / threads (default 1)")
+    p.add_argument("--stop-before", type=int, default=STOP_BEFORE_S, metavar="SECONDS",
+                   help=f"Slurm: SIGTERM this long before the time limit, so the run stops with a snapshot and the "
+                        f"job requeues (default {STOP_BEFORE_S})")
     p.add_argument("--app", choices=tuple(APPS), help="default: detected from the config")
     p.add_argument("--name", help="job name")
     p.add_argument("--layout", metavar="E,H,W,M", help="use this layout instead of asking the performance model")
@@ -460,26 +569,37 @@ def make_job(args: argparse.Namespace, argv: Sequence[str] = ()) -> tuple[Job, l
             raise JobError(f"missing {'CONFIG' if opt == 'config' else '--' + opt.replace('_', '-')}")
     app = args.app or detect_app(args.config)
     cfg = _load_app_config(app, args.config, args.overrides)
-    ranks = args.nodes * args.gpus_per_node
+    cpu = args.gpus_per_node == 0
+    launcher = args.launcher or ("srun" if args.scheduler == "slurm" else "mpirun")
+    nodes = Job(scheduler=args.scheduler, nodes=args.nodes, gpus_per_node=args.gpus_per_node, app=app,
+                config=args.config, launcher=launcher, cpus_per_gpu=args.cpus_per_gpu,
+                cpus_per_node=args.cpus_per_node or 0, threads_per_rank=args.threads_per_rank,
+                stop_before_s=args.stop_before)
+    found = []
+    if cpu and not args.cpus_per_node:
+        nodes.cpus_per_node = os.cpu_count() or 1
+        found.append(f"CPU nodes of {nodes.cpus_per_node} cores (this machine's; --cpus-per-node to change): "
+                     f"{nodes.ranks_per_node} rank(s) of {nodes.threads} thread(s) per node")
+    nodes.validate()
+    ranks = nodes.ranks
     if args.layout:
         choice = None
         layout = parse_layout(args.layout, ranks, cfg.model)
         lines = [f"layout (given with --layout, {ranks} ranks): " + " ".join(f"{k}={v}" for k, v in layout.items())]
     else:
         choose = choose_ensemble if app == "ensemble" else choose_train
-        choice = choose(cfg, ranks, args.hardware, args.gpus_per_node)
+        choice = choose(cfg, nodes, args.hardware or ("this_machine" if cpu else "h100"))
         layout, lines = choice.layout, list(choice.summary)
+    lines = found + lines
     overrides = list(args.overrides)
     time_ = args.time or (suggested_time(choice.time_to_solution_s) if choice else "01:00:00")
     if choice and not args.time:
         lines.append(f"wall time requested: {time_} (1.5 x prediction + 15 min; --time to change)")
     elif choice and _to_seconds(time_) < choice.time_to_solution_s:
         lines.append(f"warning: --time {time_} is shorter than the predicted {_seconds(choice.time_to_solution_s)}")
-    launcher = args.launcher or ("srun" if args.scheduler == "slurm" else "mpirun")
     header = ["Generated by: python -m hpc_fcn.jobs " + " ".join(shlex.quote(str(a)) for a in argv)] + lines
-    job = Job(scheduler=args.scheduler, nodes=args.nodes, gpus_per_node=args.gpus_per_node, app=app,
-              config=args.config, time=time_, account=args.account, partition=args.partition, launcher=launcher,
-              cpus_per_gpu=args.cpus_per_gpu, name=args.name, layout=layout, overrides=overrides, header=header)
+    job = dataclasses.replace(nodes, time=time_, account=args.account, partition=args.partition, name=args.name,
+                              layout=layout, overrides=overrides, header=header)
     job.validate()
     return job, lines
 
@@ -512,7 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (JobError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = args.out or f"{Path(args.config).stem}_{job.scheduler}_{job.nodes}x{job.gpus_per_node}.sh"
+    per_node = f"{job.ranks_per_node}cpu" if job.cpu else str(job.gpus_per_node)
+    out = args.out or f"{Path(args.config).stem}_{job.scheduler}_{job.nodes}x{per_node}.sh"
     info = sys.stderr if out == "-" else sys.stdout
     for line in lines:
         print(line, file=info)

@@ -10,6 +10,8 @@ import torch.nn as nn
 from hpc_fcn.accel import (AccelError, FusedAFNONet, GraphedStep, Int8Linear, auto_members_per_pass, check_compile,
                            check_cuda_graphs, check_precision, check_quantize, cpu_native_fp16, member_bytes,
                            members_that_fit, pass_size, quantize_model, supports_fp8)
+from int8_support import needs_exact_int8
+
 from hpc_fcn.accel.fastpath import interleaved_bias, interleaved_weight, spectral_mlp
 from hpc_fcn.model import AFNONet, spectral_block_mlp
 
@@ -53,6 +55,7 @@ def test_fused_path_matches_published_forward(spectral, frac):
         torch.testing.assert_close(FusedAFNONet(net, spectral)(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+@needs_exact_int8
 def test_int8_linear_close_to_fp32():
     # per-token and per-channel 127-level rounding: about 0.4 % relative error per operand, errors of the
     # K products average out; 2 % of the output RMS leaves a wide margin
@@ -63,6 +66,28 @@ def test_int8_linear_close_to_fp32():
         ref, y = lin(x), Int8Linear(lin)(x)
     assert y.shape == ref.shape and y.dtype == torch.float32
     assert ((y - ref).norm() / ref.norm()).item() < 2e-2  # 127-level rounding, see above (measured 0.7 %)
+
+
+def test_int8_is_refused_where_the_product_is_not_exact(monkeypatch):
+    """A CPU without VNNI/AMX (oneDNN pairs int8 products in saturating int16) computes wrong int8 GEMMs: the
+    self-check sees it and quantize=int8 is refused in one line, by the option check and by the layer itself."""
+    import hpc_fcn.accel.quantize as q
+
+    def saturating_int_mm(a, b):  # a u8 x s8 pmaddubsw kernel: a shifted to u8, pair sums clamped to int16
+        p = (a.long() + 128).unsqueeze(2) * b.long().unsqueeze(0)  # (m, k, n)
+        pairs = (p[:, 0::2] + p[:, 1::2]).clamp(-32768, 32767)
+        return (pairs.sum(dim=1) - 128 * b.long().sum(dim=0)).to(torch.int32)
+    monkeypatch.setattr(torch, "_int_mm", saturating_int_mm)
+    q.int8_gemm_is_exact.cache_clear()
+    try:
+        assert not q.int8_gemm_is_exact("cpu")
+        with pytest.raises(AccelError, match="int8 matrix product is not exact") as err:
+            check_quantize("int8", torch.device("cpu"))
+        assert "\n" not in str(err.value)
+        with pytest.raises(AccelError, match="not exact"):
+            Int8Linear(nn.Linear(8, 4))(torch.randn(3, 8))
+    finally:
+        q.int8_gemm_is_exact.cache_clear()
 
 
 def test_quantize_model_replaces_every_mlp_linear_only():

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from int8_support import needs_exact_int8
+
 from hpc_fcn.accel import AccelError, cpu_native_fp16
 from hpc_fcn.forecaster import Forecaster
 from hpc_fcn.model import AFNONet, load_checkpoint
@@ -99,8 +101,9 @@ def test_members_per_pass_does_not_change_results(case):
 # significant bits (0.4 % per value); residual stream, norms and FFTs stay fp32, so the error per
 # step is well below 1 % and grows slowly: 3 %. int8: 127 levels per token/channel (0.4 % per
 # operand) on the MLP only: 2 %.
-@pytest.mark.parametrize("kw,tol", [(dict(precision="bf16"), 3e-2), (dict(quantize="int8"), 2e-2),
-                                    (dict(precision="bf16", quantize="int8"), 4e-2)])
+@pytest.mark.parametrize("kw,tol", [(dict(precision="bf16"), 3e-2),
+                                    pytest.param(dict(quantize="int8"), 2e-2, marks=needs_exact_int8),
+                                    pytest.param(dict(precision="bf16", quantize="int8"), 4e-2, marks=needs_exact_int8)])
 def test_reduced_precision_within_tolerance(case, kw, tol):
     net, x, ref = case
     _, states = run(net, x, **kw)
@@ -116,6 +119,7 @@ def test_fp16_on_cpu_within_tolerance(case):
     assert rel_rms(states[-1], ref[-1]) < 2e-2  # 11 significant bits: 8x finer than bf16
 
 
+@needs_exact_int8
 def test_caller_model_is_not_modified(case):
     net, x, _ = case
     before = {k: v.clone() for k, v in net.state_dict().items()}

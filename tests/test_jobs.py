@@ -245,3 +245,84 @@ def test_check_paths_skips_builtin_and_null():
     check_paths(load_config(EnsembleConfig, None, ["model.checkpoint=builtin", "data.root=builtin"]))
     check_paths(load_config(EnsembleConfig, None, ["model.checkpoint=null", "data.root=builtin"]))
     assert DataConfig().root == "builtin"
+
+
+# ---- CPU nodes, every shipped config, preemption ---------------------------------------------------------
+SHIPPED = sorted(str(p) for p in (REPO / "config").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=lambda p: Path(p).name)
+@pytest.mark.parametrize("gpus", [4, 0])
+def test_every_shipped_config_makes_a_script_without_its_data(tmp_path, monkeypatch, capsys, config, gpus):
+    """Channels come from the data's metadata, the built-in dataset's known facts or the checkpoint: making a
+    script never needs (or generates) the data."""
+    monkeypatch.setenv("HPC_FCN_DATA", str(tmp_path / "not_generated"))
+    rc, out = generate(tmp_path, config, "--scheduler", "slurm", "--nodes", "2", "--gpus-per-node", gpus,
+                       "--cpus-per-node", 8, "--threads-per-rank", 2)
+    assert not (tmp_path / "not_generated").exists()
+    if gpus == 0 and config.endswith("train_era5.yaml"):  # the production training does not fit two 25 GB nodes
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "no layout of 8 ranks fits" in err[0] and "GB per rank" in err[0]
+        return
+    assert rc == 0
+    check_bash(out)
+    text = out.read_text()
+    if gpus:
+        assert "--gpus-per-node=4" in text and "parallel.backend=torch" in text
+    else:  # 8 cores / 2 threads = 4 ranks per node, MPI collectives, no GPU anywhere
+        sbatch = [ln for ln in text.splitlines() if ln.startswith("#SBATCH")]
+        assert "#SBATCH --ntasks-per-node=4" in " ".join(sbatch) and "--cpus-per-task=2" in text
+        assert not any("gpu" in ln for ln in sbatch) and "cuda" not in text and '/bind_local_gpu.sh" ' not in text
+        assert "parallel.backend=mpi" in text and "parallel.threads=2" in text and "device=cpu" in text
+
+
+def test_cpu_script_runs_the_cpu_layout_under_both_launchers(tmp_path):
+    for launcher in ("srun", "mpirun"):
+        (tmp_path / launcher).mkdir()
+        rc, out = generate(tmp_path / launcher, PROD, "--scheduler", "slurm", "--nodes", "1", "--gpus-per-node", "0",
+                           "--cpus-per-node", "4", "--launcher", launcher)
+        assert rc == 0
+        args = run_script(out, tmp_path / launcher, launcher)
+        assert "inference.device=cpu" in args and "parallel.threads=1" in args and "resume=true" in args
+        assert not any("bind_local_gpu" in a or "gpu" in a for a in args), args
+
+
+def test_slurm_scripts_stop_before_the_limit_and_requeue_until_complete(tmp_path):
+    """SIGTERM to the script (--signal=B:TERM before the limit, or a preemption) reaches the run, which stops
+    with its snapshot; the job requeues itself; a run that ends by itself is not requeued."""
+    rc, out = generate(tmp_path, PROD, "--scheduler", "slurm", "--nodes", "1", "--gpus-per-node", "0",
+                       "--cpus-per-node", "2", "--stop-before", "240")
+    assert rc == 0
+    text = out.read_text()
+    assert "#SBATCH --signal=B:TERM@240" in text and "#SBATCH --requeue" in text and "resume=true" in text
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "srun").write_text('#!/bin/bash\ntrap \'echo stopped >> "$LOG"; exit 143\' TERM\n'
+                                 'echo started >> "$LOG"\nif [ -n "${FINISH:-}" ]; then exit 0; fi\n'
+                                 'sleep 30 & wait\n')
+    (bindir / "scontrol").write_text('#!/bin/bash\necho "scontrol $*" >> "$LOG"\n')
+    for tool in ("srun", "scontrol"):
+        (bindir / tool).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PATH=f"{bindir}:{os.environ['PATH']}", SLURM_SUBMIT_DIR=str(tmp_path), SLURM_JOB_ID="77",
+               LOG=str(tmp_path / "log"))
+    proc = subprocess.Popen(["bash", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time
+    for _ in range(200):
+        if (tmp_path / "log").exists():
+            break
+        time.sleep(0.05)
+    proc.send_signal(15)
+    stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stdout
+    assert (tmp_path / "log").read_text().split("\n")[:3] == ["started", "stopped", "scontrol requeue 77"]
+    (tmp_path / "log").unlink()
+    done = subprocess.run(["bash", str(out)], env=dict(env, FINISH="1"), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and (tmp_path / "log").read_text() == "started\n"  # complete: not requeued
+
+
+def test_hardware_of_the_wrong_kind_is_one_line(tmp_path, capsys):
+    rc, _ = generate(tmp_path, PROD, "--scheduler", "slurm", "--nodes", "1", "--gpus-per-node", "0",
+                     "--cpus-per-node", "4", "--hardware", "h100")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "describes a gpu node but the job runs on CPU nodes" in err[0]

@@ -9,6 +9,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$here/.venv}
 PY=${PY:-$VENV/bin/python}
+# relative VENV and PY (as make passes them) name paths in the checkout, wherever the caller runs
+case "$VENV" in /*) ;; *) VENV=$here/$VENV ;; esac
+case "$PY" in /*) ;; */*) PY=$here/$PY ;; esac
 record=$VENV/.hpc_fcn-mpi
 if [ -n "${HPC_FCN_MPIRUN:-}" ]; then
   MPI_MPIRUN=$HPC_FCN_MPIRUN MPI_FAMILY=${HPC_FCN_MPI_FAMILY:-unknown} MPI_LABEL="$HPC_FCN_MPIRUN (HPC_FCN_MPIRUN)"

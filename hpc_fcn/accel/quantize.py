@@ -12,6 +12,8 @@ is silently left unquantised.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -56,6 +58,9 @@ class Int8Linear(QuantLinear):
         xs = xf.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / INT8_MAX
         xq = torch.round(xf / xs).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
         m = xq.shape[0]
+        if not int8_gemm_is_exact(xq.device.type):
+            raise AccelError("int8 linear: this machine's int8 matrix product is not exact (no int8 dot-product "
+                             "instruction for oneDNN); use quantize none")
         if xq.is_cuda and m <= 16:  # cuBLASLt int8 GEMM needs more than 16 rows
             xq = F.pad(xq, (0, 0, 0, 17 - m))
         acc = torch._int_mm(xq, self.qweight.t())[:m]
@@ -104,10 +109,30 @@ def _quantized(linear: nn.Linear, mode: str) -> QuantLinear:
     return Int8Linear(linear) if mode == "int8" else Fp8Linear(linear)
 
 
+@functools.lru_cache(maxsize=None)
+def int8_gemm_is_exact(device_type: str = "cpu") -> bool:
+    """Whether ``torch._int_mm`` sums int8 products exactly here. On a CPU without an int8 dot-product instruction
+    (VNNI, AMX: oneDNN's limit, not /proc/cpuinfo, decides) it pairs products in saturating int16 and is wrong by
+    up to 1.5e4 per output for full-range inputs; checked with such inputs against int64 arithmetic."""
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return False
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (32, 256), generator=g, dtype=torch.int8)
+    b = torch.randint(-127, 128, (256, 32), generator=g, dtype=torch.int8)
+    a[:, :2], b[:2] = 127, 127  # the products that overflow a pair sum in int16
+    want = a.long() @ b.long()
+    got = torch._int_mm(a.to(device_type), b.to(device_type)).cpu().long()
+    return torch.equal(got, want)
+
+
 def check_quantize(mode: str, device: torch.device) -> None:
-    """Refuse a quantisation mode this device cannot run."""
+    """Refuse a quantisation mode this device cannot run (or not run exactly)."""
     if mode not in ("none", "int8", "fp8"):
         raise AccelError(f"inference.quantize must be none, int8 or fp8, got {mode!r}")
+    if mode == "int8" and not int8_gemm_is_exact(device.type):
+        raise AccelError("inference.quantize=int8: this machine's int8 matrix product is not exact (no int8 "
+                         "dot-product instruction such as AVX512-VNNI, AVX-VNNI or AMX available to oneDNN: int16 "
+                         "pair sums saturate); use quantize none")
     if mode == "fp8" and not supports_fp8(device):
         where = "the CPU" if device.type == "cpu" else f"GPU capability {torch.cuda.get_device_capability(device)}"
         raise AccelError(f"inference.quantize=fp8 needs an fp8 tensor-core GPU (H100/H200, compute capability "

@@ -4,9 +4,15 @@ int8 quantises the column-parallel fc1 and the row-parallel fc2 of DistMlp; unde
 rank quantises its own shard of rows/columns, and activations are quantised per token on the gathered
 (fc1) or local (fc2) width, so the result differs from the serial int8 one by quantisation noise only.
 """
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from mpi4py import MPI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from int8_support import needs_exact_int8  # noqa: E402
 
 from hpc_fcn.accel import AccelError
 from hpc_fcn.forecaster import Forecaster
@@ -36,7 +42,8 @@ def serial_reference(x):
 
 @pytest.mark.mpi(min_size=4)
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda d: "x".join(f"{k}{v}" for k, v in d.items()))
-@pytest.mark.parametrize("opts,tol", [(dict(), 1e-5), (dict(precision="bf16"), 3e-2), (dict(quantize="int8"), 2e-2)])
+@pytest.mark.parametrize("opts,tol", [(dict(), 1e-5), (dict(precision="bf16"), 3e-2),
+                                      pytest.param(dict(quantize="int8"), 2e-2, marks=needs_exact_int8)])
 def test_distributed_forecaster_matches_serial(layout, opts, tol):
     comm = MPI.COMM_WORLD
     if comm.size % (layout.get("h", 1) * layout.get("w", 1) * layout.get("matmul", 1)):
