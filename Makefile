@@ -19,7 +19,7 @@ test: setup
 	@$(MAKE) --no-print-directory test-serial test-mpi test-kernels
 
 test-serial: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/mpi
+	$(PY) -m pytest -q -rs -p no:cacheprovider tests --ignore=tests/mpi
 
 test-mpi: setup
 	VENV=$(VENV) PY=$(PY) tools/mpitest.sh 4

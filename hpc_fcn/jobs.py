@@ -183,7 +183,11 @@ mpi_flags() {
 _PREEMPTION = """# ---- preemption and time limits ----------------------------------------------------------------------
 STOPPED=0
 # shellcheck disable=SC2317  # run by the trap
-stop() { STOPPED=1; echo "$(date +%FT%T) SIGTERM: stopping the run at its next step"; kill -TERM "$RUN" 2>/dev/null || true; }
+stop() {
+  STOPPED=1
+  echo "$(date +%FT%T) SIGTERM: stopping the run"
+  @STOP@
+}
 trap stop TERM
 @LAUNCH@ &
 RUN=$!
@@ -197,6 +201,14 @@ if [ "$STOPPED" = 1 ] && [ "$rc" != 0 ]; then
 fi
 exit "$rc"
 """
+
+# How the trap hands SIGTERM to the ranks: srun would kill its step at once (SIGKILL), so the step's tasks are
+# signalled through Slurm; mpirun forwards the signal to its ranks itself.
+_STOP = {
+    "srun": 'for step in $(squeue -h -s -j "$SLURM_JOB_ID" -o %i | grep -v -e batch -e extern); do\n'
+            '    scancel -s TERM "$step" || true\n  done',
+    "mpirun": 'kill -TERM "$RUN" 2>/dev/null || true',
+}
 
 _NRANKS = {
     "slurm": "NRANKS=${SLURM_NTASKS:-@N@}   # nodes x ranks per node",
@@ -257,7 +269,7 @@ def render(job: Job) -> str:
             launch += ['  "$HPC_FCN_HOME/jobs/bind_local_gpu.sh" \\']
         launch += [f"  {cmd}"]
     if job.scheduler == "slurm":
-        out += [_PREEMPTION.replace("@LAUNCH@", "\n".join(launch))]
+        out += [_PREEMPTION.replace("@LAUNCH@", "\n".join(launch)).replace("@STOP@", _STOP[job.launcher])]
     else:
         out += launch
     return "\n".join(out).rstrip("\n") + "\n"
