@@ -297,11 +297,14 @@ def test_slurm_scripts_stop_before_the_limit_and_requeue_until_complete(tmp_path
     assert "#SBATCH --signal=B:TERM@240" in text and "#SBATCH --requeue" in text and "resume=true" in text
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    (bindir / "srun").write_text('#!/bin/bash\ntrap \'echo stopped >> "$LOG"; exit 143\' TERM\n'
-                                 'echo started >> "$LOG"\nif [ -n "${FINISH:-}" ]; then exit 0; fi\n'
-                                 'sleep 30 & wait\n')
+    # srun's step: TERM (which Slurm delivers to the step's tasks on scancel -s TERM JOB.STEP) stops it
+    (bindir / "srun").write_text('#!/bin/bash\ntrap \'echo stopped >> "$LOG"; kill %1; exit 143\' TERM\n'
+                                 'echo $$ > "$LOG.pid"\necho started >> "$LOG"\n'
+                                 'if [ -n "${FINISH:-}" ]; then exit 0; fi\nsleep 30 >/dev/null 2>&1 & wait\n')
+    (bindir / "squeue").write_text('#!/bin/bash\nprintf "77.batch\\n77.0\\n"\n')
+    (bindir / "scancel").write_text('#!/bin/bash\necho "scancel $*" >> "$LOG"\nkill -TERM "$(cat "$LOG.pid")"\n')
     (bindir / "scontrol").write_text('#!/bin/bash\necho "scontrol $*" >> "$LOG"\n')
-    for tool in ("srun", "scontrol"):
+    for tool in ("srun", "squeue", "scancel", "scontrol"):
         (bindir / tool).chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     env.update(PATH=f"{bindir}:{os.environ['PATH']}", SLURM_SUBMIT_DIR=str(tmp_path), SLURM_JOB_ID="77",
@@ -315,7 +318,8 @@ def test_slurm_scripts_stop_before_the_limit_and_requeue_until_complete(tmp_path
     proc.send_signal(15)
     stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, stdout
-    assert (tmp_path / "log").read_text().split("\n")[:3] == ["started", "stopped", "scontrol requeue 77"]
+    assert (tmp_path / "log").read_text().split("\n")[:4] == ["started", "scancel -s TERM 77.0", "stopped",
+                                                             "scontrol requeue 77"]
     (tmp_path / "log").unlink()
     done = subprocess.run(["bash", str(out)], env=dict(env, FINISH="1"), capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and (tmp_path / "log").read_text() == "started\n"  # complete: not requeued
