@@ -484,13 +484,16 @@ def generate(outdir: str | os.PathLike, opts: SynthOptions, progress: bool = Tru
         bar = tqdm(total=spin + opts.steps_per_year * model.substeps, unit="step", disable=not progress,
                    desc=f"shallow water x{len(years)} years", smoothing=0.05)
         done = 0
+        _STEPPING[0] = True
         while done < spin:
+            _check_stop()
             model.update_stirring(gens, SIX_HOURS)
             n = min(model.substeps, spin - done)
             state = model.run(state, n, history)
             done += n
             bar.update(n)
         for t in range(opts.steps_per_year):
+            _check_stop()
             if t:
                 model.update_stirring(gens, SIX_HOURS)
                 state = model.run(state, model.substeps, history)
@@ -503,6 +506,8 @@ def generate(outdir: str | os.PathLike, opts: SynthOptions, progress: bool = Tru
                 if is_train[b]:
                     stats.add(fields[b])
         bar.update(model.substeps)
+        _STEPPING[0] = False
+        _check_stop()  # a signal after the last step
         bar.close()
         for f in files:
             f.close()
@@ -513,9 +518,28 @@ def generate(outdir: str | os.PathLike, opts: SynthOptions, progress: bool = Tru
             shutil.rmtree(out)
         os.replace(tmp, out)  # fails, leaving ``out`` alone, if another process filled it meanwhile
     finally:
+        _STEPPING[0] = False
         torch.set_num_threads(old_threads)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+_STOP: list[int] = []  # the signal that asked the generator to stop (set by the command line's handler)
+_STEPPING = [False]  # inside the time-stepping loops, which check _STOP between steps
+
+
+def _on_signal(signum, frame) -> None:
+    """Stop at the next step inside the loops (raising here could land in a callback whose exceptions are only
+    printed), at once elsewhere (e.g. waiting for the dataset lock)."""
+    _STOP.append(signum)
+    if not _STEPPING[0]:
+        raise SystemExit(128 + signum)
+
+
+def _check_stop() -> None:
+    """Between steps: end through Python (the work folder is removed on the way out) once a signal asked to."""
+    if _STOP:
+        raise SystemExit(128 + _STOP[0])
 
 
 def _remove_stale_work(out: Path) -> None:
@@ -594,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outdir = Path(args.outdir)
     t0 = time.perf_counter()
     # SIGTERM (a batch system's stop, kill) ends the run through Python, so the work folder is removed
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, _on_signal)
     try:
         with contextlib.ExitStack() as stack:
             if args.builtin:  # the lock a run that generates the built-in dataset on first use takes too
