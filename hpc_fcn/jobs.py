@@ -348,16 +348,13 @@ def model_channels(cfg, facts: tuple[int, int] | None, given: int | None = None)
 
 def checkpoint_channels(model_cfg) -> int | None:
     """The input channels of the config's checkpoint, when it names one that is readable here."""
-    from .model.checkpoint import CheckpointError, extract_state_dict, infer_model_config
+    from .model.checkpoint import checkpoint_config
     from .setup import checkpoint_path
     if not model_cfg.checkpoint:
         return None
     try:
-        path = checkpoint_path(model_cfg.checkpoint, model_cfg.stochastic)
-        import torch
-        state = extract_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return int(infer_model_config(state)["in_chans"])
-    except (CheckpointError, ConfigError, OSError, KeyError, RuntimeError, ValueError):
+        return int(checkpoint_config(checkpoint_path(model_cfg.checkpoint, model_cfg.stochastic))["in_chans"])
+    except (ConfigError, KeyError, ValueError):  # CheckpointError is a ValueError
         return None
 
 

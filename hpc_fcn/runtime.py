@@ -50,12 +50,16 @@ def fail_together(comm, error: BaseException | None, tag: str = "failure") -> No
     raise_first_failure(comm.allgather(failure_record(error), tag=tag))
 
 
+def first_line(error: BaseException, limit: int | None = None) -> str:
+    """The first line of ``error``'s message (its type's name when it has none), at most ``limit`` characters."""
+    return (str(error).strip() or type(error).__name__).splitlines()[0][:limit]
+
+
 def failure_record(error: BaseException | None):
     """What :func:`fail_together` shares of a rank's ``error`` (None, or errno, first line, is-OSError)."""
     if error is None:
         return None
-    text = (str(error) or type(error).__name__).splitlines()[0]
-    return getattr(error, "errno", None), text, isinstance(error, OSError)
+    return getattr(error, "errno", None), first_line(error), isinstance(error, OSError)
 
 
 def raise_first_failure(records) -> None:

@@ -46,20 +46,32 @@ def run_cli(n, config, *overrides, timeout=240):
                           env=CLI_ENV, cwd=ROOT)
 
 
-def kill_after_snapshot(cmd, marker, init_pos, step):
-    """Start ``cmd``, SIGKILL its process group once the snapshot marker reaches (init_pos, step)."""
+def wait_for(pred, proc, limit=200):
+    """Poll ``pred`` while ``proc`` runs (``proc.poll()``); True once it holds, False if the process ends first."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def snapshot_reached(outdir, init_pos, step):
+    """A predicate: the resume marker of ``outdir`` says a snapshot at (init_pos, step) or later is complete."""
+    def pred():
+        try:
+            m = json.loads((Path(outdir) / ".resume" / "progress.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return m.get("init_pos", 0) >= init_pos and m.get("step", -1) >= step
+    return pred
+
+
+def kill_after_snapshot(cmd, outdir, init_pos, step):
+    """Start ``cmd``, SIGKILL its process group once the snapshot marker of ``outdir`` reaches (init_pos, step)."""
     proc = subprocess.Popen(cmd, env=CLI_ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    deadline = time.monotonic() + 200
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            m = json.loads(marker.read_text())
-        except (OSError, ValueError):
-            m = {}
-        if m.get("init_pos", 0) >= init_pos and m.get("step", -1) >= step:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    assert wait_for(snapshot_reached(outdir, init_pos, step), proc), "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
 

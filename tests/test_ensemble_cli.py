@@ -80,8 +80,7 @@ def test_killed_run_resumes_to_identical_outputs(setup, tmp_path):
     assert run_cli(2, full_cfg).returncode == 0
     assert not (tmp_path / "full" / ".resume" / "progress.json").exists()  # no snapshots without resume
     killed = tmp_path / "killed"
-    kill_after_snapshot(command(2, full_cfg, f"output.dir={killed}", "resume=true"),
-                         killed / ".resume" / "progress.json", 1, 2)
+    kill_after_snapshot(command(2, full_cfg, f"output.dir={killed}", "resume=true"), killed, 1, 2)
     assert not (killed / "metrics.json").exists()
     resumed = run_cli(2, full_cfg, f"output.dir={killed}", "resume=true")
     assert resumed.returncode == 0, resumed.stderr
@@ -107,8 +106,7 @@ def test_run_killed_on_4_ranks_resumes_on_2_ranks_in_another_layout(setup, tmp_p
     full = run_cli(4, cfg, *h2e2)
     assert full.returncode == 0, full.stderr
     killed = tmp_path / "killed"
-    kill_after_snapshot(command(4, cfg, *h2e2, f"output.dir={killed}", "resume=true"),
-                         killed / ".resume" / "progress.json", 0, 2)
+    kill_after_snapshot(command(4, cfg, *h2e2, f"output.dir={killed}", "resume=true"), killed, 0, 2)
     marker = json.loads((killed / ".resume" / "progress.json").read_text())
     assert marker["init_pos"] == 0 and 2 <= marker["step"] < 12 and marker["leads_complete"] >= 2
     resumed = run_cli(2, cfg, "parallel.ensemble=2", f"output.dir={killed}", "resume=true")

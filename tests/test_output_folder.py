@@ -14,7 +14,8 @@ import torch
 import yaml
 from mpi4py import MPI
 
-from ensemble_setup import CLI_ENV as ENV, ROOT, command, error_lines, run_cli, tiny_config, tiny_dataset
+from ensemble_setup import (CLI_ENV as ENV, ROOT, command, error_lines, run_cli, snapshot_reached, tiny_config,
+                            tiny_dataset, wait_for)
 
 from hpc_fcn.config import ConfigError, dump_yaml, from_dict, load_config
 from hpc_fcn.ensemble.config import EnsembleConfig
@@ -72,25 +73,6 @@ def signal_all(pids, sig):
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
-
-
-def wait_for(pred, proc, limit=200):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline and proc.poll() is None:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return False
-
-
-def marker_at(outdir, init_pos, step):
-    def pred():
-        try:
-            m = json.loads((Path(outdir) / ".resume" / "progress.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return m.get("init_pos", 0) >= init_pos and m.get("step", -1) >= step
-    return pred
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +239,7 @@ def test_full_disk_is_named_and_the_last_snapshot_resumes_identically(setup, tmp
     fmt_arg = f"output.format={fmt}"
     proc = subprocess.Popen(command(2, cfg, f"output.dir={out}", "resume=true", "forecast.snapshot_every=1", fmt_arg),
                             env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert wait_for(marker_at(out, 1, 2), proc), "the run finished before the disk could be filled"
+    assert wait_for(snapshot_reached(out, 1, 2), proc), "the run finished before the disk could be filled"
     filler = tmpfs / "filler"
     st = os.statvfs(tmpfs)  # leave less than the writers' margin: a fallocate racing the run would roll back
     subprocess.run(["fallocate", "-l", str(st.f_bavail * st.f_frsize - (256 << 10)), str(filler)], check=True)

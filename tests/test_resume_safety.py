@@ -38,8 +38,7 @@ def setup(tmp_path_factory):
     cfg.write_text(dump_yaml(tiny_config(data, tmp / "full", over)))
     assert run_cli(N, cfg).returncode == 0
     killed = tmp / "killed"
-    kill_after_snapshot(command(N, cfg, f"output.dir={killed}", "resume=true"), killed / ".resume" / "progress.json",
-                        0, 4)
+    kill_after_snapshot(command(N, cfg, f"output.dir={killed}", "resume=true"), killed, 0, 4)
     return tmp, cfg, killed
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ensemble_setup import snapshot_reached
 from slurm_cluster import SlurmCluster, skip_message
 
 if skip_message():
@@ -177,18 +178,12 @@ def test_generated_cpu_script_runs_under_srun(cluster, ensemble, uninterrupted):
 def test_preempted_job_requeues_itself_and_finishes_like_the_uninterrupted_one(cluster, ensemble, uninterrupted):
     """TERM to the batch script (what --signal=B:TERM sends before the time limit, and a preemption): the run
     stops, the job requeues itself and resumes from the last snapshot, and the outputs equal the full run's."""
-    import json
     tmp, cfg = ensemble
     outdir = tmp / "preempted"
     job = _submit(cluster, tmp, cfg, "mpirun", outdir)
-    marker = outdir / ".resume" / "progress.json"
+    reached = snapshot_reached(outdir, 0, 4)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            if json.loads(marker.read_text()).get("step", -1) >= 4:
-                break
-        except (OSError, ValueError):
-            pass
+    while time.monotonic() < deadline and not reached():
         assert cluster.state(job) in ("PENDING", "RUNNING", "CONFIGURING"), cluster.output(job)
         time.sleep(0.05)
     assert cluster.state(job) == "RUNNING" and not (outdir / "metrics.json").exists(), "finished before the signal"

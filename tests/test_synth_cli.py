@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from ensemble_setup import wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--nlat", "17", "--nlon", "32", "--train-years", "2000", "--valid-years", "2001", "--test-years", "2002",
          "--steps-per-year", "400", "--spinup-days", "1", "--threads", "1", "--quiet"]
@@ -18,19 +20,10 @@ def _start(*args, env=None):
                             env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
 
 
-def _wait_for(cond, proc, timeout=60.0):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout and proc.poll() is None:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
 def test_sigterm_removes_the_work_folder(tmp_path):
     out = tmp_path / "ds"
     proc = _start(str(out), *SMALL)
-    assert _wait_for(lambda: list(tmp_path.glob(".ds.tmp-*/train/*.h5")), proc), proc.communicate()
+    assert wait_for(lambda: list(tmp_path.glob(".ds.tmp-*/train/*.h5")), proc), proc.communicate()
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     assert proc.returncode == 128 + signal.SIGTERM
@@ -55,7 +48,7 @@ def test_builtin_waits_for_the_dataset_lock(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "hpc_fcn.data.synth", "--builtin", "--quiet"], cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=err,
                                 env=dict(os.environ, OMP_NUM_THREADS="1", HPC_FCN_DATA=str(root)))
-        assert _wait_for(lambda: "waiting for another process" in log.read_text(), proc), log.read_text()
+        assert wait_for(lambda: "waiting for another process" in log.read_text(), proc), log.read_text()
         time.sleep(0.5)
         assert proc.poll() is None and not list(tmp_path.glob(".builtin.tmp-*"))  # waiting, not writing
         proc.send_signal(signal.SIGTERM)

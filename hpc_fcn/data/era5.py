@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
-from ..runtime import UserError
+from ..runtime import UserError, first_line
 
 ERA5_CHANNELS = ("u10", "v10", "t2m", "sp", "msl", "t850", "u1000", "v1000", "z1000", "u850", "v850", "z850",
                  "u500", "v500", "z500", "t500", "z50", "r500", "r850", "tcwv", "unused20")
@@ -415,8 +415,8 @@ def _load_array(path: Path, mmap_mode: str | None = None) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - truncated, garbage or pickled: one line each
-        raise DataError(f"{path} is not a numeric .npy array ({type(exc).__name__}: "
-                        f"{(str(exc).splitlines() or [''])[0][:120]}); write it again with the converter") from None
+        raise DataError(f"{path} is not a numeric .npy array ({type(exc).__name__}: {first_line(exc, 120)}); "
+                        "write it again with the converter") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
         raise DataError(f"{path} is not a numeric .npy array; write it again with the converter")
     return arr

@@ -141,9 +141,10 @@ class EnsembleRun:
     def step_bytes(self) -> tuple[int, int]:
         """(outputs, resume snapshot) bytes of one output step, before compression."""
         from ..io.backend import lead_bytes
+        from ..io.cf import products
         run = self.resolved
-        products = ("mean", "spread") + (("members",) if self.cfg.output.members else ())
-        files = sum(lead_bytes(p, len(run.out_vars), run.ds.nlat, run.ds.nlon, run.members) for p in products)
+        files = sum(lead_bytes(p, len(run.out_vars), run.ds.nlat, run.ds.nlon, run.members)
+                    for p in products(self.cfg.output.members))
         plane = run.ds.nlat * run.ds.nlon * 4
         snapshot = run.members * len(run.channels) * plane if self.cfg.resume else 0  # scoring ranks' windows
         return files, snapshot

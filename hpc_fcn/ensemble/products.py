@@ -15,6 +15,7 @@ import torch
 from ..accel.hostcopy import HostBuffers, HostCopy
 from ..config import dump_yaml
 from ..io.backend import OutputBackend, OutputSpec, RankWindow, backend_class
+from ..io.cf import products as output_products
 from .report import format_table, timing_table
 from .resolve import ResolvedRun
 
@@ -31,7 +32,7 @@ class Products:
         self.identity = identity  # rank 0's run identity, stored in every file
         self.outdir = Path(run.cfg.output.dir).expanduser()
         self.member_comm = member_comm
-        self.products = ("mean", "spread") + (("members",) if run.cfg.output.members else ())
+        self.products = output_products(run.cfg.output.members)
         self.buffers = HostBuffers(run.device)  # host copies of statistics and members, reused
         self.output: OutputBackend = backend_class(run.cfg.output.format)(self.spec(), self.window(), writer,
                                                                           self.buffers)

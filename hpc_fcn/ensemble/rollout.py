@@ -16,12 +16,12 @@ import logging
 import numpy as np
 import torch
 
+from ..io.backend import DamagedOutput
 from ..runtime import UserError, failure_record, raise_first_failure
 from .perturb import Perturber, bred_analysis_times, breed
 from .plan import as_hours, time_tag
 from .products import Products
 from .resolve import ResolvedRun
-from ..io.backend import DamagedOutput
 from .snapshot import SCORES, SnapshotStore, damaged
 from .scoring import Scoring
 

@@ -3,7 +3,8 @@
 A snapshot slot holds one file per writing rank, named by the members and the window it covers
 (``m{m0}-{m1}_r{r0}-{r1}_c{c0}-{c1}.pt``, tensors only: read with ``weights_only=True``), and ``scores.npz``
 (plain arrays, read without pickle) with the score sums already added over the ranks. Nothing read back
-can run code; a damaged file is named in one line with the way to start again (:func:`damaged`). A resumed run assembles its own members and window from whichever files overlap them.
+can run code; a damaged file is named in one line with the way to start again (:func:`damaged`). A resumed
+run assembles its own members and window from whichever files overlap them.
 Snapshots are asynchronous: :meth:`SnapshotStore.save` copies the state to host buffers and queues the
 files on the run's writer thread (after the outputs queued before them); the next snapshot, the end of an
 initial time or of the run completes it (:meth:`SnapshotStore.complete`): every rank's files are on disk, a
@@ -29,7 +30,7 @@ import torch
 
 from ..accel.hostcopy import HostBuffers
 from ..io.outdir import check_space, remove_tree, write_failure
-from ..runtime import UserError, fail_together
+from ..runtime import UserError, fail_together, first_line
 from .identity import check_resume
 
 MARGIN = 1 << 20  # bytes kept free beyond a snapshot file's estimate (file headers, file system metadata)
@@ -262,7 +263,7 @@ def _load_box(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
     try:
         part = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, garbage or a pickle of objects: one line each
-        raise damaged(path, f"not a tensor file: {str(exc).splitlines()[0][:120] or type(exc).__name__}") from None
+        raise damaged(path, f"not a tensor file: {first_line(exc, 120)}") from None
     if not isinstance(part, torch.Tensor) or tuple(part.shape) != shape or not part.is_floating_point():
         raise damaged(path, f"holds {type(part).__name__} {tuple(getattr(part, 'shape', ()))}, expected a float "
                             f"tensor of shape {shape}")
@@ -275,7 +276,7 @@ def _load_scores(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as exc:  # noqa: BLE001 - missing, truncated, garbage or pickled: one line each
-        raise damaged(path, f"not the score sums: {str(exc).splitlines()[0][:120] or type(exc).__name__}") from None
+        raise damaged(path, f"not the score sums: {first_line(exc, 120)}") from None
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

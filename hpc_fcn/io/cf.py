@@ -17,6 +17,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 PRODUCTS = ("mean", "spread", "members")
+
+
+def products(members: bool) -> tuple[str, ...]:
+    """The products a run writes: mean and spread, and every member when asked (``output.members``)."""
+    return PRODUCTS if members else PRODUCTS[:2]
 CELL_METHODS = {"mean": "realization: mean", "spread": "realization: standard_deviation"}
 FILL_VALUE = np.float32(9.969209968386869e36)  # netCDF's default fill value of f4 (netCDF4.default_fillvals)
 TIME_UNITS = "hours since 1970-01-01 00:00:00"

@@ -19,6 +19,7 @@ import netCDF4
 import numpy as np
 
 from ..parallel.windows import gather_window_to_root, window_bounds
+from ..runtime import first_line
 from . import cf
 from .backend import DamagedOutput, OutputBackend
 from .outdir import check_space, write_failure
@@ -97,7 +98,7 @@ class ForecastWriter:
         try:
             ds = netCDF4.Dataset(src, "a")
         except OSError as exc:
-            raise DamagedOutput(src, f"cannot be reopened: {(str(exc).splitlines() or [''])[0][:120]}") from exc
+            raise DamagedOutput(src, f"cannot be reopened: {first_line(exc, 120)}") from exc
         if "product" not in ds.ncattrs() or ds.getncattr("product") not in cf.PRODUCTS:
             ds.close()
             raise ValueError(f"{src} is not a forecast file written by hpc_fcn (no 'product' attribute)")

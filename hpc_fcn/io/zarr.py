@@ -264,7 +264,7 @@ class ZarrOutput(OutputBackend):
         if self.window.world.rank == 0:
             for store in self.stores.values():
                 store.consolidate(store.path)
-                _replace_dir(store.path, store.path.with_name(store.path.name[:-len(PARTIAL_SUFFIX)]))
+                _replace_dir(store.path, store.path.with_name(store.path.name.removesuffix(PARTIAL_SUFFIX)))
 
     def abandon(self):
         """Nothing to release: a store is complete up to the leads it records."""

@@ -25,8 +25,9 @@ def _read(path_or_dict: str | os.PathLike | Mapping) -> Mapping:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - rewrap every unpickling failure in one message
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"checkpoint {path} could not be read as tensors ({type(exc).__name__}: {first}); "
+        from ..runtime import first_line
+        raise CheckpointError(f"checkpoint {path} could not be read as tensors ({type(exc).__name__}: "
+                              f"{first_line(exc, 200)}); "
                               f"objects other than tensors are never unpickled") from exc
 
 
@@ -100,13 +101,24 @@ def check_compatible(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
         raise CheckpointError("checkpoint does not fit the model; " + "; ".join(parts))
 
 
+def _config_of(ckpt: Mapping, state: Mapping[str, torch.Tensor]) -> dict:
+    """The constructor keywords of the model in ``ckpt`` (its stored ``model_config`` as the hint)."""
+    hint = ckpt.get("model_config") if isinstance(ckpt.get("model_config"), Mapping) else None
+    return infer_model_config(state, hint)
+
+
+def checkpoint_config(path_or_dict: str | os.PathLike | Mapping) -> dict:
+    """The constructor keywords of the model a checkpoint holds, without building it."""
+    ckpt = _read(path_or_dict)
+    return _config_of(ckpt, extract_state_dict(ckpt))
+
+
 def load_checkpoint(path_or_dict: str | os.PathLike | Mapping, model: nn.Module | None = None) -> nn.Module:
     """Load published/own/plain checkpoints into ``model`` (built from the checkpoint when None)."""
     ckpt = _read(path_or_dict)
     state = extract_state_dict(ckpt)
     if model is None:
-        hint = ckpt.get("model_config") if isinstance(ckpt.get("model_config"), Mapping) else None
-        model = build_model(infer_model_config(state, hint))
+        model = build_model(_config_of(ckpt, state))
     check_compatible(model, state)
     model.load_state_dict(state, strict=True)
     return model

@@ -41,9 +41,6 @@ class Communicator(HostComm):
 
     backend_name = "base"
 
-    def __deepcopy__(self, memo) -> "Communicator":
-        return self  # a handle on ranks, not data: a copied model talks over the same communicator
-
     # ---- public collectives -------------------------------------------------------------------
     def all_reduce(self, x, tag: str | None = None, op: str = "sum"):
         """Sum over ranks of a tensor (fp16/bf16 accumulated in fp32 and cast back), or reduce a NumPy

@@ -50,7 +50,7 @@ class HostComm:
         if self.size == 1:
             return x
         from mpi4py import MPI
-        mpi_op = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
+        mpi_op = _mpi_op(op)
         if isinstance(x, np.ndarray):
             out = np.ascontiguousarray(x).copy()
             with self._trace(f"all_reduce_{op}", tag, 2 * out.nbytes * (self.size - 1) // self.size):
@@ -65,8 +65,7 @@ class HostComm:
         x = np.ascontiguousarray(x)
         if self.size == 1:
             return x
-        from mpi4py import MPI
-        mpi_op = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
+        mpi_op = _mpi_op(op)
         out = np.empty_like(x) if self.rank == root else None
         with self._trace(f"reduce_{op}", tag, x.nbytes if self.rank != root else 0):
             self.comm.Reduce(x, out, op=mpi_op, root=root)
@@ -157,6 +156,12 @@ class HostComm:
 
     def close(self) -> None:
         """Release backend resources (the mpi4py communicator is freed by the grid)."""
+
+
+def _mpi_op(op: str):
+    """mpi4py's reduction for ``op`` (sum, max, min)."""
+    from mpi4py import MPI
+    return {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
 
 
 def _pickled_size(obj) -> int:
