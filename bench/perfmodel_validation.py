@@ -118,11 +118,11 @@ def fastest_pass(tracer, comm) -> dict[str, float]:
     so the fastest of several passes is the least disturbed estimate of what it can do."""
     from perfmodel.compare import OUTSIDE_HOOKS, REGIONS
     from hpc_fcn.tracing import region_kind
-    steps = [(s, s + d) for n, c, s, d, b in tracer.events if n == "step"]
+    steps = [(s, s + d) for n, c, s, d, *_ in tracer.events if n == "step"]
     per_pass = []
     for a, b in steps:
         acc = {"step": b - a}
-        for n, c, s, d, _ in tracer.events:
+        for n, c, s, d, *_ in tracer.events:
             kind = region_kind(n)
             if n == "step" or not a <= s < b or kind not in REGIONS or (c == "comm" and kind not in OUTSIDE_HOOKS):
                 continue

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     if root == "builtin":
         from hpc_fcn.data.builtin import ensure_builtin
         root = str(ensure_builtin())
-    ds = open_split(DataConfig(root=root), "test")
+    ds = open_split(DataConfig(root=root), "out_of_sample")
     steps = [d * 24 // ds.dt_hours for d in a.days]
     last = max(steps)
     if len(ds) <= last:

@@ -1,6 +1,8 @@
 """YAML configs with dotted ``key=value`` overrides, validated strictly into typed dataclasses.
 
-Every section is a dataclass; its fields' annotations are the schema. Unknown keys, wrong types and
+Every section is a dataclass; its fields' annotations are the schema, and each field's comment in the
+source (on its line, or the comment lines just above it) is the key's documentation (:func:`key_doc`),
+which ``--print-config`` prints beside the key. Unknown keys, wrong types and
 impossible values raise :class:`ConfigError` naming the dotted key. ``validate()`` methods on a
 section check values that types cannot (they raise ``ConfigError`` via :func:`fail`).
 
@@ -10,10 +12,16 @@ merged data is validated as one config (see :func:`read_config_data`).
 """
 from __future__ import annotations
 
+import ast
 import copy
 import dataclasses
+import functools
+import inspect
+import io
 import math
 import re
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -143,6 +151,9 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     if unknown:
         k = unknown[0]
         full = f"{prefix}.{k}" if prefix else str(k)
+        removed = getattr(cls, "REMOVED_KEYS", {}).get(k)  # a key of earlier releases: say what replaced it
+        if removed:
+            raise ConfigError(f"config key '{full}': {removed}")
         import difflib
         close = difflib.get_close_matches(str(k), list(fields), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(fields)})"
@@ -287,3 +298,103 @@ def save_resolved(cfg: Any, directory: str | Path, name: str = "config.resolved.
     out = directory / name
     out.write_text(dump_yaml(cfg))
     return out
+
+
+# ---- the keys' documentation: each field's comment in the schema's source --------------------------
+
+@functools.lru_cache(maxsize=None)
+def _field_comments(cls: type) -> dict[str, str]:
+    """The comment of each field declared in ``cls`` itself: the comment on the field's line(s), else the
+    block of comment lines just above it (joined into one line); {} when the source cannot be read."""
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    lines = src.splitlines()
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(src).readline) if tok.type == tokenize.COMMENT
+                and not tok.string.lstrip("#").strip().startswith(("noqa", "type:"))}  # linters' marks: no docs
+    out = {}
+    for node in ast.parse(src).body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        text = [comments[n] for n in range(node.lineno, node.end_lineno + 1) if n in comments]
+        if not text:
+            n = node.lineno - 1
+            while n >= 1 and lines[n - 1].strip().startswith("#"):
+                text[:0] = [comments[n]] if n in comments else []
+                n -= 1
+        if text:
+            out[node.target.id] = " ".join(text)
+    return out
+
+
+def _section_of(tp: Any) -> type | None:
+    """The section class a field holds: ``tp`` itself, or the values of ``dict[str, Section]``."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (dict, Mapping) and len(args) == 2 and dataclasses.is_dataclass(args[1]):
+        return args[1]
+    return None
+
+
+def key_doc(cls: type, name: str) -> str:
+    """The documentation of key ``name`` of section ``cls``: its comment in the schema's source, else (for a
+    section) the first line of the section's docstring; '' when it has none (tests/test_cli_config.py fails then)."""
+    for klass in cls.__mro__:
+        if name in vars(klass).get("__annotations__", {}):
+            doc = _field_comments(klass).get(name)
+            if doc:
+                return doc
+            break
+    section = _section_of(typing.get_type_hints(cls)[name])
+    if section is not None and section.__doc__ and not section.__doc__.startswith(f"{section.__name__}("):
+        return section.__doc__.strip().splitlines()[0]
+    return ""
+
+
+def schema_keys(cls: type, prefix: str = "") -> list[tuple[str, str]]:
+    """Every key of the schema ``cls`` as (dotted key, documentation); the entries of a ``dict[str, Section]``
+    key appear as ``key.<name>.field``."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        out.append((key, key_doc(cls, f.name)))
+        section = _section_of(hints[f.name])
+        if section is not None:
+            inner = f"{key}." if dataclasses.is_dataclass(hints[f.name]) else f"{key}.<name>."
+            out.extend(schema_keys(section, inner))
+    return out
+
+
+def _flow(value: Any) -> str:
+    """``value`` as one line of YAML."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf")).strip()
+    return text[:-3].strip() if text.endswith("\n...") else text
+
+
+def documented_yaml(cfg: Any) -> str:
+    """The config ``cfg`` as YAML, each key under a one-line comment: its documentation (:func:`key_doc`).
+    It reads back as the same config."""
+    lines: list[str] = []
+
+    def emit(section: Any, depth: int) -> None:
+        pad = "  " * depth
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            lines.append(f"{pad}# {key_doc(type(section), f.name)}")
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{pad}{f.name}:")
+                emit(value, depth + 1)
+            elif isinstance(value, dict) and value and all(dataclasses.is_dataclass(v) for v in value.values()):
+                lines.append(f"{pad}{f.name}:")
+                for name, entry in value.items():
+                    lines.append(f"{pad}  {_flow(name)}:")
+                    emit(entry, depth + 2)
+            else:
+                lines.append(f"{pad}{f.name}: {_flow(to_dict(value))}")
+
+    emit(cfg, 0)
+    return "\n".join(lines) + "\n"

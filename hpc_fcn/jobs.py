@@ -258,8 +258,10 @@ def render(job: Job) -> str:
     if job.launcher == "srun":
         gpu = "" if job.cpu else " --gpus-per-task=1 --gpu-bind=closest"
         launch = ["# srun gives each task " + ("its cores" if job.cpu else "one GPU (the closest to its cores)") +
-                  " and pins it to them",
-                  f'srun --ntasks="$NRANKS" --ntasks-per-node="$RANKS_PER_NODE"{gpu} \\',
+                  " and pins it to them;",
+                  "# a rank that dies ends the step (the others would wait in MPI_Init or a collective until the",
+                  "# time limit, and the job would requeue itself)",
+                  f'srun --ntasks="$NRANKS" --ntasks-per-node="$RANKS_PER_NODE"{gpu} --kill-on-bad-exit=1 \\',
                   f"  --cpus-per-task={job.threads} --cpu-bind=cores \\", f"  {cmd}"]
     else:
         out += [_MPIRUN_FLAGS, "read -r -a MPI_FLAGS <<< \"$(mpi_flags)\""]
@@ -366,7 +368,7 @@ def ensemble_case(cfg, channels: int | None = None) -> tuple[dict, dict]:
     C = model_channels(cfg, facts, channels)
     inf = cfg.inference
     steps = parse_lead(cfg.forecast.lead_time, step_hours(facts), "forecast.lead_time")
-    return cfg.model.kwargs(C, C), dict(members=cfg.ensemble.members, members_per_pass=inf.members_per_pass,
+    return cfg.model.kwargs(C, C), dict(members=cfg.ensemble.total, members_per_pass=inf.members_per_pass,
                                         precision=inf.precision, lead_steps=steps, cuda_graphs=inf.cuda_graphs)
 
 

@@ -19,6 +19,7 @@ Variants (see the reference "Metric definitions"):
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -216,7 +217,33 @@ def rng_from_json(text: str) -> np.random.Generator:
     return rng
 
 
-class ScoreAccumulator:
+class _ForecastSums:
+    """Sums per lead, one row per forecast (``_rows``), and one table of totals (the attribute ``TOTALS`` names),
+    as a resume snapshot sums and clears them."""
+    TOTALS = ""
+
+    def summed(self, comm=None):
+        """A copy holding the sums over the ranks of ``comm`` (a Communicator, collective; None = serial); for
+        resume snapshots."""
+        import copy
+        out = copy.deepcopy(self)
+        if comm is not None and comm.size > 1:
+            for lead, rows in enumerate(out._rows):
+                if rows:
+                    out._rows[lead] = list(comm.all_reduce(np.ascontiguousarray(np.stack(rows)), tag="snapshot_scores"))
+            setattr(out, self.TOTALS, comm.all_reduce(getattr(out, self.TOTALS), tag="snapshot_scores"))
+        return out
+
+    def zeroed(self):
+        """A copy with the same forecasts counted and every sum zero (what a rank holds beside a ``summed`` one)."""
+        import copy
+        out = copy.deepcopy(self)
+        out._rows = [[np.zeros_like(r) for r in rows] for rows in out._rows]
+        setattr(out, self.TOTALS, np.zeros_like(getattr(out, self.TOTALS)))
+        return out
+
+
+class ScoreAccumulator(_ForecastSums):
     """Per-lead, per-channel ensemble scores accumulated over initial times and reduced over ranks.
 
     Each call to :meth:`add` is one forecast (one initial time) at one lead, seen through this rank's
@@ -234,6 +261,7 @@ class ScoreAccumulator:
       rank_hist   (n_leads, C, M + 1) grid-point counts; count (n_leads,) forecasts added per lead.
     Leads without forecasts give NaN.
     """
+    TOTALS = "_ranks"
 
     _SUMS = ("se", "fo", "ff", "oo", "crps", "var", "ae_ctl", "se_ctl")
 
@@ -275,26 +303,6 @@ class ScoreAccumulator:
         self._rows[lead_index].append(np.concatenate([[weight_total(w, m.shape[3])]] +
                                                      [sums[k] for k in self._SUMS]))
         self._ranks[lead_index] += rank_histogram(m, o, self.rng)
-
-    def summed(self, comm=None) -> "ScoreAccumulator":
-        """A copy holding the sums over the ranks of ``comm`` (a Communicator, collective; None = serial); for
-        resume snapshots."""
-        import copy
-        out = copy.deepcopy(self)
-        if comm is not None and comm.size > 1:  # a Communicator
-            for lead, rows in enumerate(out._rows):
-                if rows:
-                    out._rows[lead] = list(comm.all_reduce(np.ascontiguousarray(np.stack(rows)), tag="snapshot_scores"))
-            out._ranks = comm.all_reduce(out._ranks, tag="snapshot_scores")
-        return out
-
-    def zeroed(self) -> "ScoreAccumulator":
-        """A copy with the same forecasts counted and every sum zero (what a rank holds beside a ``summed`` one)."""
-        import copy
-        out = copy.deepcopy(self)
-        out._rows = [[np.zeros_like(r) for r in rows] for rows in out._rows]
-        out._ranks = np.zeros_like(out._ranks)
-        return out
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """This accumulator as plain arrays (a resume snapshot's npz entries: no pickled objects)."""
@@ -358,3 +366,163 @@ class ScoreAccumulator:
         out["count"] = np.asarray(counts, dtype=np.int64)
         out["channels"] = list(self.channels)
         return out
+
+
+# -- probability products: exceedance probabilities, quantiles and their scores -----------------------
+QUANTILE_METHOD = "linear"  # numpy.quantile's default (Hyndman & Fan type 7): x_(k) + f (x_(k+1) - x_(k))
+
+
+def exceedance_probability(members: Any, thresholds: Sequence[float], above: bool) -> np.ndarray:
+    """The fraction of members (axis 0) strictly above (``above``) or below each threshold: shape
+    (T,) + members.shape[1:], float64 values k / M."""
+    m = np.asarray(members)
+    t = np.asarray(thresholds, dtype=m.dtype if m.dtype.kind == "f" else np.float64)
+    out = np.empty((len(t),) + m.shape[1:], np.float64)
+    for i, th in enumerate(t):
+        hits = (m > th) if above else (m < th)
+        out[i] = hits.sum(axis=0, dtype=np.int32) / m.shape[0]
+    return out
+
+
+def sorted_quantiles(sorted_members: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """Quantiles (Q,) + shape[1:] of members already sorted along axis 0, by numpy.quantile's default method
+    (``QUANTILE_METHOD``): at h = (M - 1) q, x_(floor h) + (h - floor h) (x_(floor h + 1) - x_(floor h)), with
+    NumPy's own interpolation formula in float64, stored in the input's dtype (float32 members: np.quantile's
+    float64 value rounded to float32)."""
+    s = np.asarray(sorted_members)
+    M = s.shape[0]
+    out = np.empty((len(levels),) + s.shape[1:], np.result_type(s.dtype, np.float32))
+    for i, q in enumerate(levels):
+        h = (M - 1) * float(q)
+        lo = min(int(math.floor(h)), M - 1)
+        hi = min(lo + 1, M - 1)
+        t = h - lo
+        a, b = s[lo].astype(np.float64), s[hi].astype(np.float64)  # as NumPy: in float64, then stored
+        diff = b - a
+        # numpy's _lerp: a + t (b - a), computed from the upper end when t >= 0.5
+        out[i] = (b - diff * (1 - t)) if t >= 0.5 else (a + diff * t)
+    return out
+
+
+def ensemble_quantiles(members: Any, levels: Sequence[float]) -> np.ndarray:
+    """Quantiles of the members (axis 0) at ``levels``, as ``np.quantile(members, levels, axis=0)``."""
+    return sorted_quantiles(np.sort(np.asarray(members), axis=0), levels)
+
+
+def pinball_loss(quantile: Any, truth: Any, level: float) -> np.ndarray:
+    """The quantile (pinball) loss of the forecast ``quantile`` at ``level``: (o - Q) (level - [o < Q])."""
+    q, o = _np(quantile), _np(truth)
+    d = o - q
+    return d * (level - (d < 0))
+
+
+def reliability_counts(probability: np.ndarray, event: np.ndarray, row_weights: Any,
+                       n_members: int) -> np.ndarray:
+    """One forecast's reliability table over the last two axes: (..., M + 1, 3) of [weight, weight x observed,
+    grid points] per forecast probability k / M (k = 0..M); ``probability`` and ``event`` share their shape."""
+    p, o, w = np.asarray(probability), np.asarray(event, np.float64), _np(row_weights)
+    lead = p.shape[:-2]
+    n = int(np.prod(lead))
+    k = np.rint(p.reshape(n, -1) * n_members).astype(np.int64)  # p is k / M exactly up to rounding
+    bins = k + (n_members + 1) * np.arange(n)[:, None]
+    ww = np.broadcast_to(w[:, None], p.shape[-2:]).reshape(-1)
+    ww = np.broadcast_to(ww, (n, ww.size))
+    size = n * (n_members + 1)
+    out = np.stack([np.bincount(bins.ravel(), weights=ww.ravel(), minlength=size),
+                    np.bincount(bins.ravel(), weights=(ww * o.reshape(n, -1)).ravel(), minlength=size),
+                    np.bincount(bins.ravel(), minlength=size).astype(np.float64)], axis=-1)
+    return out.reshape(lead + (n_members + 1, 3))
+
+
+class ProbabilityAccumulator(_ForecastSums):
+    """Per-lead Brier scores, reliability tables and pinball losses, accumulated over initial times and ranks
+    like :class:`ScoreAccumulator` (same rules for ``add`` and ``reduce``).
+
+    ``events``: names of the T threshold events (e.g. 'u10>15'); ``channels``: the C quantile channels;
+    ``levels``: the Q quantile levels. Scores after the reduction: brier (n_leads, T), the latitude-weighted
+    mean of (p - o)^2 per forecast averaged over initial times; pinball (n_leads, Q, C) likewise; reliability
+    (n_leads, T, M + 1, 3): [weight, weighted observed, grid points] per forecast probability k / M.
+    """
+    TOTALS = "_rel"
+
+    def __init__(self, events: Sequence[str], channels: Sequence[str], levels: Sequence[float], n_leads: int,
+                 n_members: int):
+        if n_leads < 1 or n_members < 1:
+            raise ValueError(f"need n_leads >= 1 and n_members >= 1, got {n_leads}, {n_members}")
+        self.events, self.channels = list(events), list(channels)
+        self.levels = [float(q) for q in levels]
+        self.n_leads, self.n_members = n_leads, n_members
+        self._rows: list[list[np.ndarray]] = [[] for _ in range(n_leads)]
+        self._rel = np.zeros((n_leads, len(self.events), n_members + 1, 3), np.float64)
+        self._width = 1 + len(self.events) + len(self.levels) * len(self.channels)
+
+    def add(self, lead_index: int, probability: np.ndarray, event: np.ndarray, quantiles: np.ndarray,
+            truth: np.ndarray, row_weights: Any) -> None:
+        """One forecast's window: ``probability`` and ``event`` (T, r, c) (event: the truth's 0/1), ``quantiles``
+        (Q, C, r, c) and their channels' ``truth`` (C, r, c), ``row_weights`` (r,)."""
+        T, Q, C = len(self.events), len(self.levels), len(self.channels)
+        w = _np(row_weights)
+        if not 0 <= lead_index < self.n_leads:
+            raise ValueError(f"lead_index {lead_index} out of range 0..{self.n_leads - 1}")
+        if probability.shape[:1] != (T,) or event.shape != probability.shape or quantiles.shape[:2] != (Q, C):
+            raise ValueError(f"probability {probability.shape}, event {event.shape} and quantiles "
+                             f"{quantiles.shape} do not fit {T} events, {Q} levels and {C} channels")
+        r, c = truth.shape[-2:]
+        brier = weighted_sum((_np(probability) - np.asarray(event, np.float64)) ** 2, w)
+        pin = np.stack([weighted_sum(pinball_loss(quantiles[i], truth, q), w) for i, q in enumerate(self.levels)]) \
+            if Q else np.zeros((0, C))
+        self._rows[lead_index].append(np.concatenate([[weight_total(w, c)], brier, pin.reshape(-1)]))
+        if T:
+            self._rel[lead_index] += reliability_counts(probability, event, w, self.n_members)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain arrays (a resume snapshot's npz entries)."""
+        out = {"events": np.array(self.events, dtype=str), "channels": np.array(self.channels, dtype=str),
+               "levels": np.array(self.levels, np.float64),
+               "shape": np.array([self.n_leads, self.n_members], np.int64), "reliability": self._rel}
+        for lead, rows in enumerate(self._rows):
+            out[f"rows{lead}"] = np.stack(rows) if rows else np.zeros((0, self._width))
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "ProbabilityAccumulator":
+        """The accumulator :meth:`to_arrays` describes (ValueError if the arrays do not fit together)."""
+        n_leads, n_members = (int(v) for v in arrays["shape"])
+        out = cls([str(e) for e in arrays["events"]], [str(c) for c in arrays["channels"]],
+                  [float(q) for q in arrays["levels"]], n_leads, n_members)
+        rel = np.asarray(arrays["reliability"], np.float64)
+        if rel.shape != out._rel.shape:
+            raise ValueError(f"reliability table of shape {rel.shape}, expected {out._rel.shape}")
+        out._rel = rel
+        for lead in range(n_leads):
+            rows = np.asarray(arrays[f"rows{lead}"], np.float64)
+            if rows.ndim != 2 or rows.shape[1] != out._width:
+                raise ValueError(f"lead {lead}: sums of shape {rows.shape}, expected (n, {out._width})")
+            out._rows[lead] = list(rows)
+        return out
+
+    def reduce(self, comm=None) -> dict[str, Any]:
+        """The scores, summed over ``comm`` (collective; None = serial), the same on every rank."""
+        counts = [len(r) for r in self._rows]
+        if comm is not None and comm.size > 1:
+            all_counts = comm.allgather(counts, tag="scores")
+            if any(c != counts for c in all_counts):
+                raise RuntimeError(f"ranks added different numbers of forecasts per lead: {all_counts}")
+        flat = np.concatenate([np.stack(r).reshape(-1) for r in self._rows if r] + [self._rel.reshape(-1)])
+        if comm is not None:
+            flat = comm.all_reduce(flat, tag="scores")
+        T, Q, C, L = len(self.events), len(self.levels), len(self.channels), self.n_leads
+        brier, pinball = np.full((L, T), np.nan), np.full((L, Q, C), np.nan)
+        pos = 0
+        for lead, n in enumerate(counts):
+            if not n:
+                continue
+            block = flat[pos:pos + n * self._width].reshape(n, self._width)
+            pos += n * self._width
+            wt = block[:, :1]
+            with np.errstate(invalid="ignore", divide="ignore"):  # zeroed sums (a snapshot's other ranks)
+                brier[lead] = (block[:, 1:1 + T] / wt).mean(axis=0)
+                pinball[lead] = (block[:, 1 + T:] / wt).mean(axis=0).reshape(Q, C)
+        return {"brier": brier, "pinball": pinball, "reliability": flat[pos:].reshape(self._rel.shape),
+                "count": np.asarray(counts, np.int64), "events": list(self.events),
+                "channels": list(self.channels), "levels": list(self.levels), "n_members": self.n_members}

@@ -11,6 +11,7 @@ from typing import Any, Iterable
 
 from .config import fail
 from .data.era5 import SPLITS, STATS_FILES  # the reader needs exactly these
+from .schema import check_split
 
 SKIP = ("builtin", None)
 _PLACEHOLDER = "/path/to/"
@@ -22,13 +23,16 @@ def _placeholder(value: str) -> str:
         if value.startswith(_PLACEHOLDER) else ""
 
 
-def splits_used(cfg: Any) -> list[str]:
-    """The data splits an application config reads: the ensemble's initial-condition split, or train (+ valid)."""
+def splits_used(cfg: Any) -> list[tuple[str, str]]:
+    """(config key that chose it, split) of each data split an application config reads: the ensemble's
+    initial-condition split, or train (+ the validation split)."""
     if hasattr(cfg, "initial_conditions"):
-        return [cfg.initial_conditions.split]
+        return [("initial_conditions.split", cfg.initial_conditions.split)]
     if hasattr(cfg, "phases"):
         validation = getattr(cfg, "validation", None)
-        return ["train", "valid"] if validation is not None and validation.enabled else ["train"]
+        used = [("data.root", "train")]
+        return used + [("validation.split", validation.split)] if validation is not None and validation.enabled \
+            else used
     return []
 
 
@@ -43,8 +47,9 @@ def check_checkpoint(value: str | None, key: str = "model.checkpoint") -> None:
                   "FourCastNet backbone.ckpt; see tools/inspect_checkpoint.py), 'builtin', or null for random weights")
 
 
-def check_data(data: Any, splits: Iterable[str], prefix: str = "data") -> None:
-    """``data.root``, the directories of ``splits`` and the statistics files must exist (skipped for ``builtin``)."""
+def check_data(data: Any, splits: Iterable[tuple[str, str]], prefix: str = "data") -> None:
+    """``data.root``, the folders of ``splits`` ((config key, split) pairs) and the statistics files must exist
+    (skipped for ``builtin``)."""
     if data.root in SKIP:
         return
     root = Path(data.root).expanduser()
@@ -52,23 +57,22 @@ def check_data(data: Any, splits: Iterable[str], prefix: str = "data") -> None:
         fail(f"{prefix}.root", f"{data.root} is not a directory{_placeholder(data.root)}; put the folder of the "
                                "FourCastNet-layout data there (train/, test/, out_of_sample/, stats/; "
                                "python -m hpc_fcn.data.convert writes it)")
-    for split in splits:
-        if split not in SPLITS:
-            fail(f"{prefix}.{split}", f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-        key, name = f"{split}_dir", data.split_dir(split)
+    for key, split in splits:
+        check_split(split, key)
+        name = data.split_dir(split)
         folder = root / name
+        convert = f"python -m hpc_fcn.data.convert --output {root} --split {name}"
         if not folder.is_dir():
-            fail(f"{prefix}.{key}", f"{folder} does not exist; set {prefix}.{key} to the sub-folder of {root} "
-                                    f"that holds the {split} years as YYYY.h5 files")
+            fail(key, f"{folder} does not exist: split {split} is read from {name}/ under data.root; convert its "
+                      f"years into it ({convert}) or choose another of {', '.join(SPLITS)}")
         if not any(p.stem.isdigit() and len(p.stem) == 4 for p in folder.glob("*.h5")):
-            fail(f"{prefix}.{key}", f"{folder} holds no year files (YYYY.h5); convert ERA5 into it with "
-                                    f"python -m hpc_fcn.data.convert --output {root} --split {name}")
+            fail(key, f"{folder} holds no year files (YYYY.h5); convert ERA5 into it with {convert}")
     stats = root / data.stats_dir
     missing = [name for name in STATS_FILES if not (stats / name).is_file()]
     if missing:
         fail(f"{prefix}.stats_dir", f"{', '.join(missing)} missing in {stats}; put the normalisation statistics "
                                     f"({', '.join(STATS_FILES)}) there, e.g. with python -m hpc_fcn.data.convert "
-                                    f"--output {root} --stats-from {data.train_dir}")
+                                    f"--output {root} --stats-from {data.split_dir('train')}")
 
 
 def check_paths(cfg: Any) -> None:

@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from .config import fail
+from .data.era5 import split_problem
 from .model.config import ModelConfig
+
+
+_SPLIT_FOLDERS = ("removed: a split is read from the folder of its name under data.root (train/, test/, "
+                  "out_of_sample/, as python -m hpc_fcn.data.convert --split writes them); delete this key")
 
 
 @dataclass
@@ -16,14 +21,22 @@ class DataConfig:
     """Where the FourCastNet-layout data lives and which channels the model uses."""
     root: str = "builtin"  # a directory, or 'builtin' for the built-in shallow-water dataset
     channels: list[str] | None = None  # by name; null = every channel of the dataset
-    train_dir: str = "train"
-    valid_dir: str = "test"  # FourCastNet keeps its validation years in test/
-    test_dir: str = "out_of_sample"
-    stats_dir: str = "stats"
+    stats_dir: str = "stats"  # sub-folder with global_means.npy, global_stds.npy, time_means.npy
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {  # the folder keys of releases before the splits were named by folder
+        "train_dir": _SPLIT_FOLDERS, "test_dir": _SPLIT_FOLDERS + " (split 'test' now reads test/; the held-out "
+                                                                  "years are split 'out_of_sample')",
+        "valid_dir": _SPLIT_FOLDERS + " (the validation years are split 'test', read from test/)"}
 
     def split_dir(self, split: str) -> str:
-        """The sub-folder of ``root`` that holds ``split`` ('train' | 'valid' | 'test'): its ``<split>_dir``."""
-        return getattr(self, f"{split}_dir")
+        """The sub-folder of ``root`` that holds ``split`` (one of SPLITS): the split's own name."""
+        return split
+
+
+def check_split(split: str, key: str) -> None:
+    """Fail naming config ``key`` unless ``split`` is a split name (an old name says the new one)."""
+    problem = split_problem(split)
+    if problem:
+        fail(key, problem)
 
 
 @dataclass
@@ -35,11 +48,11 @@ class ParallelConfig:
         "backend": "MPI or torch.distributed move the same sums (tests/mpi/test_dist_model.py)",
         "layout": "how the layout is chosen (see ensemble)", "hardware": "the performance model's input (see layout)",
         "threads": "threads per rank reorder sums only, as a layout does"}
-    ensemble: int | Literal["auto"] = "auto"
-    h: int = 1
-    w: int = 1
-    matmul: int = 1
-    backend: Literal["mpi", "torch"] = "mpi"
+    ensemble: int | Literal["auto"] = "auto"  # ranks on the ensemble axis; auto = the world size over h x w x matmul
+    h: int = 1  # ranks splitting the grid's rows (latitude)
+    w: int = 1  # ranks splitting the grid's columns (longitude)
+    matmul: int = 1  # ranks splitting each block's channels (tensor parallel)
+    backend: Literal["mpi", "torch"] = "mpi"  # collectives through mpi4py or torch.distributed (NCCL on GPUs)
     layout: Literal["manual", "auto"] = "manual"  # auto: the performance model picks h, w, matmul
     hardware: str = "auto"  # for layout auto: a perfmodel hardware name or YAML; auto = h100 / this_machine
     threads: int = 0  # torch threads per rank; 0 = cores / ranks on this node
@@ -66,11 +79,11 @@ class InferenceConfig:
         "cuda_graphs": "replays the kernels of an eager step (tests/test_forecaster.py)",
         "compile": "fuses the same arithmetic (tests/test_forecaster.py)",
         "members_per_pass": "members are the same in any batch (tests/mpi/test_ensemble_mpi.py)"}
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
-    cuda_graphs: bool = False
-    compile: bool = False
-    quantize: Literal["none", "int8", "fp8"] = "none"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = a GPU when torch sees one, else cpu
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"  # forward-pass arithmetic (tf32/bf16/fp16: GPUs)
+    cuda_graphs: bool = False  # replay each step as a CUDA graph (GPU only)
+    compile: bool = False  # torch.compile the model
+    quantize: Literal["none", "int8", "fp8"] = "none"  # int8 / fp8 weights and activations of the linear layers
     members_per_pass: int = 0  # members in one forward pass per rank; 0 = as many as fit in memory
 
     def validate(self, prefix: str) -> None:

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -48,7 +49,7 @@ def _capturing() -> bool:
 
 
 class Tracer:
-    """Collects (name, category, start, duration, bytes) events of one rank.
+    """Collects (name, category, start, duration, bytes, thread) events of one rank.
 
     On a CUDA device (``bind_device``, or tensors handed to ``begin``) compute and comm regions are timed
     with CUDA events on the device's current stream, since host clocks only see kernel launches; IO
@@ -62,7 +63,9 @@ class Tracer:
         thread's CPU time, which other jobs on a shared machine do not disturb)."""
         self.enabled = enabled
         self.rank = rank
-        self.events: list[list] = []  # [name, category, start, duration (None while a CUDA event is pending), bytes]
+        # [name, category, start, duration (None while a CUDA event is pending), bytes, thread ident]
+        self.events: list[list] = []
+        self._thread = threading.get_ident()  # the rank's own thread (partition); others: e.g. a writer thread
         self._clock = clock or time.perf_counter
         self._t0 = self._clock()
         self._scorep = _scorep_user() if (enabled and scorep is not False) else None
@@ -97,7 +100,7 @@ class Tracer:
         """Add an already measured interval that ends now."""
         if self.enabled:
             end = self._clock()
-            self.events.append([name, category, end - seconds, seconds, int(nbytes)])
+            self.events.append([name, category, end - seconds, seconds, int(nbytes), threading.get_ident()])
 
     def _event_stream(self, category: str, tensors: Any):
         """The CUDA stream to time this region on, or None for the host clock."""
@@ -139,9 +142,9 @@ class Tracer:
             end_ev = torch.cuda.Event(enable_timing=True)
             end_ev.record(stream)
             self._pending.append((len(self.events), start_ev, end_ev))
-            self.events.append([name, category, start, None, nbytes])
+            self.events.append([name, category, start, None, nbytes, threading.get_ident()])
         else:
-            self.events.append([name, category, start, self._clock() - start, nbytes])
+            self.events.append([name, category, start, self._clock() - start, nbytes, threading.get_ident()])
         if self._scorep is not None:
             self._scorep.region_end(name)
 
@@ -171,7 +174,7 @@ class Tracer:
         """Per region: call count, total seconds, total bytes, category."""
         self._resolve()
         out: dict[str, dict] = defaultdict(lambda: {"count": 0, "seconds": 0.0, "bytes": 0, "category": ""})
-        for name, cat, _, dur, nbytes in self.events:
+        for name, cat, _, dur, nbytes, _ in self.events:
             s = out[name]
             s["count"] += 1
             s["seconds"] += dur
@@ -182,15 +185,57 @@ class Tracer:
     def category_seconds(self) -> dict[str, float]:
         self._resolve()
         tot: dict[str, float] = defaultdict(float)
-        for _, cat, _, dur, _ in self.events:
+        for _, cat, _, dur, _, _ in self.events:
             tot[cat] += dur
         return dict(tot)
 
+    def now(self) -> float:
+        """This tracer's clock (the one its events are on)."""
+        return self._clock()
+
+    def partition(self, start: float, end: float) -> dict[str, float]:
+        """The seconds of [``start``, ``end``] (on :meth:`now`'s clock) of this rank's own thread, each counted
+        under the category of the innermost region open then, and under 'other' where none is (Python between
+        regions, waits outside any region): the parts are >= 0 and add up to ``end - start``.
+
+        Innermost is the region opened last that is still open, so nested regions count once (the
+        collectives inside a step are communication, the rest of the step compute). Regions of other threads
+        (a writer thread) overlap this thread's time and are left out. Regions timed by CUDA events keep their
+        host start and device duration, so on a GPU the split between them is approximate; the sum is not.
+        """
+        self._resolve()
+        spans = sorted(((s, s + d, c) for _, c, s, d, _, th in self.events
+                        if th == self._thread and s < end and s + d > start), key=lambda e: (e[0], -e[1]))
+        out = {"compute": 0.0, "comm": 0.0, "io": 0.0, "other": 0.0}
+        open_: list[tuple[float, str]] = []  # (end, category) of the regions opened so far, the last on top
+        t = start
+
+        def advance(to: float) -> None:  # count [t, to) under the innermost open region
+            nonlocal t
+            while t < to:
+                while open_ and open_[-1][0] <= t:
+                    open_.pop()
+                if not open_:
+                    out["other"] += to - t
+                    t = to
+                    return
+                stop, cat = open_[-1]
+                stop = min(stop, to)
+                out[cat] = out.get(cat, 0.0) + (stop - t)
+                t = stop
+
+        for s, e, cat in spans:
+            advance(max(s, start))
+            open_.append((min(e, end), cat))
+        advance(end)
+        return out
+
     def chrome_events(self) -> list[dict]:
         self._resolve()
+        tids: dict[int, int] = {self._thread: 0}  # this thread first, others (a writer) on tracks of their own
         return [{"name": n, "cat": c, "ph": "X", "ts": (s - self._t0) * 1e6, "dur": d * 1e6,
-                 "pid": self.rank, "tid": 0, "args": {"bytes": b} if b else {}}
-                for n, c, s, d, b in self.events]
+                 "pid": self.rank, "tid": tids.setdefault(th, len(tids)), "args": {"bytes": b} if b else {}}
+                for n, c, s, d, b, th in self.events]
 
     def write_chrome(self, path: str | os.PathLike) -> Path:
         """Write a Chrome trace (open it in Perfetto or chrome://tracing)."""

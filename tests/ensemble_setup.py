@@ -23,7 +23,7 @@ def tiny_dataset(root: Path) -> Path:
 def tiny_config(data_root, outdir, overrides=()) -> EnsembleConfig:
     base = {"model": {"img_size": [32, 64], "patch_size": 4, "embed_dim": 16, "depth": 1, "num_blocks": 4, "seed": 3},
             "data": {"root": str(data_root)},
-            "initial_conditions": {"split": "test", "every": "24h", "count": 2},
+            "initial_conditions": {"split": "out_of_sample", "every": "24h", "count": 2},
             "ensemble": {"members": 5, "control": True, "seed": 11},
             "forecast": {"lead_time": "2d", "output_every": 2},
             "output": {"dir": str(outdir), "members": True},
@@ -81,7 +81,7 @@ def error_lines(proc):
 
 
 def tiny_tune_data(data_root, fragment, overrides=()) -> dict:
-    """The tiny ensemble with a ``tune:`` section: 4 members, 1 initial time of the valid split, 2 leads, 2 steps."""
+    """The tiny ensemble with a ``tune:`` section: 4 members, 1 initial time of the test split, 2 leads, 2 steps."""
     return {"model": {"img_size": [32, 64], "patch_size": 4, "embed_dim": 16, "depth": 1, "num_blocks": 4, "seed": 3},
             "data": {"root": str(data_root)},
             "ensemble": {"members": 5, "control": False, "seed": 11},

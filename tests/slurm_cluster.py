@@ -18,6 +18,7 @@ it runs in containers. MpiDefault=pmi2, the protocol MPICH from PyPI speaks unde
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -213,6 +214,11 @@ class SlurmCluster:
             "MailProg=/bin/true",
             "SwitchType=switch/none",
             "MpiDefault=pmi2",
+            # Job ids no earlier test cluster used: MPICH names its shared-memory segment after the PMI
+            # kvsname, which under srun is "<job id>.<step id>", and a step killed inside MPI_Init leaves the
+            # segment in /dev/shm; a later cluster counting from 1 again would reuse that name and fail
+            # MPI_Init (UCX "failed to unpack address", "Message truncated") or hang, for that job id only.
+            f"FirstJobId={random.SystemRandom().randrange(1000, 60_000_000)}",
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core",
             "SchedulerType=sched/backfill",

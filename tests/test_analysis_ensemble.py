@@ -20,8 +20,8 @@ def eda(tmp_path_factory):
 
 def config(root, overrides=()) -> EnsembleConfig:
     base = {"model": {"img_size": [60, 120], "patch_size": 4, "embed_dim": 16, "depth": 1, "num_blocks": 4},
-            "data": {"root": str(root), "valid_dir": "test"},
-            "initial_conditions": {"split": "valid", "times": ["2017-01-01T12"]},
+            "data": {"root": str(root)},
+            "initial_conditions": {"split": "test", "times": ["2017-01-01T12"]},
             "ensemble": {"members": 21, "control": True},
             "perturbation": {"method": "analysis_ensemble", "analysis_scale": 0.5}}
     return from_dict(EnsembleConfig, base, list(overrides))

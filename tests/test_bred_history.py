@@ -22,12 +22,12 @@ YEARS = dict(steps=366, dt_hours=24, channels=["u", "v", "z"], rows=33, cols=64)
 def layouts(tmp_path_factory):
     """The same two years, split at the new year (the published layout's train / test) and in one split."""
     base = tmp_path_factory.mktemp("bred_history")
-    write_layout(base / "split", splits={"train": [2000], "out_of_sample": [2001]}, **YEARS)  # the test split's folder
+    write_layout(base / "split", splits={"train": [2000], "out_of_sample": [2001]}, **YEARS)
     write_layout(base / "joined", splits={"train": [2000], "out_of_sample": [2000, 2001]}, **YEARS)
     return base / "split", base / "joined"
 
 
-def analyses_of(root, split="test"):
+def analyses_of(root, split="out_of_sample"):
     cfg = DataConfig(root=str(root))
     return Analyses(cfg, split, root, open_split(cfg, split))
 

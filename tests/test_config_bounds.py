@@ -22,15 +22,16 @@ BAD = {
     "inference.members_per_pass": "-1",
     "initial_conditions.times": "[2005-13-01T00]", "initial_conditions.start": "2005-13-45",
     "initial_conditions.end": "2005-02-30T00", "initial_conditions.every": "0h", "initial_conditions.count": "0",
-    "ensemble.members": "0", "ensemble.seed": str(2 ** 70),
+    "ensemble.members": "0", "ensemble.seed": str(2 ** 70), "ensemble.lagged": "0", "ensemble.lag": "5x",
     "perturbation.amplitude": "-0.1", "perturbation.channel_amplitude": "{u: -1}",
     "perturbation.length_scale_km": "0", "perturbation.bred_cycles": "0", "perturbation.bred_steps": "0",
     "perturbation.analysis_scale": "-1",
     "forecast.lead_time": "3x", "forecast.output_every": "0", "forecast.snapshot_every": "0",
     "scoring.table_leads": "[5x]",
+    "products.probabilities": "{u: {above: [.nan]}}", "products.quantiles": "[1.5]",
 }
 DATES = {"initial_conditions.times", "initial_conditions.start", "initial_conditions.end",
-         "initial_conditions.every", "forecast.lead_time", "scoring.table_leads"}
+         "initial_conditions.every", "forecast.lead_time", "scoring.table_leads", "ensemble.lag"}
 
 
 def _numeric(tp) -> bool:

@@ -81,13 +81,29 @@ def write_new(path: Path, variables, hours: np.ndarray, levels=None) -> None:
                 v[:] = np.stack([truth(var, lev, hours) for lev in levels], axis=1)
 
 
-def write_old(path: Path, variables, hours: np.ndarray, levels=None, expver_split: int | None = None) -> None:
-    """Old CDS: time (int32 hours since 1900), level (int32 hPa), packed int16; optional expver axis."""
+def write_old(path: Path, variables, hours: np.ndarray, levels=None, expver_split: int | None = None,
+              time: tuple[str, str] | None = None) -> None:
+    """Old CDS: time (int32 hours since 1900), level (int32 hPa), packed int16; optional expver axis.
+
+    ``time``: (units, calendar) of float64 times instead, written by cftime (the same instants).
+    """
     with netCDF4.Dataset(path, "w") as nc:
         nc.createDimension("time", len(hours))
-        t = nc.createVariable("time", "i4", ("time",))
-        t.units, t.calendar = "hours since 1900-01-01 00:00:00.0", "gregorian"
-        t[:] = (hours - OLD_EPOCH).astype(np.int64)
+        if time is None:
+            t = nc.createVariable("time", "i4", ("time",))
+            t.units, t.calendar = "hours since 1900-01-01 00:00:00.0", "gregorian"
+            t[:] = (hours - OLD_EPOCH).astype(np.int64)
+        else:
+            import cftime
+            t = nc.createVariable("time", "f8", ("time",))
+            t.units, t.calendar = time
+            dates = [cftime.datetime(*map(int, str(h).replace("T", "-").split("-")), calendar="proleptic_gregorian")
+                     for h in hours]
+            if time[1] in ("standard", "julian"):
+                dates = [d.change_calendar(time[1]) for d in dates]
+            else:
+                dates = [cftime.datetime(d.year, d.month, d.day, d.hour, calendar=time[1]) for d in dates]
+            t[:] = cftime.date2num(dates, *time)
         dims = ("time",)
         if expver_split is not None:
             nc.createDimension("expver", 2)
@@ -122,7 +138,8 @@ def hourly(start: str, hours: int) -> np.ndarray:
     return np.datetime64(start, "h") + np.arange(hours) * np.timedelta64(1, "h")
 
 
-def write_cds(root: Path, *, days_2000: int = 2, levels_new=LEVELS, include_2001: bool = True) -> Path:
+def write_cds(root: Path, *, days_2000: int = 2, levels_new=LEVELS, include_2001: bool = True,
+              old_time: tuple[str, str] | None = None) -> Path:
     src = root / "cds"
     src.mkdir(parents=True, exist_ok=True)
     h0 = hourly("2000-01-01T00", 24 * days_2000)
@@ -132,8 +149,9 @@ def write_cds(root: Path, *, days_2000: int = 2, levels_new=LEVELS, include_2001
     if include_2001:
         for day, split in ((1, None), (2, 5)):
             h = hourly(f"2001-01-0{day}T00", 24)
-            write_old(src / f"sl_2001010{day}.nc", SINGLE, h, expver_split=split)
-            write_old(src / f"pl_2001010{day}.nc", PRESSURE, h, levels=[50, 500, 850, 1000], expver_split=split)
+            write_old(src / f"sl_2001010{day}.nc", SINGLE, h, expver_split=split, time=old_time)
+            write_old(src / f"pl_2001010{day}.nc", PRESSURE, h, levels=[50, 500, 850, 1000], expver_split=split,
+                      time=old_time)
     return src
 
 
@@ -256,7 +274,7 @@ def test_clear_errors(tmp_path, capsys, case, message):
     assert convert(*args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
-    assert not list((tmp_path / "out").glob("**/*.done"))
+    assert not (tmp_path / "out").exists()  # no folder left behind
 
 
 def test_missing_variable_is_named(tmp_path, capsys):
@@ -264,7 +282,7 @@ def test_missing_variable_is_named(tmp_path, capsys):
     (src / "era5_pl_tzr_2000.nc").unlink()
     assert convert("--input", src, "--output", tmp_path / "out", "--years", "2000", "--grid", "any") == 2
     err = capsys.readouterr().err
-    assert "t850 (variable t: not in any input file)" in err and "z50" in err and "r850" in err
+    assert "t850 (variable t at 850 hPa: not in any input file)" in err and "z50" in err and "r850" in err
 
 
 def test_stats_refuse_unfinished_years(cds, tmp_path, capsys):
@@ -283,3 +301,110 @@ def test_tools_entry_point_is_the_library(cds, tmp_path):
     assert tool.main([str(a) for a in ("--input", cds, "--output", out, "--years", "2000", "--grid", "any",
                                       "--max-steps", "2")]) == 0
     assert (out / "train" / "2000.h5.done").is_file()
+
+
+# --- units (cf-units) and times (cftime) of netCDF from other sources ---------------------------------------------
+def _restate(path: Path, var: str, units: str, to_file, standard_name: str | None = None,
+             level: int | None = None) -> np.ndarray:
+    """Rewrite ``var`` of ``path`` in ``units`` (values ``to_file(v)``); returns the float32 values written (at
+    pressure ``level``)."""
+    with netCDF4.Dataset(path, "r+") as nc:
+        v = nc.variables[var]
+        v[:] = to_file(np.asarray(v[:], dtype=np.float64))
+        v.units = units
+        if standard_name:
+            v.standard_name = standard_name
+        if level is None:
+            return np.asarray(v[:])
+        return np.asarray(v[:, list(nc.variables["pressure_level"][:]).index(level)])
+
+
+def _year_field(out: Path, channel: str, split: str = "train", year: int = 2000) -> np.ndarray:
+    import h5py
+    with h5py.File(out / split / f"{year}.h5", "r") as f:
+        return f["fields"][:, ERA5_CHANNELS.index(channel)]
+
+
+@pytest.mark.parametrize("var, channel, file, units, standard_name, to_file, back", [
+    ("z", "z500", "era5_pl_tzr_2000.nc", "m", "geopotential_height", lambda x: x / 9.80665, lambda h: 9.80665 * h),
+    ("z", "z500", "era5_pl_tzr_2000.nc", "dam", None, lambda x: x / 98.0665, lambda h: 98.0665 * h),
+    ("sp", "sp", "era5_single_2000.nc", "hPa", None, lambda x: x / 100.0, lambda h: 100.0 * h),
+    ("t2m", "t2m", "era5_single_2000.nc", "degC", None, lambda x: x - 273.15, lambda c: c + 273.15),
+])
+def test_units_are_converted_with_a_log_line(tmp_path, caplog, var, channel, file, units, standard_name, to_file,
+                                             back):
+    """Geopotential height (a length) becomes geopotential (g = 9.80665 m s-2); hPa -> Pa, degC -> K."""
+    src = write_cds(tmp_path, include_2001=False)
+    level = converter.CHANNEL_SOURCES[channel][1]
+    stored = _restate(src / file, var, units, to_file, standard_name, level)
+    out = tmp_path / "era5"
+    with caplog.at_level("INFO", logger="hpc_fcn.data.convert"):
+        assert convert("--input", src, "--output", out, "--years", "2000", "--grid", "any", "--max-steps", "4") == 0
+    got = _year_field(out, channel)
+    h = stored[::6][:4].astype(np.float64)
+    # the conversion in float64 of the stored float32 values, then one float32 rounding: 2^-24 relative
+    np.testing.assert_allclose(got, back(h), rtol=2.0 ** -23)
+    # and the original field within two float32 roundings: the file's (2^-24 of the value in the file's units,
+    # times the conversion's scale back(h) - back(0)) and the output's (2^-24 of the result); float64 terms 1e-16
+    bound = 2.0 ** -24 * (np.abs(back(h) - back(0 * h)) + np.abs(got)) * (1 + 1e-9)
+    assert np.all(np.abs(got - truth(var, level, hourly("2000-01-01T00", 24)[::6][:4])) <= bound)
+    notes = [r.getMessage() for r in caplog.records if f"variable {var}" in r.getMessage()]
+    assert len(notes) == 1 and f"in {units}: converted to" in notes[0] and file in notes[0], notes
+    if var == "z":
+        assert "geopotential height" in notes[0] and "9.80665" in notes[0]
+
+
+@pytest.mark.parametrize("var, file, units, standard_name, message", [
+    ("t2m", "era5_single_2000.nc", "m s-1", None, "variable t2m has units 'm s-1' but its channels need K"),
+    ("z", "era5_pl_tzr_2000.nc", "gpm", None, "variable z has units 'gpm', which UDUNITS cannot read"),
+    ("z", "era5_pl_tzr_2000.nc", "", "geopotential_height", "variable z is geopotential height (standard_name) "
+                                                           "without units"),
+])
+def test_unconvertible_units_are_refused_leaving_no_folder(tmp_path, capsys, var, file, units, standard_name,
+                                                           message):
+    src = write_cds(tmp_path, include_2001=False)
+    _restate(src / file, var, units, lambda x: x, standard_name)
+    out = tmp_path / "new" / "era5"
+    assert convert("--input", src, "--output", out, "--years", "2000", "--grid", "any") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {src / file}: {message}") and "ncatted" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "new").exists()  # the run created the folders, and removed them again
+
+
+def test_failure_keeps_existing_folders_and_files(tmp_path, capsys):
+    """A failed run removes only the empty folders it made; what was there before stays as it was."""
+    src = write_cds(tmp_path, include_2001=False)
+    out = tmp_path / "era5"
+    (out / "test").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    # the input ends on Jan 2: year 2000 is incomplete, found while converting (after the scan made train/)
+    assert convert("--input", src, "--output", out, "--years", "2000", "--grid", "any") == 2
+    assert "no input has channel u10 at 2000-01-03T00" in capsys.readouterr().err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["notes.txt", "test"]
+
+
+@pytest.mark.parametrize("units, calendar", [
+    ("hours since 1-1-1 00:00:0.0", "standard"),  # the epoch of NCEP's older files: a Julian date before 1582
+    ("days since 1850-01-01", "proleptic_gregorian"),  # fractional days
+    ("hours since 2000-12-19", "julian"),  # the same instants, counted in another real-world calendar
+])
+def test_times_in_any_cf_calendar_and_epoch(tmp_path, units, calendar):
+    """CF times are decoded with cftime: the year equals the one written with the CDS's epoch (round trip)."""
+    src = write_cds(tmp_path, days_2000=1, old_time=(units, calendar))
+    with netCDF4.Dataset(src / "sl_20010101.nc") as nc:
+        assert nc.variables["time"].units == units
+    out = tmp_path / "era5"
+    assert convert("--input", src, "--output", out, "--years", "2001", "--grid", "any", "--allow-partial") == 0
+    import h5py
+    with h5py.File(out / "train" / "2001.h5", "r") as f:
+        np.testing.assert_allclose(f["fields"][...], expected_year(2001, 8), rtol=1e-6)  # as the round trip
+
+
+def test_undecodable_times_are_one_line_naming_the_file(tmp_path, capsys):
+    src = write_cds(tmp_path, days_2000=1, old_time=("days since 2001-01-01", "360_day"))
+    with netCDF4.Dataset(src / "sl_20010102.nc", "r+") as nc:
+        nc.variables["time"].units = "fortnights after the flood"
+    assert convert("--input", src, "--output", tmp_path / "out", "--years", "2001", "--grid", "any") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {src / 'sl_20010102.nc'}: time variable time (units 'fortnights after the flood'")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -184,13 +184,15 @@ def test_defaults_without_metadata(tmp_path):
 
 def test_open_split(lay):
     cfg = DataConfig(root=str(lay.root), channels=["v10"])
-    with open_split(cfg, "valid") as ds:
-        assert ds.years == [2002] and ds.channels == ["v10"]
     with open_split(cfg, "test") as ds:
+        assert ds.years == [2002] and ds.channels == ["v10"]
+    with open_split(cfg, "out_of_sample") as ds:
         assert ds.years == [2003]
         np.testing.assert_array_equal(ds.read(1), lay.fields(2003)[1, 1:2, :-1])
     with pytest.raises(DataError, match="unknown split"):
         open_split(cfg, "validation")
+    with pytest.raises(DataError, match="^split 'valid' is now called 'test', the folder it is read from"):
+        open_split(cfg, "valid")  # the name of earlier releases
     with pytest.raises(DataError, match="not a directory"):
         open_split(DataConfig(), "train")  # root 'builtin' is the caller's business
     with open_split(DataConfig(root="/nonexistent"), "train", root=lay.root) as ds:

@@ -227,18 +227,19 @@ def test_check_paths_names_the_missing_key(tmp_path):
         check_paths(load_config(EnsembleConfig, PROD, [f"model.checkpoint={ckpt}"]))
     write_layout(tmp_path / "era5", splits={"train": (2000,), "test": (2001,)}, channels=3)
     ok = [f"model.checkpoint={ckpt}", f"data.root={tmp_path / 'era5'}"]
-    with pytest.raises(ConfigError, match=r"^config key 'data.test_dir': .*out_of_sample does not exist"):
+    with pytest.raises(ConfigError, match=r"^config key 'initial_conditions.split': .*out_of_sample does not exist"):
         check_paths(load_config(EnsembleConfig, PROD, ok))
-    check_paths(load_config(EnsembleConfig, PROD, ok + ["initial_conditions.split=valid"]))  # test/ exists
+    check_paths(load_config(EnsembleConfig, PROD, ok + ["initial_conditions.split=test"]))  # test/ exists
     (tmp_path / "era5" / "stats" / "time_means.npy").unlink()
     with pytest.raises(ConfigError, match=r"^config key 'data.stats_dir': time_means.npy missing in .*stats"):
-        check_paths(load_config(EnsembleConfig, PROD, ok + ["initial_conditions.split=valid"]))
-    # training reads train/ and (validation on) the valid split
+        check_paths(load_config(EnsembleConfig, PROD, ok + ["initial_conditions.split=test"]))
+    # training reads train/ and (validation on) validation.split's folder
     with pytest.raises(ConfigError, match=r"^config key 'data.stats_dir'"):
         check_paths(load_config(TrainConfig, TRAIN, [f"data.root={tmp_path / 'era5'}"]))
-    (tmp_path / "era5" / "empty").mkdir()
-    with pytest.raises(ConfigError, match=r"^config key 'data.train_dir': .*holds no year files"):
-        check_paths(load_config(TrainConfig, TRAIN, [f"data.root={tmp_path / 'era5'}", "data.train_dir=empty"]))
+    (tmp_path / "era5" / "out_of_sample").mkdir()
+    with pytest.raises(ConfigError, match=r"^config key 'validation.split': .*out_of_sample holds no year files"):
+        check_paths(load_config(TrainConfig, TRAIN, [f"data.root={tmp_path / 'era5'}",
+                                                     "validation.split=out_of_sample"]))
 
 
 def test_check_paths_skips_builtin_and_null():

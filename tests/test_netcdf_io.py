@@ -83,7 +83,8 @@ def test_cf_attributes(tmp_path, product):
     with netCDF4.Dataset(forecast_path(tmp_path, INIT, product)) as ds:
         g = ds.__dict__
         assert g["Conventions"] == "CF-1.10"
-        for key in ("title", "institution", "source", "history", "date_created", "software_versions"):
+        assert "institution" not in g  # CF's optional attribute: only when the run names one (output.institution)
+        for key in ("title", "source", "history", "date_created", "software_versions"):
             assert isinstance(g[key], str) and g[key]
         assert "FourCastNet AFNO" in g["source"] and "torch" in g["software_versions"]
         assert g["seed"] == 1234 and g["perturbation_method"] == "gaussian" and g["config"] == "a: 1\n"
@@ -91,7 +92,7 @@ def test_cf_attributes(tmp_path, product):
         assert ds.variables["lat"].axis == "Y" and ds.variables["lat"].units == "degrees_north"
         assert ds.variables["lon"].axis == "X" and ds.variables["lon"].units == "degrees_east"
         assert ds.variables["lat"].standard_name == "latitude" and ds.variables["lon"].standard_name == "longitude"
-        assert ds.variables["time"].standard_name == "forecast_reference_time"
+        assert ds.variables["time"].standard_name == "time"  # the initial time (CF checkers: see cf.coordinates)
         assert ds.variables["lead_time"].standard_name == "forecast_period"
         assert ds.variables["lead_time"].units == "hours"
         assert ds.variables["valid_time"].standard_name == "time"
@@ -100,13 +101,15 @@ def test_cf_attributes(tmp_path, product):
         if product == "members":
             expect_dims = ("realization",) + expect_dims
             assert ds.variables["realization"].standard_name == "realization"
+        else:  # the scalar coordinate that cell_methods names
+            assert ds.variables["realization"].dimensions == () and ds.variables["realization"][...] == -1
         for name in VARS:
             v = ds.variables[name]
             assert v.dimensions == expect_dims and v.dtype == np.float32
             assert v.units == META["units"][name]
             assert v.standard_name == META["standard_names"][name]
             assert v.long_name == META["long_names"][name]
-            assert v.coordinates == "valid_time"
+            assert v.coordinates == ("valid_time" if product == "members" else "valid_time realization")
             assert v._FillValue == v.missing_value
             assert v.filters()["zlib"] and v.chunking() == [1] * (len(expect_dims) - 2) + [NLAT, NLON]
             if product == "members":

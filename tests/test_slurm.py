@@ -39,15 +39,6 @@ def _ranks(text):
     return sorted((int(r), int(s)) for r, s in re.findall(r"^rank (\d+) size (\d+) ", text, re.M))
 
 
-# srun launches the ranks through Slurm's PMI2; MPICH from PyPI then fails MPI_Init now and then in this sandbox
-# (UCX: "failed to unpack address"; OFI: hangs), while its own launcher (mpirun inside the allocation) is reliable.
-# Where Slurm's PMI serves the MPI (a site MPI), HPC_FCN_SLURM_SRUN=1 runs the srun tests too.
-needs_srun = pytest.mark.skipif(not os.environ.get("HPC_FCN_SLURM_SRUN"),
-                                reason="srun with MPICH from PyPI is unreliable in this sandbox: HPC_FCN_SLURM_SRUN=1 "
-                                       "runs these tests where Slurm's PMI serves the MPI")
-
-
-@needs_srun
 def test_batch_srun_pmi2(cluster):
     job = cluster.submit(f"#!/bin/bash\n#SBATCH -n 2 -t 5\nsrun -n 2 {PY} -c '{RANKS}'\n")
     info = cluster.wait(job, timeout=120)
@@ -166,7 +157,6 @@ def test_generated_cpu_script_runs_to_completion_under_mpirun(uninterrupted):
     assert (uninterrupted / "metrics.json").is_file() and len(_outputs(uninterrupted)) == 6
 
 
-@needs_srun
 def test_generated_cpu_script_runs_under_srun(cluster, ensemble, uninterrupted):
     tmp, cfg = ensemble
     job = _submit(cluster, tmp, cfg, "srun", tmp / "srun")

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from hpc_fcn.data import builtin
-from hpc_fcn.data.synth import CHANNELS, FastTransforms, ForcedShallowWater, SynthError, SynthOptions, generate, main
+from hpc_fcn.data.synth import (CHANNELS, FastTransforms, ForcedShallowWater, SynthError, SynthOptions,
+                                builtin_options, generate, main)
 from tool_module import load_tool
 
-TINY = SynthOptions(seed=7, nlat=17, nlon=32, train_years=(2000, 2001), valid_years=(2002,), test_years=(2003,),
-                    steps_per_year=10, spinup_days=2.0, threads=1)
+TINY = SynthOptions(seed=7, nlat=17, nlon=32, train_years=(2000, 2001), test_years=(2002,),
+                    out_of_sample_years=(2003,), steps_per_year=10, spinup_days=2.0, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_layout_shapes_and_metadata(tiny):
     assert meta["standard_names"]["z"] == "geopotential"
     assert meta["lat"][0] == 90.0 and meta["lat"][-1] == -90.0 and len(meta["lat"]) == 17
     assert meta["lon"][0] == 0.0 and meta["lon"][1] == 11.25 and len(meta["lon"]) == 32  # 360 / 32: exact in binary
-    assert meta["years"] == {"train": [2000, 2001], "valid": [2002], "test": [2003]}
+    assert meta["years"] == {"train": [2000, 2001], "test": [2002], "out_of_sample": [2003]}
     assert meta["dt_hours"] == 6 and meta["generator"]["seed"] == 7
 
 
@@ -116,7 +117,7 @@ def test_bad_options_are_rejected(tmp_path, capsys):
     with pytest.raises(SynthError, match="nlon"):
         generate(tmp_path / "x", dataclasses.replace(TINY, nlon=48), progress=False)
     with pytest.raises(SynthError, match="distinct"):
-        generate(tmp_path / "x", dataclasses.replace(TINY, test_years=(2000,)), progress=False)
+        generate(tmp_path / "x", dataclasses.replace(TINY, out_of_sample_years=(2000,)), progress=False)
     assert not (tmp_path / "x").exists()
     assert main([str(tmp_path / "y"), "--nlat", "16", "--quiet"]) == 2
     assert "nlat" in capsys.readouterr().err
@@ -168,8 +169,8 @@ def test_dataset_summary_table_has_a_row_per_year_with_its_scores(tiny, capsys):
     summary = load_tool("dataset_summary")
     summary.main([str(tiny)])
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| 20")]
-    assert [(r[0], r[1]) for r in rows] == [("| 2000", "train"), ("| 2001", "train"), ("| 2002", "valid"),
-                                            ("| 2003", "test")]
+    assert [(r[0], r[1]) for r in rows] == [("| 2000", "train"), ("| 2001", "train"), ("| 2002", "test"),
+                                            ("| 2003", "out_of_sample")]
     x = _read(tiny, "out_of_sample", 2003).astype(np.float64)
     w = summary.row_weights(TINY.nlat)
     assert rows[-1][2] == f"{summary.kinetic_energy(x, w):.1f}"
@@ -187,7 +188,8 @@ def test_default_dataset_behaves_like_weather():
     summary = load_tool("dataset_summary")  # the definitions of docs/builtin_dataset.md's table
     root = builtin.ensure_builtin()
     meta = json.loads((root / "metadata.json").read_text())
-    first, last = meta["years"]["train"][0], meta["years"]["test"][-1]
+    opts = builtin_options()  # not metadata.json's "years": a cache written before the splits' renaming has others
+    first, last = opts.train_years[0], opts.out_of_sample_years[-1]
     x0, x1 = _read(root, "train", first), _read(root, "out_of_sample", last)
     w = summary.row_weights(meta["nlat"])
     ke = summary.kinetic_energy

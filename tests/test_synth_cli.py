@@ -10,7 +10,8 @@ from pathlib import Path
 from ensemble_setup import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--nlat", "17", "--nlon", "32", "--train-years", "2000", "--valid-years", "2001", "--test-years", "2002",
+SMALL = ["--nlat", "17", "--nlon", "32", "--train-years", "2000", "--test-years", "2001",
+         "--out-of-sample-years", "2002",
          "--steps-per-year", "400", "--spinup-days", "1", "--threads", "1", "--quiet"]
 
 

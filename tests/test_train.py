@@ -239,7 +239,7 @@ def test_builtin_checkpoint_skill_on_the_test_period():
     from hpc_fcn.data.builtin import ensure_builtin
     from hpc_fcn.data.era5 import open_split
     from hpc_fcn.schema import DataConfig
-    ds = open_split(DataConfig(root=str(ensure_builtin())), "test")  # generated on first use
+    ds = open_split(DataConfig(root=str(ensure_builtin())), "out_of_sample")  # generated on first use
     leads = {1: 4, 3: 12, 5: 20, 10: 40}  # day: 6-hourly steps
     scores = tool.deterministic_scores(model, ds, usable_starts(ds.times, 40)[::32], leads)  # every 8 days
     m, p, c = scores["model"], scores["persistence"], scores["climatology"]

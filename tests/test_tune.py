@@ -195,8 +195,8 @@ def _cli(data, tmp_path, *overrides, n=1):
     ("tune.channels=[u, q]", "config key 'tune.channels': q not among the model channels u, v, z"),
     ("tune.parameters=[length_scale_km]", "config key 'tune.parameters[0]': length_scale_km is not a parameter "
                                           "of perturbation.method=gaussian"),
-    ("tune.start=2001-12-30T00", "config key 'tune.start': no initial time of the 'valid' split lies in"),
-    ("tune.start=2001-01-10T12", "config key 'tune.start': no initial time of the 'valid' split has 0 earlier "
+    ("tune.start=2001-12-30T00", "config key 'tune.start': no initial time of the 'test' split lies in"),
+    ("tune.start=2001-01-10T12", "config key 'tune.start': no initial time of the 'test' split has 0 earlier "
                                  "and 2 later steps"),
     ("tune.amplitude_bounds=[0.5, 0.1]", "config key 'tune.amplitude_bounds': need 0 < low < high"),
     ("tune.spread_skill_band=[1.2, 0.8]", "config key 'tune.spread_skill_band': need 0 < low <= high"),

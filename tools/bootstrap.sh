@@ -93,7 +93,7 @@ say "installing hpc_fcn and its dependencies"
 "${PIP[@]}" install -e ".[test]"
 # torch-harmonics pins a newer torch in its metadata; it works with ours, so skip its dependencies.
 "${PIP[@]}" install --no-deps "torch-harmonics==$TH_VERSION"
-"$VENV/bin/python" -c "import torch, torch_harmonics, mpi4py.MPI, h5py, netCDF4, hpc_fcn" \
+"$VENV/bin/python" -c "import torch, torch_harmonics, mpi4py.MPI, h5py, netCDF4, cf_units, cftime, compliance_checker, hpc_fcn" \
   || { echo "[setup] the environment in $VENV does not import; see the messages above" >&2; exit 1; }
 probe "$MPI_MODE" --write "$record" || { echo "error: the MPI set-up above does not launch mpi4py" >&2; exit 1; }
 touch "$stamp"

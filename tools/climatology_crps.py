@@ -7,10 +7,10 @@ The climatological ensemble of a verification time t is every training-split sta
 day within --window-days days of t's day of year, one a day, in every training year; the score is the
 area-weighted fair CRPS (hpc_fcn.metrics.crps_fair), averaged over the initial times, in the run's units.
 
-    python tools/climatology_crps.py [--data builtin] [--split test] [--start 2005-01-01T00]
+    python tools/climatology_crps.py [--data builtin] [--split out_of_sample] [--start 2005-01-01T00]
                                      [--every 120] [--count 4] [--days 1 3 5 10] [--window-days 10]
 
-Defaults are config/ens100.yaml's initial times (4, 5 days apart from the first of the test split).
+Defaults are config/ens100.yaml's initial times (4, 5 days apart from the first of the out_of_sample split).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ VARS = ("u", "v", "z")
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="builtin", help="dataset root (default: the built-in dataset)")
-    p.add_argument("--split", default="test", help="the split the ensemble is verified on")
+    p.add_argument("--split", default="out_of_sample", help="the split (folder) the ensemble is verified on")
     p.add_argument("--start", default=None, help="first initial time (default: the split's first)")
     p.add_argument("--every", type=int, default=120, help="hours between initial times")
     p.add_argument("--count", type=int, default=4, help="initial times")

@@ -65,9 +65,10 @@ def main(argv=None) -> None:
     lags = (4, 8, 20)  # 24 h, 48 h, 5 days of 6-hourly samples
     print("| year | split | KE (J/kg) | peak wind, median / max (m/s) | z persistence ACC 24 h / 48 h / 5 d |")
     print("|---|---|---|---|---|")
-    for key in SPLITS:  # metadata.json's keys; the folders are the layout's (DataConfig.split_dir)
-        for year in meta["years"][key]:
-            with h5py.File(root / DataConfig().split_dir(key) / f"{year}.h5", "r") as f:
+    for key in SPLITS:  # each split's year files, in its folder (DataConfig.split_dir)
+        folder = root / DataConfig().split_dir(key)
+        for year in sorted(int(p.stem) for p in folder.glob("*.h5") if p.stem.isdigit() and len(p.stem) == 4):
+            with h5py.File(folder / f"{year}.h5", "r") as f:
                 x = f["fields"][:].astype(np.float64)
             peak = peak_wind(x)
             accs = " / ".join(f"{persistence_acc(x[:, z] - clim, lag, w):.3f}" for lag in lags)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Skill of the built-in model on the built-in dataset's test split (the out-of-sample year).
+"""Skill of the built-in model on the built-in dataset's out_of_sample split (the held-out year).
 
 Deterministic forecasts against persistence and climatology (RMSE in physical units, ACC against the
 climatology) at days 1, 3, 5, 10, and a Gaussian-perturbed ensemble's fair CRPS against the
@@ -36,7 +36,7 @@ def parse_args(argv):
     p.add_argument("--checkpoint", default=str(REPO / "hpc_fcn" / "assets" / "builtin_model.ckpt"))
     p.add_argument("--data", default=None, help="dataset root (default: the built-in dataset)")
     p.add_argument("--inits", type=int, default=86, help="initial times for the deterministic scores, "
-                   "evenly spread (86: every 2 days of the test split)")
+                   "evenly spread (86: every 2 days of the out_of_sample split)")
     p.add_argument("--ens-inits", type=int, default=4, help="initial times for the ensemble scores")
     p.add_argument("--members", type=int, default=100)
     p.add_argument("--amplitude", type=float, default=0.3, help="Gaussian noise std in normalised units")
@@ -88,7 +88,7 @@ def evaluate(args) -> tuple[str, dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(args.data) if args.data else Path(ensure_builtin())
-    ds = open_split(DataConfig(root=str(root)), "test")
+    ds = open_split(DataConfig(root=str(root)), "out_of_sample")
     model = load_checkpoint(args.checkpoint).eval()
     steps_per_day = 24 // ds.dt_hours
     leads = {d: d * steps_per_day for d in DAYS}

@@ -12,7 +12,7 @@ k of the n vary less than k initial times drawn afresh; for a mean the product i
 estimate, the sample standard deviation over sqrt(k)), and at the end the log margin (``--sigmas`` times the
 largest of those deviations) and the band that leaves it inside ``--band``:
 
-    mpirun -n 8 python -m hpc_fcn.ensemble config/ens100.yaml initial_conditions.split=valid \\
+    mpirun -n 8 python -m hpc_fcn.ensemble config/ens100.yaml initial_conditions.split=test \\
         initial_conditions.count=12 ensemble.members=16 output.dir=runs/valid12
     python tools/ssr_sampling.py runs/valid12 [--subset 4] [--days 1 3 5 10] [--band 0.8 1.25]
 """

@@ -2,7 +2,8 @@
 
 Single-level files (u10 v10 t2m sp msl tcwv) and pressure-level files (u v t z r on a ``pressure_level``
 (new CDS) or ``level`` (old CDS) axis), time axis ``valid_time`` or ``time``, packed or not, any split into
-files; the old CDS ``expver`` axis (ERA5 and ERA5T side by side, one of them masked) is merged.
+files; the old CDS ``expver`` axis (ERA5 and ERA5T side by side, one of them masked) is merged. Units are
+checked and converted as :mod:`hpc_fcn.data.units` says; times are decoded with cftime, for any CF calendar.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from .inventory import ConversionError, Inventory, orient_grid
+from .units import Conversion, to_channel_units
 
 # names the same field has in CDS netCDF (new and old) and in GRIB-to-netCDF conversions
 VAR_ALIASES: dict[str, tuple[str, ...]] = {
@@ -37,6 +39,7 @@ class NetCDFSource:
     flip_lat: bool
     lon_roll: int
     members: tuple[int, ...] = (0,)
+    units: Conversion = Conversion()  # to the channel's units
 
     def read(self, tidx: np.ndarray) -> np.ndarray:
         """(len(tidx), 1, rows, cols) float32 at the given (increasing) time indices."""
@@ -73,7 +76,7 @@ class NetCDFSource:
         if mask.any():
             t = int(np.argwhere(mask)[0][0])
             raise ConversionError(f"{self.path}: variable {self.var} has missing values at {self.times[tidx[t]]}")
-        out = values.astype(np.float32, copy=False)
+        out = self.units.apply(values)
         if self.flip_lat:
             out = out[:, ::-1, :]
         if self.lon_roll:
@@ -108,28 +111,62 @@ def _find_dim(dims: Sequence[str], names: Sequence[str]) -> str | None:
     return next((d for d in dims if d in names), None)
 
 
-def _decode_times(var) -> np.ndarray:
-    """A CF time coordinate as datetime64[h]; error if a value is not on a whole hour."""
-    import netCDF4
+REAL_CALENDARS = ("standard", "gregorian", "proleptic_gregorian", "julian")  # dates of the real world
+
+
+def _decode_times(path: str, var) -> np.ndarray:
+    """A CF time coordinate, any calendar and epoch cftime decodes, as datetime64[h]; one-line errors.
+
+    Dates of the real-world calendars are converted to the proleptic Gregorian calendar of numpy; a model
+    calendar's dates (noleap, 360_day, ...) are taken as written and refused where no such date exists.
+    """
+    import cftime
     units = getattr(var, "units", None)
+    calendar = str(getattr(var, "calendar", "standard")).strip().lower()
     if units is None:
-        raise ConversionError(f"time variable {var.name} has no 'units' attribute")
-    values = np.ma.getdata(var[:])
-    dates = netCDF4.num2date(values, units, calendar=getattr(var, "calendar", "standard"),
-                             only_use_cftime_datetimes=False, only_use_python_datetimes=True)
-    t = np.array([np.datetime64(d.replace(tzinfo=None), "s") for d in np.atleast_1d(dates)])
+        raise ConversionError(f"{path}: time variable {var.name} has no 'units' attribute (e.g. 'hours since "
+                              "1900-01-01'): add it")
+    values = np.ma.getdata(var[:]).ravel()
+    try:
+        dates = cftime.num2date(values, units, calendar=calendar, only_use_cftime_datetimes=True)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ConversionError(f"{path}: time variable {var.name} (units '{units}', calendar '{calendar}') cannot "
+                              f"be decoded ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    out = np.empty(len(values), dtype="datetime64[us]")
+    for i, d in enumerate(np.atleast_1d(dates)):
+        if calendar in REAL_CALENDARS:
+            d = d.change_calendar("proleptic_gregorian", has_year_zero=True)
+        try:
+            out[i] = np.datetime64(f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:"
+                                   f"{d.second:02d}.{d.microsecond:06d}")
+        except ValueError:
+            raise ConversionError(f"{path}: time variable {var.name}: {d} of the {calendar} calendar is no date of "
+                                  "the standard calendar; give the data on standard-calendar dates") from None
+    t = (out + np.timedelta64(500, "ms")).astype("datetime64[s]")  # to the second: float round-off
     h = t.astype("datetime64[h]")
     if np.any(h != t):
-        raise ConversionError(f"time variable {var.name} has values that are not on whole hours")
+        raise ConversionError(f"{path}: time variable {var.name} has values that are not on whole hours "
+                              f"(first {t[np.argmax(h != t)]})")
     return h
 
 
 def _levels_hpa(var) -> np.ndarray:
+    """Pressure levels in hPa: by their units where UDUNITS knows them as a pressure, else Pa above 1100."""
+    import cf_units
     values = np.asarray(var[:], dtype=np.float64)
-    units = str(getattr(var, "units", "")).strip().lower()
-    if units == "pa" or (units not in ("hpa", "millibars", "mbar") and values.max() > 1100.0):
-        values = values / 100.0
-    return values
+    units = str(getattr(var, "units", "")).strip()
+    try:
+        unit = cf_units.Unit(units) if units else None
+    except ValueError:
+        unit = None
+    if unit is not None and unit.is_convertible("hPa"):
+        return np.asarray(unit.convert(values, "hPa"), dtype=np.float64)
+    return values / 100.0 if values.max() > 1100.0 else values
+
+
+def netcdf_name(short: str) -> str:
+    """How the missing-channel message names ERA5 field ``short`` in netCDF input."""
+    return f"variable {short}"
 
 
 def add_netcdf_file(inv: Inventory, path: str) -> bool:
@@ -143,6 +180,7 @@ def add_netcdf_file(inv: Inventory, path: str) -> bool:
         found = [(name, ALIAS_OF[name]) for name in nc.variables if name in ALIAS_OF]
         if not found:
             return False
+        inv.namers["netCDF"] = netcdf_name
         for name, short in found:
             _add_variable(inv, path, nc, name, short)
     return True
@@ -164,7 +202,7 @@ def _add_variable(inv: Inventory, path: str, nc, name: str, short: str) -> None:
     for coord in (tdim, ydim, xdim) + ((ldim,) if ldim else ()):
         if coord not in nc.variables:
             raise ConversionError(f"{path}: no coordinate variable for dimension {coord}")
-    times = _decode_times(nc.variables[tdim])
+    times = _decode_times(path, nc.variables[tdim])
     if np.any(np.diff(times) <= np.timedelta64(0, "h")):
         raise ConversionError(f"{path}: times of {name} are not strictly increasing")
     lat, lon, flip, roll = orient_grid(path, np.asarray(nc.variables[ydim][:], dtype=np.float64),
@@ -175,7 +213,12 @@ def _add_variable(inv: Inventory, path: str, nc, name: str, short: str) -> None:
         levels = [(None, None)]
     else:
         levels = [(int(round(v)), i) for i, v in enumerate(_levels_hpa(nc.variables[ldim]))]
+    units = None
     for lv, li in levels:
         inv.note(short, lv)
         for channel in inv.wants(short, lv):
-            inv.add(channel, NetCDFSource(path, name, dims, li, times, flip, roll), path)
+            if units is None:
+                units = to_channel_units(path, name, short, getattr(var, "units", None),
+                                         getattr(var, "standard_name", None))
+                inv.tell(units.note, path)
+            inv.add(channel, NetCDFSource(path, name, dims, li, times, flip, roll, units=units), path)

@@ -2,7 +2,8 @@
 
 Input: CDS netCDF (new and old conventions, :mod:`hpc_fcn.data.cds_netcdf`) or GRIB 1/2 as the CDS and
 MARS deliver it (:mod:`hpc_fcn.data.grib`), single-level and pressure-level files, any split into files.
-Output: ROOT/SPLIT/YYYY.h5 with ``fields`` (T, C, rows, cols) float32, every ``--dt-hours`` from Jan 1 00 UTC,
+Output: ROOT/SPLIT/YYYY.h5 (SPLIT: train, test or out_of_sample, the folders of FourCastNet's layout and
+the split names of the configs) with ``fields`` (T, C, rows, cols) float32, every ``--dt-hours`` from Jan 1 00 UTC,
 in the reference channel order (index 20, unused by the model, is filled with zeros) or the ``--channels``
 given; ROOT/metadata.json; with ``--stats-from`` also ROOT/stats/{global_means,global_stds,time_means}.npy
 computed from that split (streaming, float64 sums). An ensemble of analyses (GRIB ``number`` key, e.g.
@@ -13,7 +14,10 @@ Parallel: under mpirun the years are shared over the ranks, and the statistics o
 :class:`~hpc_fcn.parallel.comm.Communicator` (every collective traced); a failure on any rank is agreed over
 all of them as in :mod:`hpc_fcn.runtime` (:func:`collective`), so every rank ends with the same one-line error.
 Resumable: a year counts as done only once ``YYYY.h5.done`` exists, which is written after the file is
-closed and renamed into place; a re-run skips done years and rewrites any other.
+closed and renamed into place; a re-run skips done years and rewrites any other. A failed run removes the
+partial file of the year it failed on and the folders it created that stayed empty; it writes metadata.json
+only once every year asked for is done. Units and times of netCDF input: :mod:`hpc_fcn.data.units`,
+:mod:`hpc_fcn.data.cds_netcdf`.
 
     python -m hpc_fcn.data.convert --input /data/cds --output /data/era5 --years 1979-2015 --split train \
         --stats-from train
@@ -38,7 +42,7 @@ import numpy as np
 
 from ..runtime import UserError, alone, failure_record, root_decides, world as mpi_world
 from .cds_netcdf import ALIAS_OF, add_netcdf_file, close_all
-from .era5 import ERA5_ATTRS, ERA5_CHANNELS
+from .era5 import ERA5_ATTRS, ERA5_CHANNELS, SPLITS, split_problem
 from .grib import GRIB_PARAMS, add_grib_file, is_grib
 from .inventory import CHANNEL_SOURCES, UNUSED, ConversionError, Inventory, select_channels
 
@@ -186,6 +190,9 @@ def convert_year(inv: Inventory, year: int, out_dir: Path, *, chunk_steps: int =
             f.attrs["channels"] = json.dumps(names)
             f.attrs["first_time"] = str(targets[0])
             f.attrs["dt_hours"] = dt_hours
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a failed year leaves nothing behind (a re-run writes it anew)
+        raise
     finally:
         close_all()
     os.replace(partial, final)
@@ -340,6 +347,24 @@ def parse_grid(text: str) -> tuple[int, int] | None:
     return rows, cols
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    path = path.absolute()
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty(folders: Sequence[Path]) -> None:
+    """Remove those of ``folders`` (deepest first) that are empty: what a failed run created and left unused.
+
+    Folders holding anything (a year another rank finished, which a re-run resumes from) are kept.
+    """
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 def _alone() -> Communicator:
     """A size-1 Communicator (this process alone, whatever else runs under mpirun): its collectives return
     their input."""
@@ -392,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory (searched recursively for *.nc, *.grib, ...) or glob; repeat for several")
     p.add_argument("--output", required=True, metavar="ROOT", help="dataset root (gets SPLIT/, stats/, metadata.json)")
     p.add_argument("--years", help="years to convert: 1979-2015, 2016,2017, ...")
-    p.add_argument("--split", default="train",
-                   help="sub-folder for these years: train, test or out_of_sample (default train)")
+    p.add_argument("--split", default="train", help=f"the split these years are, written to ROOT/SPLIT/: "
+                                                    f"{', '.join(SPLITS)} (default train)")
     p.add_argument("--stats-from", metavar="SPLIT", help="afterwards compute stats/ from ROOT/SPLIT (e.g. train)")
     p.add_argument("--stats-years", help="only these years of --stats-from (default: every year file there)")
     p.add_argument("--grid", default="721x1440", help="expected input grid ROWSxCOLS, or 'any' (default 721x1440)")
@@ -411,16 +436,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def convert_years(args: argparse.Namespace, comm: Communicator, root: Path, out_dir: Path, todo: list[int],
+                  channels: list[str]) -> None:
+    """Scan the input on rank 0, convert the ``todo`` years shared over the ranks, then write metadata.json."""
+    if not todo:
+        return
+    rank, size = comm.rank, comm.size
+
+    def scan() -> Inventory:  # on rank 0
+        inv = build_inventory(expand_inputs(args.input), parse_grid(args.grid), channels,
+                              skip_unknown=args.skip_unknown)
+        log.info("%d input files, grid %d x %d, %d member(s); converting %d year(s) on %d rank(s)",
+                 inv.files, *inv.grid.shape, inv.n_members, len(todo), size)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return inv
+    inv = root_decides(comm, lambda: _attempt(comm, scan))
+
+    def convert_mine():
+        for year in todo[rank::size]:
+            t0 = time.perf_counter()
+            n = convert_year(inv, year, out_dir, chunk_steps=args.chunk_steps, max_steps=args.max_steps,
+                             allow_partial=args.allow_partial, dt_hours=args.dt_hours)
+            log.info("%s/%04d.h5: %d steps in %.1f s", args.split, year, n, time.perf_counter() - t0)
+    collective(comm, convert_mine, tag="convert")
+    root_decides(comm, lambda: _attempt(comm, write_metadata, root, inv, args.dt_hours))
+
+
 def run(args: argparse.Namespace, comm: Communicator | None) -> None:
     """The conversion ``args`` ask for, shared over the ranks of ``comm`` (None: this process alone)."""
     comm = comm if comm is not None else _alone()
-    rank, size = comm.rank, comm.size
+    rank = comm.rank
     root = Path(args.output).expanduser()
     if args.chunk_steps < 1 or (args.max_steps is not None and args.max_steps < 1):
         raise ConversionError("--chunk-steps and --max-steps must be >= 1")
     if args.dt_hours < 1 or 24 % args.dt_hours:
         raise ConversionError(f"--dt-hours {args.dt_hours}: use a divisor of 24 (1, 2, 3, 4, 6, 8, 12 or 24)")
     channels = select_channels(args.channels)
+    for flag, split in (("--split", args.split), ("--stats-from", args.stats_from)):
+        problem = split_problem(split) if split is not None else None
+        if problem:
+            raise ConversionError(f"{flag} {split}: {problem}")
     if args.years is None and args.stats_from is None:
         raise ConversionError("nothing to do: give --years (with --input) and/or --stats-from")
     if args.years is not None:
@@ -431,25 +486,12 @@ def run(args: argparse.Namespace, comm: Communicator | None) -> None:
         todo = [y for y in years if args.force or not is_done(out_dir, y)]
         if rank == 0 and len(todo) < len(years):
             log.info("skipping %d year(s) already done in %s", len(years) - len(todo), out_dir)
-        inv = None
-        if todo:
-            def scan() -> Inventory:  # on rank 0
-                out_dir.mkdir(parents=True, exist_ok=True)
-                inv = build_inventory(expand_inputs(args.input), parse_grid(args.grid), channels,
-                                      skip_unknown=args.skip_unknown)
-                log.info("%d input files, grid %d x %d, %d member(s); converting %d year(s) on %d rank(s)",
-                         inv.files, *inv.grid.shape, inv.n_members, len(todo), size)
-                write_metadata(root, inv, args.dt_hours)
-                return inv
-            inv = root_decides(comm, lambda: _attempt(comm, scan))
-
-        def convert_mine():
-            for year in todo[rank::size]:
-                t0 = time.perf_counter()
-                n = convert_year(inv, year, out_dir, chunk_steps=args.chunk_steps, max_steps=args.max_steps,
-                                 allow_partial=args.allow_partial, dt_hours=args.dt_hours)
-                log.info("%s/%04d.h5: %d steps in %.1f s", args.split, year, n, time.perf_counter() - t0)
-        collective(comm, convert_mine, tag="convert")
+        made = missing_folders(out_dir) if rank == 0 else []  # removed again if the run fails before using them
+        try:
+            convert_years(args, comm, root, out_dir, todo, channels)
+        except UserError:
+            remove_empty(made)  # on rank 0, after every rank has stopped (the failure was agreed collectively)
+            raise
     if args.stats_from is not None:
         stats_years = parse_years(args.stats_years) if args.stats_years else None
         collective(comm, compute_stats, root, args.stats_from, comm, years=stats_years,

@@ -1,6 +1,6 @@
 """Reader for data in the FourCastNet ERA5 layout: one HDF5 file per year plus normalisation stats.
 
-ROOT/<split_dir>/YYYY.h5 holds ``fields`` (T, C, rows, cols) float32, 6-hourly from YYYY-01-01T00, rows
+ROOT/<split>/YYYY.h5 holds ``fields`` (T, C, rows, cols) float32, 6-hourly from YYYY-01-01T00, rows
 north->south including both poles; the model grid drops the last (south-pole) row. ROOT/<stats_dir> holds
 global_means.npy, global_stds.npy (1, C, 1, 1) and time_means.npy (1, C, rows, cols), the climatology.
 ROOT/metadata.json (optional) names the channels and gives units, coordinates and the time step.
@@ -53,7 +53,10 @@ ERA5_ATTRS: dict[str, tuple[str, str, str]] = {
     "unused20": ("1", "", "unused channel"),  # "" = no CF standard name
 }
 
-SPLITS = ("train", "valid", "test")
+# The splits of a dataset, named as the folders of FourCastNet's layout: train (1979-2015), test (2016-2017, the
+# years training validates on) and out_of_sample (2018-, held out). A split is read from ROOT/<split>/.
+SPLITS = ("train", "test", "out_of_sample")
+RENAMED_SPLITS = {"valid": "test"}  # the names of releases before the splits were named by their folders
 STATS_FILES = ("global_means.npy", "global_stds.npy", "time_means.npy")
 
 
@@ -61,13 +64,25 @@ class DataError(UserError):
     """Data on disk that is missing, malformed or inconsistent, or a request it cannot satisfy."""
 
 
+def split_problem(split: str) -> str | None:
+    """Why ``split`` is not a split name (one line saying the name to use), or None when it is one."""
+    if split in SPLITS:
+        return None
+    if split in RENAMED_SPLITS:
+        new = RENAMED_SPLITS[split]
+        return (f"split '{split}' is now called '{new}', the folder it is read from ({new}/, the validation years); "
+                f"splits are named by their folders: {', '.join(SPLITS)}")
+    return f"unknown split {split!r}: use one of {', '.join(SPLITS)} (the folders under the data root)"
+
+
 def open_split(data_cfg, split: str, root: str | Path | None = None) -> "FCNDataset":
-    """Open ``split`` ('train' | 'valid' | 'test') of the dataset described by a ``DataConfig``.
+    """Open ``split`` ('train' | 'test' | 'out_of_sample') of the dataset described by a ``DataConfig``.
 
     ``root`` overrides ``data_cfg.root``; it must be a directory ('builtin' is resolved by the caller).
     """
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    problem = split_problem(split)
+    if problem:
+        raise DataError(problem)
     root = data_cfg.root if root is None else root
     return FCNDataset(root, data_cfg.split_dir(split), channels=data_cfg.channels, stats_dir=data_cfg.stats_dir)
 

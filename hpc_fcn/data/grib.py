@@ -12,14 +12,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .inventory import PRESSURE_VARS, ConversionError, Inventory, orient_grid
+from .inventory import CHANNEL_SOURCES, PRESSURE_VARS, ConversionError, Inventory, orient_grid
 
 # ECMWF paramId -> the converter's short name (see CHANNEL_SOURCES)
 GRIB_PARAMS: dict[int, str] = {165: "u10", 166: "v10", 167: "t2m", 134: "sp", 151: "msl", 137: "tcwv",
                                131: "u", 132: "v", 130: "t", 129: "z", 157: "r"}
+PARAM_ID = {short: pid for pid, short in GRIB_PARAMS.items()}
 PRESSURE_LEVEL_TYPES = {"isobaricInhPa": 1.0, "isobaricInPa": 0.01}  # level unit -> hPa
 GRIB_MAGIC = b"GRIB"
 INSTALL_HINT = "GRIB input needs ecCodes: pip install 'hpc_fcn[grib]' (see README, 'GRIB input')"
+
+
+def grib_name(short: str) -> str:
+    """ERA5 field ``short`` as GRIB names it: 'paramId 129 (z)'."""
+    return f"paramId {PARAM_ID[short]} ({short})"
+
+
+def describe(channel: str) -> str:
+    """A channel with the GRIB field it is made of: 'z500 (paramId 129 (z) at 500 hPa)'."""
+    short, level = CHANNEL_SOURCES[channel]
+    return f"{channel} ({grib_name(short)}{f' at {level} hPa' if level is not None else ''})"
 
 
 def eccodes():
@@ -82,14 +94,14 @@ class GribSource:
                     h = ec.codes_new_from_message(f.read(int(self.lengths[t, m])))
                     try:
                         if ec.codes_get(h, "bitmapPresent") and ec.codes_get(h, "numberOfMissing") > 0:
-                            raise ConversionError(f"{self.path}: {self.channel} member {self.members[m]} has "
-                                                  f"missing values at {self.times[t]}")
+                            raise ConversionError(f"{self.path}: {describe(self.channel)} member {self.members[m]} "
+                                                  f"has missing values at {self.times[t]}")
                         values = ec.codes_get_values(h)
                     finally:
                         ec.codes_release(h)
                     out[a, m] = self.layout.orient(values)
         if not np.all(np.isfinite(out)):
-            raise ConversionError(f"{self.path}: {self.channel} has NaN/Inf values")
+            raise ConversionError(f"{self.path}: {describe(self.channel)} has NaN/Inf values")
         return out
 
 
@@ -163,6 +175,7 @@ def add_grib_file(inv: Inventory, path: str, *, skip_unknown: bool = False) -> b
                 ec.codes_release(h)
     if n == 0:
         raise ConversionError(f"{path}: no GRIB messages")
+    inv.namers["GRIB"] = grib_name
     for channel, fnd in found.items():
         inv.add(channel, _source(path, channel, fnd), path)
     return bool(found)
@@ -196,8 +209,8 @@ def _add_message(ec, h, path: str, n: int, inv: Inventory, found: dict, grids: d
     for channel in channels:
         fnd = found.setdefault(channel, _Found())
         if key in fnd.where:
-            raise ConversionError(f"{path}: {channel} at {key[0]} member {key[1]} appears twice (messages at "
-                                  f"bytes {fnd.where[key][0]} and {where[0]}); remove the duplicate")
+            raise ConversionError(f"{path}: {describe(channel)} at {key[0]} member {key[1]} appears twice (messages "
+                                  f"at bytes {fnd.where[key][0]} and {where[0]}); remove the duplicate")
         fnd.where[key] = where
         fnd.layout = layout
 
@@ -213,6 +226,7 @@ def _source(path: str, channel: str, fnd: _Found) -> GribSource:
     if (offsets < 0).any():
         i, j = np.argwhere(offsets < 0)[0]
         lacking = int((offsets < 0).sum())
-        raise ConversionError(f"{path}: {channel} at {times[i]} lacks ensemble member {members[j]} ({lacking} "
-                              f"(time, member) field(s) missing; the file holds members {members[0]}..{members[-1]})")
+        raise ConversionError(f"{path}: {describe(channel)} at {times[i]} lacks ensemble member {members[j]} "
+                              f"({lacking} (time, member) field(s) missing; the file holds members "
+                              f"{members[0]}..{members[-1]})")
     return GribSource(path, channel, times, members, offsets, lengths, fnd.layout)

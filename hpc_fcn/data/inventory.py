@@ -5,12 +5,15 @@ this module knows which ERA5 parameter and level each channel is, and checks tha
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from ..runtime import UserError
+
+log = logging.getLogger("hpc_fcn.data.convert")
 
 UNUSED = "unused20"  # the reference layout's channel 20: unused by the model, written as zeros
 
@@ -93,6 +96,20 @@ class Inventory:
     member_origin: str = ""
     seen: dict[str, set] = field(default_factory=dict)  # short name -> levels found (None = single level)
     files: int = 0
+    # input format -> how it names a field (e.g. 'paramId 129 (z)'), for the message about a missing channel
+    namers: dict[str, Callable[[str], str]] = field(default_factory=dict)
+    told: set[str] = field(default_factory=set)  # unit conversions already logged
+
+    def tell(self, note: str, path: str) -> None:
+        """Log a unit conversion once per run (not once per file of a year split into days)."""
+        if note and note not in self.told:
+            self.told.add(note)
+            log.info("%s (first in %s)", note, path)
+
+    def field_name(self, short: str) -> str:
+        """How the input formats seen name ERA5 field ``short``."""
+        names = [namer(short) for namer in self.namers.values()] or [f"variable {short}"]
+        return " / ".join(names)
 
     def wants(self, short: str, level: int | None) -> list[str]:
         """The wanted channels that are ``short`` at ``level`` (hPa, None for single level)."""
@@ -129,14 +146,14 @@ class Inventory:
             if channel == UNUSED or channel in self.sources:
                 continue
             short, level = CHANNEL_SOURCES[channel]
-            found = self.seen.get(short)
+            found, name = self.seen.get(short), self.field_name(short)
             if not found:
-                missing.append(f"{channel} (variable {short}: not in any input file)")
+                missing.append(f"{channel} ({name}{f' at {level} hPa' if level else ''}: not in any input file)")
             elif level is None:
-                missing.append(f"{channel} (variable {short}: found only on pressure levels)")
+                missing.append(f"{channel} ({name}: found only on pressure levels)")
             else:
                 have = ", ".join(str(v) for v in sorted(v for v in found if v is not None)) or "none"
-                missing.append(f"{channel} (variable {short} at {level} hPa: levels found {have})")
+                missing.append(f"{channel} ({name} at {level} hPa: levels found {have})")
         if missing:
             raise ConversionError("input lacks channel(s): " + "; ".join(missing))
 

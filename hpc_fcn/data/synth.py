@@ -69,9 +69,10 @@ class SynthOptions:
     seed: int = 0
     nlat: int = 65
     nlon: int = 128
+    # the years of each split, written to the folder of its name (train/, test/: validation, out_of_sample/)
     train_years: tuple[int, ...] = (1996, 1997, 1998, 1999, 2000, 2001, 2002, 2003)
-    valid_years: tuple[int, ...] = (2004,)
-    test_years: tuple[int, ...] = (2005,)
+    test_years: tuple[int, ...] = (2004,)
+    out_of_sample_years: tuple[int, ...] = (2005,)
     steps_per_year: int = 730
     resolution_factor: float = 1.25
     spinup_days: float = 40.0
@@ -96,9 +97,9 @@ class SynthOptions:
             raise SynthError(f"--resolution-factor {self.resolution_factor}: must be >= 1")
         if self.steps_per_year < 2:
             raise SynthError(f"--steps-per-year {self.steps_per_year}: must be >= 2")
-        years = list(self.train_years) + list(self.valid_years) + list(self.test_years)
-        if not self.train_years or not self.valid_years or not self.test_years:
-            raise SynthError("need at least one train, one valid and one test year")
+        years = self.years
+        if not self.train_years or not self.test_years or not self.out_of_sample_years:
+            raise SynthError("need at least one train, one test and one out_of_sample year")
         if len(set(years)) != len(years):
             raise SynthError(f"years must be distinct across splits, got {years}")
         if self.spinup_days < 0 or self.threads < 1:
@@ -106,7 +107,7 @@ class SynthOptions:
 
     @property
     def years(self) -> list[int]:
-        return list(self.train_years) + list(self.valid_years) + list(self.test_years)
+        return list(self.train_years) + list(self.test_years) + list(self.out_of_sample_years)
 
 
 def builtin_options() -> SynthOptions:
@@ -415,9 +416,10 @@ def stored_latitudes(nlat: int) -> np.ndarray:
 
 
 def _split_dir(opts: SynthOptions, year: int) -> str:
+    """The split (= folder) of ``year``."""
     if year in opts.train_years:
         return "train"
-    return "test" if year in opts.valid_years else "out_of_sample"
+    return "test" if year in opts.test_years else "out_of_sample"
 
 
 def _metadata(opts: SynthOptions, model: ForcedShallowWater) -> dict:
@@ -441,7 +443,8 @@ def _metadata(opts: SynthOptions, model: ForcedShallowWater) -> dict:
         "long_names": {n: a[2] for n, a in CHANNEL_ATTRS.items()},
         "dt_hours": 6, "nlat": opts.nlat, "nlon": opts.nlon, "lat": lat, "lon": lon,
         "time_origin": "sample i of file YYYY.h5 is YYYY-01-01T00:00 + 6 h * i",
-        "years": {"train": list(opts.train_years), "valid": list(opts.valid_years), "test": list(opts.test_years)},
+        "years": {"train": list(opts.train_years), "test": list(opts.test_years),
+                  "out_of_sample": list(opts.out_of_sample_years)},
         "generator": gen,
         "description": ("Synthetic weather from the forced-dissipative shallow-water equations on the rotating "
                         "Earth (hpc_fcn.data.synth): relaxed toward two balanced mid-latitude jets and a "
@@ -575,6 +578,14 @@ def _years(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _renamed(old: str, new: str):
+    """An argparse type that refuses flag ``old`` of earlier releases, saying its new name."""
+    def refuse(text: str):
+        raise argparse.ArgumentTypeError(f"{old} is now {new} (splits are named by their folders: train, test, "
+                                         "out_of_sample)")
+    return refuse
+
+
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, SynthOptions]:
     d = builtin_options()
     p = argparse.ArgumentParser(prog="python -m hpc_fcn.data.synth", description=__doc__.split("\n\n")[0])
@@ -584,8 +595,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, SynthOptions]:
     p.add_argument("--nlat", type=int, default=d.nlat, help="stored rows, pole to pole inclusive")
     p.add_argument("--nlon", type=int, default=d.nlon)
     p.add_argument("--train-years", type=_years, default=d.train_years, help="e.g. 2000-2005")
-    p.add_argument("--valid-years", type=_years, default=d.valid_years)
-    p.add_argument("--test-years", type=_years, default=d.test_years)
+    p.add_argument("--test-years", type=_years, default=d.test_years, help="the validation years, written to test/")
+    p.add_argument("--out-of-sample-years", type=_years, default=d.out_of_sample_years,
+                   help="the held-out years, written to out_of_sample/")
+    p.add_argument("--valid-years", type=_renamed("--valid-years", "--test-years"), help=argparse.SUPPRESS)
     p.add_argument("--steps-per-year", type=int, default=d.steps_per_year, help="6-hourly samples per year")
     p.add_argument("--resolution-factor", type=float, default=d.resolution_factor,
                    help="simulation grid / stored grid (the simulation is truncated to the stored grid)")
@@ -596,7 +609,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, SynthOptions]:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(list(argv))
     if args.builtin:
-        changed = [k for k in ("seed", "nlat", "nlon", "train_years", "valid_years", "test_years",
+        changed = [k for k in ("seed", "nlat", "nlon", "train_years", "test_years", "out_of_sample_years",
                                "steps_per_year", "resolution_factor", "spinup_days")
                    if getattr(args, k) != getattr(d, k)]
         if changed:
@@ -604,7 +617,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, SynthOptions]:
     elif args.outdir is None:
         p.error("give OUTDIR, or --builtin to write the built-in dataset")
     opts = dataclasses.replace(d, seed=args.seed, nlat=args.nlat, nlon=args.nlon, train_years=args.train_years,
-                               valid_years=args.valid_years, test_years=args.test_years,
+                               test_years=args.test_years, out_of_sample_years=args.out_of_sample_years,
                                steps_per_year=args.steps_per_year, resolution_factor=args.resolution_factor,
                                spinup_days=args.spinup_days, threads=args.threads)
     return args, opts

@@ -8,11 +8,11 @@ from ..runtime import main_guard
 
 
 def main(argv) -> int:
+    from .config import EnsembleConfig
     args = parse_command("python -m hpc_fcn.ensemble", "Run a FourCastNet ensemble forecast over MPI ranks.",
-                         "config/ens100.yaml", "ensemble.members=10", argv)
+                         "config/ens100.yaml", "ensemble.members=10", argv, schema=EnsembleConfig)
     from mpi4py import MPI
     from .app import EnsembleRun
-    from .config import EnsembleConfig
     comm = MPI.COMM_WORLD
     cfg, _ = start(EnsembleConfig, args, comm)
     import perfmodel  # the layout: auto choice; only the command line depends on the performance model

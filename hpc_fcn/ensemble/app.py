@@ -11,7 +11,6 @@ checks that a resumed folder holds this run (:mod:`.identity`) before it writes 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from ..accel.power import PowerSampler, joules_per_member_step
@@ -25,7 +24,7 @@ from .identity import run_identity
 from .perturb import Perturber
 from .products import Products
 from .report import metrics_document, rank_timings
-from .resolve import ResolvedRun, resolve
+from .resolve import ResolvedRun, check_before_data, resolve
 from .rollout import Rollout
 from .scoring import Scoring
 from .snapshot import SnapshotStore
@@ -90,6 +89,7 @@ class EnsembleRun:
         self._hooks: list = []
         self.outdir = Path(cfg.output.dir).expanduser()
         self.lock: OutputLock | None = None
+        check_before_data(cfg, comm.size)  # a bad config fails before the output folder is made
         root_decides(comm, self._lock)
         try:
             self._build(cfg)
@@ -110,6 +110,7 @@ class EnsembleRun:
         comm = self.comm
         self.tracer = Tracer(enabled=True, rank=comm.rank)
         run: ResolvedRun = resolve(cfg, comm, self.tracer, self.suggest)
+        run.cfg.products.check_channels(run.channels)  # every rank alike, before anything is written
         self.resolved = run
         self.cfg, self.grid, self.plan = run.cfg, run.grid, run.plan
         self.identity = root_decides(comm, self._identity)
@@ -131,8 +132,8 @@ class EnsembleRun:
         pc, run = self.cfg.perturbation, self.resolved
         if pc.method != "bred":
             return
-        gap = missing_bred_history(run.analyses, [run.ds.times[i] for i in self.plan.init_indices], pc.bred_cycles,
-                                   pc.bred_steps, run.ds.dt_hours)
+        inits = run.lag.initial_times([run.ds.times[i] for i in self.plan.init_indices])  # every lag group's
+        gap = missing_bred_history(run.analyses, inits, pc.bred_cycles, pc.bred_steps, run.ds.dt_hours)
         if gap is not None:
             raise UserError(f"bred vectors at {gap[0]} need the analysis at {gap[1]} ({pc.bred_cycles} cycles x "
                             f"{pc.bred_steps} steps before it), which no split of {run.data_root} has; choose a later "
@@ -146,6 +147,9 @@ class EnsembleRun:
         files = sum(lead_bytes(p, len(run.out_vars), run.ds.nlat, run.ds.nlon, run.members)
                     for p in products(self.cfg.output.members))
         plane = run.ds.nlat * run.ds.nlon * 4
+        pc = self.cfg.products  # probability products: one plane per threshold, per quantile level and channel
+        files += plane * (sum(len(t) for sides in pc.probabilities.values() for t in sides.values())
+                          + len(pc.quantiles) * len(run.out_vars))
         snapshot = run.members * len(run.channels) * plane if self.cfg.resume else 0  # scoring ranks' windows
         return files, snapshot
 
@@ -195,27 +199,32 @@ class EnsembleRun:
         marker = root_decides(comm, lambda: self._start(store))
         self.grid.world.barrier(tag="start")
         scoring = Scoring(run)
-        products = Products(run, member_comm=scoring.comm, identity=self.identity, writer=writer)
+        products = Products(run, member_comm=scoring.comm, identity=self.identity, writer=writer,
+                            derived=scoring.derived, block_rows=scoring.block_rows())
         power = PowerSampler(run.device).start()
-        t_start = time.perf_counter()
+        t_start = self.tracer.now()  # the rollout's wall time, on the clock of the timed regions it partitions
         member_steps = Rollout(run, self.forecaster, self.perturber, products, scoring,
                                self.model_noise).run_all(store, marker)
-        wall = time.perf_counter() - t_start
+        t_end = self.tracer.now()
         self.energy = dict(power.stop().as_dict(), member_steps=member_steps)  # GPU joules (None without NVML)
-        doc = self.finish(scoring, products, wall)
+        doc = self.finish(scoring, products, (t_start, t_end))
         if comm.rank == 0 and not self.cfg.output.keep_resume_state:
             store.remove()
         scoring.close()
         self.grid.close()  # releases the axis communicators and any torch.distributed groups
         return doc
 
-    def finish(self, scoring: Scoring, products: Products, wall: float) -> dict:
-        """Reduce the scores, write the report (rank 0) and the traces; returns the metrics document."""
+    def finish(self, scoring: Scoring, products: Products, rollout: tuple[float, float]) -> dict:
+        """Reduce the scores, write the report (rank 0) and the traces; returns the metrics document.
+        ``rollout``: (start, end) of the rollout on the tracer's clock, whose wall time the timings partition."""
         run = self.resolved
         scores = scoring.reduce()
         doc = metrics_document(scores, run.channels, self.plan.lead_hours, run.members,
                                [run.ds.times[i] for i in self.plan.init_indices], self.cfg.scoring.lat_weights)
-        timings = self.grid.world.gather(dict(rank_timings(self.tracer), wall=wall,
+        if run.lag.groups > 1:  # a lagged ensemble: `members` counts every lag group's (docs/ensembles.md)
+            doc["lagged"] = {"initial_times": run.lag.groups, "lag_hours": run.lag.hours,
+                             "members_per_initial_time": run.lag.per_group}
+        timings = self.grid.world.gather(dict(rank_timings(self.tracer, *rollout), wall=rollout[1] - rollout[0],
                                               group=self.grid.coords["ensemble"], energy=self.energy), root=0,
                                          tag="timings")
         if self.comm.rank == 0:

@@ -2,7 +2,9 @@
 
 At each output step the ensemble sums of each window are reduced on the device and handed, with the
 members, to the run's output backend (:mod:`hpc_fcn.io.backend`: netCDF gathered to rank 0, or zarr
-written by every rank). At the end rank 0 writes metrics.json, metrics.md and timings.json.
+written by every rank). The probability products (:mod:`.probabilities`), computed by the scoring's member
+exchange on a block of rows per rank, are written through the same backend (:meth:`Products.write_derived`).
+At the end rank 0 writes metrics.json, metrics.md and timings.json.
 """
 from __future__ import annotations
 
@@ -22,29 +24,48 @@ from .resolve import ResolvedRun
 log = logging.getLogger("hpc_fcn")
 
 
+def checkpoint_text(model_cfg) -> str:
+    """The model's weights in words (the ``model_checkpoint`` attribute): a file, the built-in model, or random."""
+    ck = model_cfg.checkpoint
+    if ck is None:
+        return f"none: random weights (model.seed={model_cfg.seed})"
+    if ck == "builtin":
+        from ..setup import BUILTIN_CHECKPOINT, BUILTIN_STOCHASTIC
+        return f"built-in model {(BUILTIN_STOCHASTIC if model_cfg.stochastic else BUILTIN_CHECKPOINT).name}"
+    return str(ck)
+
+
 class Products:
     """Ensemble statistics and the outputs of one run, in the format its config names."""
 
-    def __init__(self, run: ResolvedRun, member_comm, identity: dict | None = None, writer=None):
+    def __init__(self, run: ResolvedRun, member_comm, identity: dict | None = None, writer=None, derived=None,
+                 block_rows: slice | None = None):
         """``member_comm``: the ranks holding distinct members of one window (matmul replicas send nothing);
-        ``writer``: the run's :class:`~hpc_fcn.io.background.BackgroundWriter` (the caller closes it)."""
+        ``writer``: the run's :class:`~hpc_fcn.io.background.BackgroundWriter` (the caller closes it);
+        ``derived``: the run's :class:`~.probabilities.ProbabilityProducts` (None: none), computed on this
+        rank's ``block_rows`` (:meth:`.scoring.Scoring.block_rows`)."""
         self.run = run
         self.identity = identity  # rank 0's run identity, stored in every file
         self.outdir = Path(run.cfg.output.dir).expanduser()
         self.member_comm = member_comm
-        self.products = output_products(run.cfg.output.members)
+        self.derived, self.block_rows = derived, block_rows
+        self.products = output_products(run.cfg.output.members) + (derived.products if derived else ())
         self.buffers = HostBuffers(run.device)  # host copies of statistics and members, reused
         self.output: OutputBackend = backend_class(run.cfg.output.format)(self.spec(), self.window(), writer,
                                                                           self.buffers)
 
     def _attrs(self) -> dict:
         run, cfg = self.run, self.run.cfg
-        attrs = {"title": f"hpc_fcn ensemble forecast ({cfg.ensemble.members} members)",
+        attrs = {"title": f"hpc_fcn ensemble forecast ({run.members} members)",
+                 "lagged": cfg.ensemble.lagged, "lag_hours": run.lag.hours,  # lagged initial times (1: none)
                  "config": dump_yaml(cfg), "ensemble_seed": cfg.ensemble.seed,
                  "perturbation_method": cfg.perturbation.method,
                  "perturbation_amplitude": cfg.perturbation.amplitude,
                  "perturbation_units": "normalised (fraction of each channel's global standard deviation)",
-                 "model_checkpoint": str(cfg.model.checkpoint), "layout": str(run.grid.shape)}
+                 "model_checkpoint": checkpoint_text(cfg.model),
+                 "layout": " ".join(f"{axis}={n}" for axis, n in run.grid.shape.items())}
+        if cfg.output.institution:  # CF's institution: where the data was produced (omitted when not given)
+            attrs["institution"] = cfg.output.institution
         if self.identity is not None:
             from .identity import run_id
             attrs.update(run_id=run_id(self.identity), run_identity=json.dumps(self.identity, sort_keys=True))
@@ -53,11 +74,16 @@ class Products:
     def spec(self) -> OutputSpec:
         """What every rank's outputs hold (the same on every rank)."""
         run, ds = self.run, self.run.ds
-        return OutputSpec(outdir=self.outdir, products=self.products, variables=run.out_vars,
+        derived = {}
+        if self.derived is not None:
+            derived = self.derived.layouts(ds.units, ds.standard_names, ds.long_names)
+        return OutputSpec(outdir=self.outdir, products=self.products, variables=run.out_vars, derived=derived,
                           units={v: ds.units[v] for v in run.out_vars},
                           standard_names={v: ds.standard_names.get(v) for v in run.out_vars},
                           long_names={v: ds.long_names[v] for v in run.out_vars}, lat=ds.lat, lon=ds.lon,
-                          lead_hours=run.plan.lead_hours, n_members=run.members, attrs=self._attrs())
+                          lead_hours=run.plan.lead_hours, n_members=run.members, attrs=self._attrs(),
+                          convention=run.cfg.output.convention,
+                          member_lags=run.lag.member_lags() if run.lag.groups > 1 else None)
 
     def window(self) -> RankWindow:
         """This rank's share of the outputs."""
@@ -65,7 +91,8 @@ class Products:
         return RankWindow(world=run.grid.world, spatial=run.grid.spatial, member_ranks=self.member_comm,
                           rows=run.rows, cols=run.cols, members=run.my_members, channels=run.out_idx,
                           writes_statistics=run.grid.coords["ensemble"] == 0 and run.scorer,
-                          writes_members=run.scorer, chunk=self.chunking(), tracer=run.tracer)
+                          writes_members=run.scorer, chunk=self.chunking(), tracer=run.tracer,
+                          block_rows=self.block_rows, block_chunk=self.block_chunking())
 
     def chunking(self) -> tuple[int, int]:
         """Rows and columns of an output block such that block boundaries of every rank's window are block
@@ -82,10 +109,25 @@ class Products:
         cols = aligned_chunk(run.ds.nlon, [shard_range(W, gw, i)[0] * p2 for i in range(gw)])
         return rows, cols
 
+    def block_chunking(self) -> tuple[int, int]:
+        """Rows and columns of an output block of the derived products whose boundaries include every rank's
+        block of rows (:meth:`.scoring.Scoring.block_rows`: its window's rows split over the ensemble axis)."""
+        from ..io.zarr import aligned_chunk
+        from ..parallel.split import blocks
+        run = self.run
+        mc = run.cfg.model
+        sizes, _ = run.grid.window_sizes(mc.img_size, mc.patch_size)
+        starts, s = [], 0
+        for n in sizes:
+            starts += [s + b.start for b in blocks(n, run.grid.shape["ensemble"])]
+            s += n
+        return aligned_chunk(run.ds.nlat, starts), self.chunking()[1]
+
     # -- one initial time: the backend's life cycle ------------------------------------------------------
     def open(self, init_time, resume_at: int | None) -> None:
         """The outputs of one initial time; ``resume_at``: leads already written (collective)."""
-        self.output.open(init_time, resume_at)
+        with self.run.tracer.region("io.open", "io"):  # creating files or stores: IO in the timings
+            self.output.open(init_time, resume_at)
 
     def statistics(self, phys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Ensemble mean and spread of the written channels on this window (see :func:`ensemble_statistics`)."""
@@ -107,13 +149,19 @@ class Products:
         mean, spread = self.statistics(phys)
         self.output.write(li, {"mean": mean, "spread": spread}, host, agreed=agreed)
 
+    def write_derived(self, li: int, fields: dict) -> None:
+        """Write lead ``li`` of the probability products: this rank's block (:meth:`.scoring.Scoring.add`'s
+        result); collective over the scoring ranks."""
+        self.output.write_blocks(li, fields)
+
     def record_leads(self, leads_complete: int) -> None:
         """Rank 0, once every rank's writes of the first ``leads_complete`` leads are on disk: record it."""
         self.output.record_leads(leads_complete)
 
     def close(self, leads_complete: int | None = None) -> None:
         """Finish the outputs of one initial time (collective); None after an error."""
-        self.output.close(leads_complete)
+        with self.run.tracer.region("io.close", "io"):
+            self.output.close(leads_complete)
 
     def write_report(self, doc: dict, timings: list[dict], rank0_regions: dict, energy: dict | None = None) -> None:
         """metrics.json, metrics.md and timings.json, and the tables on stdout (rank 0)."""

@@ -24,11 +24,43 @@ def metrics_document(scores: dict, channels: list[str], lead_hours: list[int], m
     doc["scores"]["rank_hist"] = {c: ens["rank_hist"][:, i].tolist() for i, c in enumerate(channels)}
     if np.isfinite(ens["mae_control"]).any():
         doc["control"] = {k: _per_var(ens[k + "_control"], channels) for k in ("mae", "rmse")}
+    if "probabilistic" in scores:
+        doc["probabilistic"] = probabilistic_section(scores["probabilistic"])
     doc["notes"] = ("rmse/acc: of the ensemble mean, per forecast then averaged over initial times; acc uncentred "
                     f"against the dataset climatology; crps: fair CRPS; ssr: spread / rmse, variance and MSE pooled "
                     f"over initial times; ssr_corrected: sqrt((M + 1) / M) ssr, 1 for a calibrated ensemble; "
                     f"{lat_weights} latitude weights")
     return doc
+
+
+def _finite(values) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, np.float64).reshape(-1)]
+
+
+def probabilistic_section(p: dict) -> dict:
+    """metrics.json's scores of the probability products (:class:`hpc_fcn.metrics.ProbabilityAccumulator`)."""
+    M = p["n_members"]
+    rel = p["reliability"]  # (lead, event, M + 1, [weight, weighted observed, points])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        freq = rel[..., 1] / rel[..., 0]
+    return {
+        "events": p["events"], "quantiles": p["levels"], "forecasts_per_lead": p["count"].tolist(),
+        "brier": {e: _finite(p["brier"][:, i]) for i, e in enumerate(p["events"])},
+        "reliability": {"forecast_probability": [k / M for k in range(M + 1)],
+                        "observed_frequency": {e: [_finite(freq[li, i]) for li in range(freq.shape[0])]
+                                               for i, e in enumerate(p["events"])},
+                        "weight": {e: [_finite(rel[li, i, :, 0]) for li in range(rel.shape[0])]
+                                   for i, e in enumerate(p["events"])},
+                        "count": {e: np.rint(rel[:, i, :, 2]).astype(np.int64).tolist()
+                                  for i, e in enumerate(p["events"])}},
+        "pinball": {c: {f"{q:g}": _finite(p["pinball"][:, j, i]) for j, q in enumerate(p["levels"])}
+                    for i, c in enumerate(p["channels"])},
+        "notes": ("brier: latitude-weighted mean of (p - o)^2 per forecast, averaged over initial times, p = k / M "
+                  "the fraction of members beyond the threshold (strictly), o the event in the truth; reliability: "
+                  "per lead and forecast probability k / M, the latitude-weighted observed frequency, the weight "
+                  "(sum of latitude weights) and the grid-point count; pinball: quantile loss (o - Q)(q - [o < Q]), "
+                  "latitude-weighted like brier; quantiles: numpy.quantile method 'linear' over the members"),
+    }
 
 
 def format_table(doc: dict, leads: list[str]) -> str:
@@ -59,32 +91,42 @@ def format_table(doc: dict, leads: list[str]) -> str:
         for name, table in rows:
             vals = table[var]
             lines.append(f"| {var} | {name} | " + " | ".join(fmt(vals[i]) for _, i in cols) + " |")
+    prob = doc.get("probabilistic")
+    if prob:
+        for event, vals in prob["brier"].items():
+            lines.append(f"| {event} | Brier | " + " | ".join(fmt(vals[i]) for _, i in cols) + " |")
+        for var, by_q in prob["pinball"].items():
+            for q, vals in by_q.items():
+                lines.append(f"| {var} | pinball q{q} | " + " | ".join(fmt(vals[i]) for _, i in cols) + " |")
     return "\n".join(lines)
 
 
+PARTS = (("compute", "compute"), ("comm", "communication"), ("io", "IO"), ("other", "other"))  # key, column
+
+
 def timing_table(per_rank: list[dict], member_steps: int) -> str:
-    """Compute / communication / IO seconds per ensemble group (max over its ranks) and throughput."""
+    """Each ensemble group's seconds in compute, communication, IO and other (mean over its ranks), which add
+    up to its wall time, and the throughput."""
     groups: dict[int, list[dict]] = {}
     for t in per_rank:
         groups.setdefault(t["group"], []).append(t)
     wall = max(t["wall"] for t in per_rank)
     lines = ["", f"Timings: {len(per_rank)} rank(s), wall {wall:.1f} s, "
-                 f"{member_steps / max(wall, 1e-9):.1f} member-steps/s", "",
-             "| group | ranks | compute s | communication s | IO s |", "|---|---|---|---|---|"]
+                 f"{member_steps / max(wall, 1e-9):.1f} member-steps/s",
+             "Seconds of the rollout per rank, mean over each ensemble group: compute + communication + IO + other "
+             "= wall.", "Each second counts under the innermost timed region open then (the collectives inside a "
+             "step are communication); other: outside every region.", "",
+             "| group | ranks | " + " | ".join(f"{col} s" for _, col in PARTS) + " | wall s |",
+             "|---|---|" + "---|" * (len(PARTS) + 1)]
     for gid in sorted(groups):
         ts = groups[gid]
-        lines.append(f"| {gid} | {len(ts)} | {max(t.get('compute', 0.0) for t in ts):.2f} | "
-                     f"{max(t.get('comm', 0.0) for t in ts):.2f} | {max(t.get('io', 0.0) for t in ts):.2f} |")
+        mean = [sum(t.get(k, 0.0) for t in ts) / len(ts) for k, _ in PARTS] + [sum(t["wall"] for t in ts) / len(ts)]
+        lines.append(f"| {gid} | {len(ts)} | " + " | ".join(f"{v:.2f}" for v in mean) + " |")
     return "\n".join(lines)
 
 
-TOP_LEVEL_COMPUTE = ("forecast.step", "perturbation", "ensemble_stats", "scoring")
-
-
-def rank_timings(tracer) -> dict[str, float]:
-    """Seconds in compute (excluding the collectives nested in it), communication and IO."""
-    summ = tracer.summary()
-    comm = sum(v["seconds"] for v in summ.values() if v["category"] == "comm")
-    io = sum(summ[k]["seconds"] for k in ("io.read", "io.write") if k in summ)
-    compute = sum(summ[k]["seconds"] for k in TOP_LEVEL_COMPUTE if k in summ) - comm
-    return {"compute": compute, "comm": comm, "io": io}
+def rank_timings(tracer, start: float, end: float) -> dict[str, float]:
+    """This rank's seconds from ``start`` to ``end`` (the tracer's clock) in compute, communication (comm), IO
+    and other: a partition of the wall time (:meth:`hpc_fcn.tracing.Tracer.partition`)."""
+    parts = tracer.partition(start, end)
+    return {k: parts.get(k, 0.0) for k, _ in PARTS}

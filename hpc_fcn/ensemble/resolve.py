@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import ConfigError
@@ -18,10 +19,11 @@ from ..data.analyses import Analyses
 from ..data.era5 import FCNDataset, open_split
 from ..model.afnonet import AFNONet
 from ..parallel.grid import ProcessGrid
+from ..parallel.layout import check_layout
 from ..setup import data_root, process_grid, rank_device, serial_model
 from ..tracing import Tracer
 from .config import EnsembleConfig
-from .plan import RunPlan, make_plan, member_split
+from .plan import Lagging, RunPlan, make_lagging, make_plan, member_split
 
 log = logging.getLogger("hpc_fcn")
 
@@ -36,7 +38,7 @@ def choose_layout(cfg: EnsembleConfig, world: int, n_chans: int, suggest=None):
                               "python -m hpc_fcn.ensemble, or set the layout by hand")
         kwargs = cfg.model.kwargs(n_chans, n_chans)
         hw = par.hardware if par.hardware != "auto" else ("h100" if torch.cuda.is_available() else "this_machine")
-        layout, pred = suggest(kwargs, ranks=world, hardware=hw, members=cfg.ensemble.members,
+        layout, pred = suggest(kwargs, ranks=world, hardware=hw, members=cfg.ensemble.total,
                                members_per_pass=cfg.inference.members_per_pass,  # 0: the forecaster's own rule
                                cuda_graphs=cfg.inference.cuda_graphs)
         par = replace(par, ensemble=layout["ensemble"], h=layout["h"], w=layout["w"], matmul=layout["matmul"],
@@ -65,10 +67,12 @@ class ResolvedRun:
     cols: slice
     my_members: range  # this rank's ensemble group's members
     group_counts: list[int]  # members of each ensemble group
+    lag: Lagging  # the lag groups of a lagged ensemble (one group: a plain ensemble)
 
     @property
     def members(self) -> int:
-        return self.cfg.ensemble.members
+        """Members of the whole ensemble (every lag group's)."""
+        return self.cfg.ensemble.total
 
     @property
     def scorer(self) -> bool:
@@ -103,8 +107,8 @@ def _members_before_data(cfg: EnsembleConfig, ranks: int, node_ranks: int) -> st
     if cfg.data.root != "builtin" or is_complete(builtin_root()):
         return None
     o = builtin_options()
-    need = HELD_IMAGES * -(-cfg.ensemble.members // ranks) * o.nlat * o.nlon * len(CHANNELS) * 4
-    return members_fit(cfg.ensemble.members, need, free_bytes(torch.device("cpu")), node_ranks,
+    need = HELD_IMAGES * -(-cfg.ensemble.total // ranks) * o.nlat * o.nlon * len(CHANNELS) * 4
+    return members_fit(cfg.ensemble.total, need, free_bytes(torch.device("cpu")), node_ranks,
                        "for their states alone")
 
 
@@ -118,7 +122,7 @@ def _members_on_layout(cfg: EnsembleConfig, grid: ProcessGrid, device: torch.dev
     s = grid.shape
     lay = Layout(s["ensemble"], s["h"], s["w"], s["matmul"])
     shape = ModelShape.of(cfg.model.kwargs(n_chans, n_chans))
-    M = cfg.ensemble.members
+    M = cfg.ensemble.total
     need = held_bytes(shape, lay, -(-M // s["ensemble"]), M, s["ensemble"]) + \
         member_bytes(shape, lay, cfg.inference.precision).total
     free = free_bytes(device) + (free_bytes(torch.device("cpu")) if device.type == "cuda" else 0)
@@ -126,10 +130,39 @@ def _members_on_layout(cfg: EnsembleConfig, grid: ProcessGrid, device: torch.dev
     return members_fit(M, need, free, node_ranks, where)
 
 
+def _builtin_times(cfg: EnsembleConfig) -> tuple[np.ndarray, int] | None:
+    """(times, step in hours) of the initial-condition split of the built-in dataset, known without generating
+    it (the generator writes ``steps_per_year`` 6-hourly samples from January 1 of each year); None for other data."""
+    from ..data.synth import SIX_HOURS, _split_dir, builtin_options
+    if cfg.data.root != "builtin":
+        return None
+    opts, dt = builtin_options(), int(SIX_HOURS // 3600)
+    folder = cfg.data.split_dir(cfg.initial_conditions.split)
+    years = [y for y in opts.years if _split_dir(opts, y) == folder]
+    step = np.timedelta64(dt, "h")
+    times = [np.datetime64(f"{y:04d}-01-01T00", "h") + step * np.arange(opts.steps_per_year) for y in years]
+    return (np.concatenate(times) if times else np.array([], dtype="datetime64[h]")), dt
+
+
+def check_before_data(cfg: EnsembleConfig, world: int) -> None:
+    """The checks that need no data, made before any is generated or read (alike on every rank, so a bad
+    config fails at once with one line): the layout against the ``world`` ranks, the members against the
+    ensemble groups, and for the built-in dataset (whose times and step are known) the lead time, the
+    initial times and the lagged ensemble's."""
+    par = cfg.parallel
+    if par.layout == "manual":
+        member_split(cfg.ensemble.total, check_layout(world, par.ensemble, par.h, par.w, par.matmul), 0)
+    known = _builtin_times(cfg)
+    if known is not None:
+        times, dt = known
+        make_lagging(cfg, times, dt, make_plan(cfg, times, dt).init_indices)
+
+
 def resolve(cfg: EnsembleConfig, comm, tracer: Tracer, suggest=None) -> ResolvedRun:
     """Resolve ``cfg`` on the ranks of ``comm`` (collective)."""
     from ..parallel.comm import MPICommunicator
     from ..runtime import local_size
+    check_before_data(cfg, comm.size)
     node_ranks = local_size(comm)
     _agree(MPICommunicator(comm, "setup"), _members_before_data(cfg, comm.size, node_ranks))
     root = data_root(cfg.data, comm)
@@ -143,6 +176,7 @@ def resolve(cfg: EnsembleConfig, comm, tracer: Tracer, suggest=None) -> Resolved
         raise ConfigError(f"config key 'output.variables': {', '.join(bad)} not among the model channels "
                           f"{', '.join(channels)}")
     plan = make_plan(cfg, ds.times, ds.dt_hours)
+    lag = make_lagging(cfg, ds.times, ds.dt_hours, plan.init_indices)
     serial, mcfg = serial_model(cfg.model, C, (ds.nlat, ds.nlon))
     cfg = replace(cfg, model=mcfg)
     cfg = replace(cfg, parallel=choose_layout(cfg, comm.size, C, suggest))
@@ -151,10 +185,10 @@ def resolve(cfg: EnsembleConfig, comm, tracer: Tracer, suggest=None) -> Resolved
     grid.validate_model(mcfg.img_size, mcfg.patch_size, mcfg.embed_dim, mcfg.num_blocks,
                         int(mcfg.embed_dim * mcfg.mlp_ratio))
     _agree(grid.world, _members_on_layout(cfg, grid, device, C, node_ranks))
-    M, E = cfg.ensemble.members, grid.shape["ensemble"]
+    M, E = cfg.ensemble.total, grid.shape["ensemble"]
     rows, cols = grid.local_window(mcfg.img_size, mcfg.patch_size)
     return ResolvedRun(cfg=cfg, tracer=tracer, data_root=root, ds=ds, analyses=analyses, plan=plan,
                        channels=channels, out_vars=out_vars, out_idx=[channels.index(v) for v in out_vars],
                        serial=serial, device=device, grid=grid, rows=rows, cols=cols,
                        my_members=member_split(M, E, grid.coords["ensemble"]),
-                       group_counts=[len(member_split(M, E, e)) for e in range(E)])
+                       group_counts=[len(member_split(M, E, e)) for e in range(E)], lag=lag)

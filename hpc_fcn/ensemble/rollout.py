@@ -1,9 +1,12 @@
 """The rollout: perturbed members stepped from each initial time to the last lead, with resume snapshots.
 
-Each rank steps its ensemble group's members on its window. At every output step the products are
-written and the scores added. With ``resume`` set, every ``forecast.snapshot_every`` output steps
-(and after each initial time) a snapshot of the members and the score sums is saved, keyed by member
-index, so an interrupted run resumes where it stopped, on any layout.
+Each rank steps its ensemble group's members on its window. In a lagged ensemble (``ensemble.lagged``) the
+members of lag group k start from the initial time k lags earlier and are stepped those k lags' steps before
+the run's lead 0 (the spin-up: the groups that still need steps stepped together), so every member is
+valid at the same times. At every output step the products are written and the scores added. With
+``resume`` set, every ``forecast.snapshot_every`` output steps (and after each initial time) a snapshot of
+the members and the score sums is saved, keyed by member index, so an interrupted run resumes where it
+stopped, on any layout.
 
 The loop does not wait for the host: members cross to it (when written or scored) by copies that run while
 the next steps compute; the writes and snapshots run on the writer thread, and a lead's scores are added at
@@ -43,31 +46,82 @@ class Rollout:
     def step(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         return self.forecaster.step(x, noise)
 
-    def noise(self, init_hours: int, step: int) -> torch.Tensor | None:
-        """The stochastic model's noise of this rank's members for model step ``step`` (None: deterministic)."""
+    def noise(self, init_hours: int, step: int, groups: list[tuple[int, range]] | None = None
+              ) -> torch.Tensor | None:
+        """The stochastic model's noise for the run's model step ``step`` (None: deterministic) of ``groups``
+        ((lag group, members within it), by default this rank's), each keyed by its own initial time and step."""
         if self.model_noise is None:
             return None
-        with self.run.tracer.region("model_noise", "compute"):
-            return self.model_noise.sample(init_hours, self.run.my_members, step, self.run.device)
+        run, lag = self.run, self.run.lag
+        groups = lag.local_groups(run.my_members) if groups is None else groups
+        with run.tracer.region("model_noise", "compute"):
+            parts = [self.model_noise.sample(init_hours - k * lag.hours, members, step + k * lag.steps, run.device)
+                     for k, members in groups]
+            if not parts:
+                return self.model_noise.sample(init_hours, [], step, run.device)
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     # ---- initial states -----------------------------------------------------------------------
-    def initial_state(self, init_index: int, x0_phys: np.ndarray) -> torch.Tensor:
-        """(m_local, C, r, c) perturbed members of this rank's group, normalised units."""
+    def initial_state(self, init_index: int, x0_phys: np.ndarray, bar=None) -> torch.Tensor:
+        """(m_local, C, r, c) members of this rank at the run's lead 0, normalised units: the perturbed initial
+        condition; in a lagged ensemble each lag group's, from its own initial time, stepped to lead 0."""
+        run, lag = self.run, self.run.lag
+        if lag.groups == 1:
+            return self.perturbed(init_index, x0_phys, run.my_members)
+        parts = []
+        for k, members in lag.local_groups(run.my_members):
+            index = init_index if k == 0 else lag.source_index(run.ds.times, init_index, k)
+            if index is None:  # the run's initial times were checked (plan.make_lagging); another caller's
+                raise UserError(f"config key 'ensemble.lagged': {run.ds.times[init_index]} has no initial time "
+                                f"{k * lag.hours} h earlier in the data split; choose later initial times")
+            if k == 0:
+                x0 = x0_phys
+            else:
+                with run.tracer.region("io.read", "io"):
+                    x0 = run.ds.read(index, run.rows, run.cols)
+            parts.append(self.perturbed(index, x0, members))
+        return self.spin_up(torch.cat(parts), as_hours(run.ds.times[init_index]), bar)
+
+    def perturbed(self, init_index: int, x0_phys: np.ndarray, members: range) -> torch.Tensor:
+        """(len(members), C, r, c) perturbed members (indices within their lag group) of initial time
+        ``init_index``, normalised units."""
         run = self.run
         init_hours = as_hours(run.ds.times[init_index])
         x0 = run.ds.normalise(torch.from_numpy(x0_phys).to(run.device))
         with run.tracer.region("perturbation", "compute"):
             if run.cfg.perturbation.method != "bred":
-                return self.perturber.perturb(x0, init_hours, run.my_members)  # noise moves to x0's device
-            return self.bred_state(x0, init_index, init_hours)
+                return self.perturber.perturb(x0, init_hours, members)  # noise moves to x0's device
+            return self.bred_state(x0, init_index, init_hours, members)
 
-    def bred_state(self, x0: torch.Tensor, init_index: int, init_hours: int) -> torch.Tensor:
+    def spin_up(self, state: torch.Tensor, init_hours: int, bar=None) -> torch.Tensor:
+        """Step each lag group of this rank's members ``state`` from its own initial time to the run's lead 0
+        (group k: k lags of steps, the last ones). At each spin-up step the groups that still need steps are
+        stepped in one batch: they are the last of the rank's members, which are ordered by lag group."""
+        run, lag = self.run, self.run.lag
+        total = (lag.groups - 1) * lag.steps
+        groups, first = [], 0  # (lag group, members within it, position of its first member in ``state``)
+        for k, members in lag.local_groups(run.my_members):
+            groups.append((k, members, first))
+            first += len(members)
+        for i in range(total):
+            left = total - i  # spin-up steps left, this one included: group k steps when k * lag.steps >= left
+            active = [(k, members, at) for k, members, at in groups if k * lag.steps >= left]
+            if active:
+                noise = self.noise(init_hours, 1 - left, [(k, m) for k, m, _ in active])
+                at = active[0][2]
+                with run.tracer.region("forecast.spin_up", "compute"):
+                    state[at:] = self.step(state[at:], noise)
+            if bar is not None:
+                bar.update(lag.per_group * sum(k * lag.steps >= left for k in range(lag.groups)))
+        return state
+
+    def bred_state(self, x0: torch.Tensor, init_index: int, init_hours: int, members: range) -> torch.Tensor:
         run = self.run
         pc, device = run.cfg.perturbation, run.device
         times = bred_analysis_times(run.ds.times[init_index], pc.bred_cycles, pc.bred_steps, run.ds.dt_hours)
         amp = self.perturber.amp
-        seeds = torch.stack([self.perturber.initial_noise(init_hours, m, device) for m in run.my_members])
-        ctrl = [self.perturber.is_control(m) for m in run.my_members]
+        seeds = torch.stack([self.perturber.initial_noise(init_hours, m, device) for m in members])
+        ctrl = [self.perturber.is_control(m) for m in members]
 
         def analysis(c: int) -> torch.Tensor:  # by time: at a split's first times from another split's file
             return torch.from_numpy(run.analyses.read(times[c], run.rows, run.cols, normalise=True)).to(device)
@@ -78,7 +132,7 @@ class Rollout:
                 local = run.grid.spatial.all_reduce(local, tag="bred_norm")
             return (local / (run.ds.nlat * run.ds.nlon)).sqrt().float()[..., None, None]
 
-        if not len(run.my_members):
+        if not len(members):
             return x0.new_zeros((0,) + tuple(x0.shape))
         delta = breed(analysis, seeds, self.step, pc.bred_cycles, pc.bred_steps, amp, global_rms)
         keep = torch.tensor([0.0 if c else 1.0 for c in ctrl], device=device).view(-1, 1, 1, 1)
@@ -136,7 +190,11 @@ class Rollout:
             store.abandon()  # after an error: this rank's snapshot in flight ends before the writer is closed
             if bar is not None:
                 bar.close()  # an error message then starts on a line of its own
-        return run.members * plan.lead_steps * max(n - start_init, 0)
+        return self.member_steps_per_initial_time() * max(n - start_init, 0)
+
+    def member_steps_per_initial_time(self) -> int:
+        """Model steps of every member of one initial time, a lagged ensemble's spin-up included."""
+        return self.run.members * self.run.plan.lead_steps + self.run.lag.spin_up_member_steps()
 
     def snapshot(self, store: SnapshotStore, progress: dict, state: torch.Tensor | None, on_complete=None) -> None:
         """Start a resume snapshot: this rank's members and window, and the score sums over the scoring ranks
@@ -152,10 +210,11 @@ class Rollout:
         if run.grid.world.rank != 0 or not run.cfg.progress:
             return None
         from tqdm import tqdm
-        total = len(run.plan.init_indices) * run.plan.lead_steps * run.members
-        done = start_init * run.plan.lead_steps * run.members
+        per_init = self.member_steps_per_initial_time()
+        total = len(run.plan.init_indices) * per_init
+        done = start_init * per_init
         if marker is not None and marker.get("step", -1) >= 0:
-            done += marker["step"] * run.members
+            done += run.lag.spin_up_member_steps() + marker["step"] * run.members
         return tqdm(total=total, initial=done, unit="member-step", desc="ensemble", dynamic_ncols=True,
                     smoothing=0.1, mininterval=1.0)
 
@@ -173,15 +232,15 @@ class Rollout:
             state, first = state.to(run.device), step + 1
             lead_done = plan.output_steps.index(step) + 1
         else:
-            state, first, lead_done = self.initial_state(init_index, x0), 0, None
+            state, first, lead_done = self.initial_state(init_index, x0, bar), 0, None
         try:
             self.products.open(init_time, lead_done)
         except DamagedOutput as exc:
             raise damaged(exc.path, exc.why, store.dir) from None
-        need_host = bool(run.cfg.output.members or self.scoring.active)
+        need_host = bool(run.cfg.output.members or self.scoring.needs_members)
         snap_every = run.cfg.forecast.snapshot_every
         finite = FiniteFlags(run.grid.world, run.my_members, run.channels, run.plan.dt_hours, tag)
-        complete, scored = None, _Deferred(self.scoring, init_index, x0)
+        complete, scored = None, _Deferred(self.scoring, init_index, x0, self.products)
         try:
             for s, state in self.states(state, first, bar, finite, init_hours):
                 finite.check(self.products.take_write_error())  # and an earlier output's write, agreed at once
@@ -207,10 +266,11 @@ class Rollout:
 
 
 class _Deferred:
-    """The scores of one output step, added later (collective): by then its members' host copy has ended."""
+    """The scores (and probability products) of one output step, added later (collective): by then its members'
+    host copy has ended."""
 
-    def __init__(self, scoring: Scoring, init_index: int, x0: np.ndarray):
-        self.scoring, self.init_index, self.x0 = scoring, init_index, x0
+    def __init__(self, scoring: Scoring, init_index: int, x0: np.ndarray, products: Products):
+        self.scoring, self.init_index, self.x0, self.products = scoring, init_index, x0, products
         self._held = None
 
     def hold(self, li: int, step: int, host) -> None:
@@ -222,7 +282,9 @@ class _Deferred:
         li, step, host = self._held
         self._held = None
         try:
-            self.scoring.add(li, step, self.init_index, host.numpy(), self.x0)
+            fields = self.scoring.add(li, step, self.init_index, host.numpy(), self.x0)
+            if fields is not None:
+                self.products.write_derived(li, fields)
         finally:
             host.release()
 

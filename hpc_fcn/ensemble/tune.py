@@ -32,6 +32,7 @@ import numpy as np
 
 from ..config import ConfigError, fail, read_config_data, from_dict
 from ..runtime import root_decides
+from ..schema import check_split
 from .config import EnsembleConfig, InitialConditions, PerturbationConfig, parse_lead
 from .perturb import channel_amplitudes, missing_bred_history
 from .search import golden_section, golden_section_points
@@ -47,21 +48,21 @@ PARAMETERS = {"gaussian": ["amplitude", "channel_amplitude"],
 @dataclass
 class TuneConfig:
     """The ``tune:`` section: where the objective is measured and what is searched."""
-    split: Literal["train", "valid", "test"] = "valid"
-    members: int = 16
+    split: str = "test"  # the data split the objective is measured on (train, test or out_of_sample)
+    members: int = 16  # members of each trial forecast
     start: str | None = None  # first initial time (null = the split's first with history enough for bred)
-    every: str = "120h"
+    every: str = "120h"  # spacing of the initial times
     count: int = 4  # initial times
-    leads: list[str | int] = field(default_factory=lambda: ["1d", "3d", "5d"])
+    leads: list[str | int] = field(default_factory=lambda: ["1d", "3d", "5d"])  # leads scored by the objective
     channels: list[str] = field(default_factory=lambda: ["u", "v", "z"])  # whose CRPS forms the objective
     parameters: list[Parameter] | None = None  # null = all the method has (see PARAMETERS)
     tune_channels: list[str] | None = None  # channels whose amplitude is refined (null = every model channel)
-    amplitude_bounds: tuple[float, float] = (0.01, 1.0)
+    amplitude_bounds: tuple[float, float] = (0.01, 1.0)  # search interval of perturbation.amplitude
     iterations: int = 6  # golden-section steps of the global amplitude and the length scale
     channel_iterations: int = 3  # golden-section steps of each channel's refinement
     channel_factor: float = 3.0  # a channel's refinement searches [a / factor, a * factor] (within the bounds)
     sweeps: int = 1  # passes over the channels (each after the first re-tunes noise_scale first)
-    length_scale_bounds_km: tuple[float, float] = (100.0, 3000.0)
+    length_scale_bounds_km: tuple[float, float] = (100.0, 3000.0)  # search interval of perturbation.length_scale_km
     noise_scale_bounds: tuple[float, float] = (0.5, 2.0)  # model.noise_scale (parameters: [noise_scale, ...])
     bred_cycles: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # candidates
     calibration_weight: float = 0.0  # weight of the spread/skill term (0: fair CRPS alone)
@@ -69,6 +70,7 @@ class TuneConfig:
     output: str | None = None  # the fragment; null = config/tuned/<method>.yaml
 
     def validate(self, prefix: str) -> None:
+        check_split(self.split, f"{prefix}.split")
         if self.members < 2:
             fail(f"{prefix}.members", f"fair CRPS needs at least 2 members, got {self.members}")
         if self.count < 1:
@@ -495,7 +497,7 @@ def main(argv) -> int:
     from ..cli import parse_command, start
     args = parse_command("python -m hpc_fcn.ensemble.tune",
                          "Tune the initial perturbations of an ensemble config by fair CRPS.",
-                         "config/ens100.yaml", "tune.members=16", argv)
+                         "config/ens100.yaml", "tune.members=16", argv, schema=TuneAppConfig)
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
     cfg, _ = start(TuneAppConfig, args, comm, paths_of=tuning_config)

@@ -40,15 +40,26 @@ class OutputSpec:
     lead_hours: Sequence[int]
     n_members: int
     attrs: Mapping[str, Any] = field(default_factory=dict)  # the run's global attributes (config, identity)
+    derived: Mapping[str, Any] = field(default_factory=dict)  # product -> its cf.DerivedLayout (probabilities...)
+    member_lags: Sequence[int] | None = None  # a lagged ensemble's hours before the initial time, per member
+    convention: str = "cf"  # names and layout: cf (CF-1.10, Earth2Studio's) or wb2 (WeatherBench2's, zarr only)
 
     def describe(self, product: str) -> dict:
         """The keyword arguments that define one product's file or store."""
+        if product in self.derived:
+            d = self.derived[product]
+            return dict(variables=list(d.variables), units=d.units, standard_names=d.standard_names,
+                        long_names=d.long_names, lat=self.lat, lon=self.lon, lead_hours=self.lead_hours,
+                        product=product, n_members=self.n_members, leading=d.axes, extra_attrs=d.attrs)
         return dict(variables=list(self.variables), units=self.units, standard_names=self.standard_names,
                     long_names=self.long_names, lat=self.lat, lon=self.lon, lead_hours=self.lead_hours,
-                    product=product, n_members=self.n_members)
+                    product=product, n_members=self.n_members,
+                    member_lags=self.member_lags if product == "members" else None)
 
     def lead_bytes(self, product: str) -> int:
         """Bytes of one lead of ``product`` before compression."""
+        if product in self.derived:
+            return self.derived[product].rows * len(self.lat) * len(self.lon) * 4
         return lead_bytes(product, len(self.variables), len(self.lat), len(self.lon), self.n_members)
 
 
@@ -71,6 +82,8 @@ class RankWindow:
     writes_members: bool  # this rank sends its members' window
     chunk: tuple[int, int]  # rows and columns of a block that no two ranks' windows share
     tracer: Any
+    block_rows: slice | None = None  # derived products: this rank's rows of them (a block of its window's rows)
+    block_chunk: tuple[int, int] | None = None  # rows and columns of a block that no two ranks' row blocks share
 
 
 class OutputBackend(ABC):
@@ -90,6 +103,12 @@ class OutputBackend(ABC):
         """Write lead ``lead``: this window's mean and spread (device tensors, C x rows x cols) and the members'
         host copy (:class:`hpc_fcn.accel.hostcopy.HostCopy`, or None). ``agreed``: the caller has just agreed
         on :meth:`take_error` over the ranks (collective)."""
+
+    def write_blocks(self, lead: int, fields: Mapping[str, np.ndarray]) -> None:
+        """Write lead ``lead`` of the derived products: ``fields[product]`` (rows of its layout, block rows, window
+        columns) is this rank's ``block_rows`` x ``cols`` (host float32; the block may be empty). Called by the
+        ranks of ``member_ranks`` (collective over them)."""
+        raise NotImplementedError(f"{type(self).__name__} does not write derived products")
 
     def take_error(self) -> BaseException | None:
         """This rank's error so far on the run's writer thread (cleared), for the caller to agree on."""

@@ -1,8 +1,9 @@
 """The CF layout every output format shares: names of files, coordinates, attributes, and the checks on them.
 
 A forecast output (one initial time, one product) has the coordinates ``([realization,] time, lead_time,
-lat, lon)`` plus ``valid_time``, one float32 variable per channel and the global attributes below; the
-netCDF files and the zarr stores are two encodings of it (docs/output_format.md).
+lat, lon)`` plus ``valid_time`` (and, for a statistic over the members, a scalar ``realization``), one float32
+variable per channel and the global attributes below; the netCDF files and the zarr stores are two encodings of
+it (docs/output_format.md), which pass CF-1.10's checker but for the dimension-order warnings this layout forces.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import importlib.metadata
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -26,10 +28,12 @@ CELL_METHODS = {"mean": "realization: mean", "spread": "realization: standard_de
 FILL_VALUE = np.float32(9.969209968386869e36)  # netCDF's default fill value of f4 (netCDF4.default_fillvals)
 TIME_UNITS = "hours since 1970-01-01 00:00:00"
 CALENDAR = "proleptic_gregorian"
-COORDINATE_NAMES = ("realization", "time", "lead_time", "valid_time", "lat", "lon")
+STATISTIC_REALIZATION = -1  # the scalar realization of a statistic over the members: no single member
+COORDINATE_NAMES = ("realization", "lag", "time", "lead_time", "valid_time", "lat", "lon")
 _EPOCH = np.datetime64("1970-01-01T00:00:00", "s")
 _DESCRIPTIONS = {"mean": "ensemble mean", "spread": "ensemble spread (standard deviation)",
-                 "members": "ensemble members"}
+                 "members": "ensemble members", "probability": "threshold probability",
+                 "quantile": "ensemble quantile"}
 
 
 def output_path(outdir: str | os.PathLike, init_time: np.datetime64, product: str, suffix: str) -> Path:
@@ -73,16 +77,31 @@ def software_versions() -> str:
 
 
 def coordinates(init: np.datetime64, leads: Sequence[int], lat: np.ndarray, lon: np.ndarray,
-                n_members: int | None) -> list[tuple[str, np.ndarray, tuple[str, ...], dict]]:
-    """(name, values, dimensions, attributes) of each coordinate variable, in the order they are written."""
+                n_members: int | None, member_lags: Sequence[int] | None = None, statistic: bool = False
+                ) -> list[tuple[str, np.ndarray, tuple[str, ...], dict]]:
+    """(name, values, dimensions, attributes) of each coordinate variable, in the order they are written.
+    ``member_lags``: a lagged ensemble's hours from each member's own initial time to ``init`` (a ``lag``
+    auxiliary coordinate on ``realization``). ``statistic``: the variables are statistics over the members
+    (:func:`is_statistic`): a scalar ``realization`` coordinate, which their ``cell_methods`` name (CF 7.3)."""
     t0 = hours_since_epoch(init)
     out = []
     if n_members is not None:
         out.append(("realization", np.arange(n_members, dtype=np.int32), ("realization",),
-                    {"standard_name": "realization", "long_name": "ensemble member number"}))
+                    {"standard_name": "realization", "long_name": "ensemble member number", "units": "1"}))
+        if member_lags is not None:
+            out.append(("lag", np.asarray(member_lags, np.int32), ("realization",),
+                        {"long_name": "hours the member's own initial time lies before forecast_reference_time "
+                                      "(its own lead is lead_time + lag)", "units": "hours"}))
+    if statistic:
+        out.append(("realization", np.array(STATISTIC_REALIZATION, np.int32), (),
+                    {"standard_name": "realization", "long_name": "every ensemble member (a statistic over them)",
+                     "units": "1", "comment": f"{STATISTIC_REALIZATION} is no single member: the values are "
+                                              "taken over every realization (ensemble_size of them)"}))
     out += [
+        # standard_name time, not forecast_reference_time: CF checkers require it of a dimension named time,
+        # which Earth2Studio's layout gives the initial time (docs/output_format.md)
         ("time", np.array([t0], np.float64), ("time",),
-         {"standard_name": "forecast_reference_time", "long_name": "initial time of the forecast",
+         {"standard_name": "time", "long_name": "forecast reference time (initial time of the forecast)",
           "units": TIME_UNITS, "calendar": CALENDAR}),
         ("lead_time", np.asarray(leads, np.int32), ("lead_time",),
          {"standard_name": "forecast_period", "long_name": "forecast lead time", "units": "hours"}),
@@ -95,6 +114,11 @@ def coordinates(init: np.datetime64, leads: Sequence[int], lat: np.ndarray, lon:
          {"standard_name": "longitude", "long_name": "longitude", "units": "degrees_east", "axis": "X"}),
     ]
     return out
+
+
+def is_statistic(product: str) -> bool:
+    """Whether ``product``'s values are statistics over the members (every product but the members')."""
+    return product != "members"
 
 
 def data_dimensions(product: str) -> tuple[str, ...]:
@@ -110,7 +134,6 @@ def global_attributes(product: str, init: np.datetime64, filename: str, n_member
     glob: dict[str, Any] = {
         "Conventions": "CF-1.10",
         "title": f"FourCastNet {_DESCRIPTIONS[product]} forecast from {init_text}",
-        "institution": "unknown",
         "source": f"hpc_fcn {__version__}, FourCastNet AFNO",
         "history": f"{stamp} hpc_fcn {__version__}: created {filename}",
         "date_created": stamp,
@@ -124,7 +147,7 @@ def global_attributes(product: str, init: np.datetime64, filename: str, n_member
 
 
 def variable_attributes(name: str, units: Mapping, standard_names: Mapping, long_names: Mapping,
-                        product: str) -> dict:
+                        product: str, lagged: bool = False) -> dict:
     """The CF attributes of output variable ``name`` (the same in every format)."""
     va = {"long_name": str(long_names[name])}
     if standard_names.get(name):
@@ -132,7 +155,9 @@ def variable_attributes(name: str, units: Mapping, standard_names: Mapping, long
     va["units"] = str(units[name])
     if product in CELL_METHODS:
         va["cell_methods"] = CELL_METHODS[product]
-    va["coordinates"] = "valid_time"
+    va["coordinates"] = "valid_time lag" if lagged and product == "members" else "valid_time"
+    if is_statistic(product):
+        va["coordinates"] += " realization"
     va["missing_value"] = FILL_VALUE
     return va
 
@@ -140,7 +165,7 @@ def variable_attributes(name: str, units: Mapping, standard_names: Mapping, long
 # -- checks ------------------------------------------------------------------------------------------
 
 def check_product(product: str) -> None:
-    if product not in PRODUCTS:
+    if product not in PRODUCTS and product not in DERIVED_PRODUCTS:
         raise ValueError(f"product must be one of {', '.join(PRODUCTS)}, got {product!r}")
 
 
@@ -199,3 +224,32 @@ def checked_layout(product: str, variables: Sequence[str], units: Mapping, long_
     leads = check_leads(lead_hours)
     check_members(product, n_members)
     return variables, lat, lon, leads
+
+
+# -- derived products: each variable with a leading axis of its own (thresholds, quantile levels) -------------
+DERIVED_PRODUCTS = ("probability", "quantile")  # written when the config's ``products`` section asks for them
+
+
+@dataclass(frozen=True)
+class LeadingAxis:
+    """A variable's leading dimension and its coordinate variable (e.g. the thresholds of a probability)."""
+    dim: str
+    values: np.ndarray
+    attrs: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DerivedLayout:
+    """The variables of a derived product: each (axis, time, lead_time, lat, lon) with its own leading axis;
+    a lead's data is (sum of the axes' lengths, lat, lon), the variables' rows one after the other."""
+    variables: Sequence[str]
+    units: Mapping[str, str]
+    standard_names: Mapping[str, str | None]
+    long_names: Mapping[str, str]
+    axes: Mapping[str, LeadingAxis]  # variable -> its leading axis
+    attrs: Mapping[str, Mapping[str, Any]]  # variable -> attributes beside variable_attributes'
+
+    @property
+    def rows(self) -> int:
+        """The leading length of a lead's data: every variable's axis one after the other."""
+        return sum(len(self.axes[v].values) for v in self.variables)

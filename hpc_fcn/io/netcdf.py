@@ -51,7 +51,9 @@ class ForecastWriter:
                  standard_names: Mapping[str, str | None], long_names: Mapping[str, str],
                  lat: np.ndarray, lon: np.ndarray, init_time: np.datetime64, lead_hours: Sequence[int],
                  product: str, n_members: int | None = None, attrs: Mapping[str, Any] | None = None,
-                 complevel: int = 2):
+                 complevel: int = 2, member_lags: Sequence[int] | None = None,
+                 leading: Mapping[str, cf.LeadingAxis] | None = None,
+                 extra_attrs: Mapping[str, Mapping[str, Any]] | None = None):
         variables, lat, lon, leads = cf.checked_layout(product, variables, units, long_names, lat, lon,
                                                        lead_hours, n_members)
         if not 1 <= complevel <= 9:
@@ -69,7 +71,8 @@ class ForecastWriter:
         try:
             _define(ds, variables=variables, units=units, standard_names=standard_names, long_names=long_names,
                     lat=lat, lon=lon, init=init, leads=leads, product=product, n_members=n_members,
-                    complevel=complevel, attrs=extra, filename=self.path.name)
+                    complevel=complevel, attrs=extra, filename=self.path.name, member_lags=member_lags,
+                    leading=leading, extra_attrs=extra_attrs)
         except BaseException:
             ds.close()
             raise
@@ -99,7 +102,7 @@ class ForecastWriter:
             ds = netCDF4.Dataset(src, "a")
         except OSError as exc:
             raise DamagedOutput(src, f"cannot be reopened: {first_line(exc, 120)}") from exc
-        if "product" not in ds.ncattrs() or ds.getncattr("product") not in cf.PRODUCTS:
+        if "product" not in ds.ncattrs() or ds.getncattr("product") not in cf.PRODUCTS + cf.DERIVED_PRODUCTS:
             ds.close()
             raise ValueError(f"{src} is not a forecast file written by hpc_fcn (no 'product' attribute)")
         done = int(ds.getncattr("leads_complete"))
@@ -121,7 +124,14 @@ class ForecastWriter:
         """Bookkeeping shared by a new and a reopened file."""
         self._ds = ds
         self.product = ds.getncattr("product")
-        self.variables = [n for n, v in ds.variables.items() if n not in cf.COORDINATE_NAMES]
+        self.variables = [n for n, v in ds.variables.items()
+                          if n not in cf.COORDINATE_NAMES and v.dimensions[-2:] == ("lat", "lon")]
+        # a derived product's variables: their rows [start, stop) in a lead's data (each has a leading axis)
+        self._rows = None
+        if self.product in cf.DERIVED_PRODUCTS:
+            sizes = [len(ds.dimensions[ds.variables[n].dimensions[0]]) for n in self.variables]
+            ends = np.cumsum([0] + sizes)
+            self._rows = [(int(a), int(b)) for a, b in zip(ends[:-1], ends[1:])]
         self.n_leads = len(ds.dimensions["lead_time"])
         self.n_lat, self.n_lon = len(ds.dimensions["lat"]), len(ds.dimensions["lon"])
         self.n_members = len(ds.dimensions["realization"]) if self.product == "members" else None
@@ -151,7 +161,7 @@ class ForecastWriter:
             if members is not None:
                 raise ValueError(f"members= only applies to the members product, not {self.product!r}")
             m0, m1 = 0, 1
-            want = (C, r1 - r0, c1 - c0)
+            want = (self._rows[-1][1] if self._rows else C, r1 - r0, c1 - c0)
         if data.shape != want:
             raise ValueError(f"data of shape {data.shape} does not fit the window: expected {want} "
                              f"({'members, ' if len(want) == 4 else ''}channels, rows, cols)")
@@ -164,6 +174,9 @@ class ForecastWriter:
             var = self._ds.variables[name]
             if self.product == "members":
                 var[m0:m1, 0, lead_index, r0:r1, c0:c1] = data[:, i]
+            elif self._rows:
+                a, b = self._rows[i]
+                var[:, 0, lead_index, r0:r1, c0:c1] = data[a:b]
             else:
                 var[0, lead_index, r0:r1, c0:c1] = data[i]
         self._boxes.setdefault(lead_index, []).append(box)
@@ -270,6 +283,21 @@ class NetCDFOutput(OutputBackend):
             for f in self.files.values():
                 _put(f, "flush")
 
+    def write_blocks(self, lead, fields):
+        spec, w = self.spec, self.window
+        with w.tracer.region("io.write", "io"):
+            for name, data in fields.items():
+                have = w.block_rows is not None and w.block_rows.stop > w.block_rows.start
+                full = gather_window_to_root(w.member_ranks, data if have else None,
+                                             (spec.derived[name].rows, len(spec.lat), len(spec.lon)),
+                                             rows=w.block_rows if have else None, cols=w.cols)
+                if full is not None:
+                    f = self.files[name]
+                    check_space(f.partial_path.parent, spec.lead_bytes(name) + MARGIN,
+                                f"lead {lead} of {f.partial_path}")
+                    _put(f, "write", lead, full)
+                    _put(f, "flush")
+
     def close(self, leads_complete):
         if leads_complete is None:  # an error path: the files stay as last flushed
             self.abandon()
@@ -301,11 +329,13 @@ def _put(writer: ForecastWriter, method: str, *args, **kwargs) -> None:
 # -- file layout -----------------------------------------------------------------------------------
 
 def _define(ds: netCDF4.Dataset, *, variables, units, standard_names, long_names, lat, lon, init, leads,
-            product, n_members, complevel, attrs, filename) -> None:
+            product, n_members, complevel, attrs, filename, member_lags=None, leading=None,
+            extra_attrs=None) -> None:
     """Dimensions, coordinates, data variables and global attributes of a new file (the layout of :mod:`.cf`)."""
-    coords = cf.coordinates(init, leads, lat, lon, n_members if product == "members" else None)
+    coords = cf.coordinates(init, leads, lat, lon, n_members if product == "members" else None, member_lags,
+                            statistic=cf.is_statistic(product))
     for name, values, dims, _ in coords:
-        if len(dims) == 1:
+        if dims == (name,):
             ds.createDimension(name, len(values))
     for name, values, dims, attributes in coords:
         v = ds.createVariable(name, values.dtype.str[1:], dims)
@@ -313,10 +343,20 @@ def _define(ds: netCDF4.Dataset, *, variables, units, standard_names, long_names
         v[:] = values
     dims = cf.data_dimensions(product)
     chunks = (1,) * (len(dims) - 2) + (len(lat), len(lon))
+    for axis in {a.dim: a for a in (leading or {}).values()}.values():  # a derived product's leading axes
+        ds.createDimension(axis.dim, len(axis.values))
+        ds.createVariable(axis.dim, np.asarray(axis.values).dtype.str[1:], (axis.dim,))
+        ds.variables[axis.dim].setncatts(dict(axis.attrs))
+        ds.variables[axis.dim][:] = axis.values
     for name in variables:
-        v = ds.createVariable(name, "f4", dims, zlib=True, complevel=complevel, shuffle=True,
-                              chunksizes=chunks, fill_value=cf.FILL_VALUE)
-        v.setncatts(cf.variable_attributes(name, units, standard_names, long_names, product))
+        vdims, vchunks = dims, chunks
+        if leading:
+            vdims, vchunks = (leading[name].dim,) + dims, (1,) + chunks
+        v = ds.createVariable(name, "f4", vdims, zlib=True, complevel=complevel, shuffle=True,
+                              chunksizes=vchunks, fill_value=cf.FILL_VALUE)
+        v.setncatts(cf.variable_attributes(name, units, standard_names, long_names, product,
+                                           lagged=member_lags is not None))
+        v.setncatts(dict((extra_attrs or {}).get(name, {})))
     glob = cf.global_attributes(product, init, filename, n_members)
     if "ensemble_size" in glob:
         glob["ensemble_size"] = np.int32(glob["ensemble_size"])

@@ -72,12 +72,12 @@ def describe_store(path: Path) -> dict | None:
     g = zarr.open_group(path, mode="r")
     a = dict(g.attrs)
     return {"product": a.get("product"), "members": a.get("ensemble_size"), "variables": a.get("variables"),
-            "grid": a.get("grid"), "lead_hours": a.get("lead_hours")}
+            "grid": a.get("grid"), "lead_hours": a.get("lead_hours"), "convention": a.get("convention", "cf")}
 
 
 def mismatch(old: dict, new: dict) -> str | None:
     """The first fact on which an existing store differs from this run's, as words; None when they agree."""
-    for key in ("product", "members", "grid", "variables", "lead_hours"):
+    for key in ("product", "members", "grid", "variables", "lead_hours", "convention"):
         if old.get(key) != new.get(key):
             return f"{key} {old.get(key)} (this run: {new.get(key)})"
     return None
@@ -94,7 +94,9 @@ class ZarrForecastStore:
     def create(cls, path: str | os.PathLike, *, variables: Sequence[str], units: Mapping[str, str],
                standard_names: Mapping[str, str | None], long_names: Mapping[str, str], lat, lon,
                init_time: np.datetime64, lead_hours: Sequence[int], product: str, n_members: int | None,
-               chunk_rows: int, chunk_cols: int, attrs: Mapping[str, Any] | None = None) -> None:
+               chunk_rows: int, chunk_cols: int, attrs: Mapping[str, Any] | None = None,
+               member_lags: Sequence[int] | None = None, leading: Mapping[str, cf.LeadingAxis] | None = None,
+               extra_attrs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         """Write the metadata and coordinates of a new store at ``path`` (replacing one that is there)."""
         import zarr
         from zarr.codecs import ZstdCodec
@@ -108,18 +110,30 @@ class ZarrForecastStore:
         glob["leads_complete"] = 0
         root = zarr.open_group(path, mode="w", zarr_format=3, attributes=glob)
         members = n_members if product == "members" else None
-        for name, values, dims, attributes in cf.coordinates(init, leads, lat, lon, members):
+        for name, values, dims, attributes in cf.coordinates(init, leads, lat, lon, members, member_lags,
+                                                             statistic=cf.is_statistic(product)):
             a = root.create_array(name, shape=values.shape, dtype=values.dtype.str[1:], dimension_names=dims,
                                   attributes=attributes, fill_value=None, compressors=None)
             a[...] = values
         dims = cf.data_dimensions(product)
         shape = ((n_members,) if members else ()) + (1, len(leads), len(lat), len(lon))
         chunks = (1,) * (len(dims) - 2) + (chunk_rows, chunk_cols)
+        for axis in {a.dim: a for a in (leading or {}).values()}.values():  # a derived product's leading axes
+            values = np.asarray(axis.values)
+            a = root.create_array(axis.dim, shape=values.shape, dtype=values.dtype.str[1:], dimension_names=(axis.dim,),
+                                  attributes=dict(axis.attrs), fill_value=None, compressors=None)
+            a[...] = values
         for name in variables:
-            va = cf.variable_attributes(name, units, standard_names, long_names, product)
+            va = cf.variable_attributes(name, units, standard_names, long_names, product,
+                                        lagged=member_lags is not None)
             va["missing_value"] = float(va["missing_value"])  # JSON attributes
-            root.create_array(name, shape=shape, chunks=chunks, dtype="f4", fill_value=cf.FILL_VALUE,
-                              dimension_names=dims, attributes=va,
+            va.update((extra_attrs or {}).get(name, {}))
+            vshape, vchunks, vdims = shape, chunks, dims
+            if leading:
+                n = len(leading[name].values)
+                vshape, vchunks, vdims = (n,) + shape, (1,) + chunks, (leading[name].dim,) + dims
+            root.create_array(name, shape=vshape, chunks=vchunks, dtype="f4", fill_value=cf.FILL_VALUE,
+                              dimension_names=vdims, attributes=va,
                               compressors=ZstdCodec(level=COMPRESSION_LEVEL))
         cls.consolidate(path)
 
@@ -155,9 +169,14 @@ class ZarrForecastStore:
               members: slice | None = None) -> None:
         """Write ``data`` ((m,) C, r, c) into lead ``lead_index`` of this rank's window (region write)."""
         data = np.asarray(data, dtype=np.float32)
+        start = 0
         for i, name in enumerate(self.variables):
             if self.product == "members":
                 self._arrays[name][members, 0, lead_index, rows, cols] = data[:, i]
+            elif self.product in cf.DERIVED_PRODUCTS:  # each variable's leading axis, one after the other
+                n = self._arrays[name].shape[0]
+                self._arrays[name][:, 0, lead_index, rows, cols] = data[start:start + n]
+                start += n
             else:
                 self._arrays[name][0, lead_index, rows, cols] = data[i]
 
@@ -201,13 +220,22 @@ class ZarrOutput(OutputBackend):
         error = w.world.bcast(error, root=0, tag="zarr_create")
         if error:
             raise UserError(error)
-        self.stores = {p: ZarrForecastStore.open(partial_store(path)) for p, path in paths.items()}
+        self.stores = {p: self._store_class(p).open(partial_store(path)) for p, path in paths.items()}
         why = self.stores[spec.products[0]].check_aligned(w.rows, w.cols)
+        if not why and w.block_rows is not None and w.block_rows.stop > w.block_rows.start:
+            why = next((x for p in spec.derived if (x := self.stores[p].check_aligned(w.block_rows, w.cols))), None)
         why = w.world.allgather(why, tag="zarr_aligned")
         bad = next(((r, x) for r, x in enumerate(why) if x), None)
         if bad:
             raise UserError(f"rank {bad[0]}: the zarr store's chunks do not fit this layout ({bad[1]}); resume with "
                             f"parallel.h and parallel.w that divide the original ones")
+
+    def _store_class(self, product: str) -> type[ZarrForecastStore]:
+        """The store of ``product`` in the run's convention (WeatherBench2's for mean, spread and members)."""
+        if self.spec.convention == "wb2" and product in cf.PRODUCTS:
+            from .wb2 import Wb2ForecastStore
+            return Wb2ForecastStore
+        return ZarrForecastStore
 
     def _prepare(self, path: Path, product: str, init_time, resume_at: int | None) -> str | None:
         """Rank 0: the unfinished store of ``product`` at ``path``'s partial name, new or kept for a resume
@@ -215,14 +243,16 @@ class ZarrOutput(OutputBackend):
         spec, w = self.spec, self.window
         part = partial_store(path)
         want = {"product": product, "members": spec.n_members, "grid": [len(spec.lat), len(spec.lon)],
-                "variables": list(spec.variables), "lead_hours": list(spec.lead_hours)}
+                "variables": list(spec.describe(product)["variables"]), "lead_hours": list(spec.lead_hours),
+                "convention": spec.convention if product in cf.PRODUCTS else "cf"}
         for where in (part, path):
             have = describe_store(where)
             if have is not None and (why := mismatch(have, want)):
                 return f"{where} holds another run's output ({why}); choose another output.dir or delete it"
         if resume_at is None:
-            ZarrForecastStore.create(part, init_time=init_time, attrs=spec.attrs, chunk_rows=w.chunk[0],
-                                     chunk_cols=w.chunk[1], **spec.describe(product))
+            chunk = w.block_chunk if product in spec.derived else w.chunk
+            self._store_class(product).create(part, init_time=init_time, attrs=spec.attrs, chunk_rows=chunk[0],
+                                              chunk_cols=chunk[1], **spec.describe(product))
         elif describe_store(part) is None:
             if describe_store(path) is None:
                 return f"cannot resume: {part} is missing; start again with resume=false"
@@ -242,6 +272,21 @@ class ZarrOutput(OutputBackend):
         with w.tracer.region("io.submit", "io"):
             if not agreed:
                 fail_together(w.world, self.writer.take_error(), tag="zarr_write")  # an earlier write's
+            self.writer.submit(jobs)
+
+    def write_blocks(self, lead, fields):
+        w = self.window
+        if w.block_rows is None or w.block_rows.stop <= w.block_rows.start:
+            return
+        jobs = []
+        for name, data in fields.items():
+            def job(store=self.stores[name], data=data):
+                try:
+                    store.write(lead, data, rows=w.block_rows, cols=w.cols)
+                except OSError as exc:
+                    raise write_failure(store.path, exc) from None
+            jobs.append(job)
+        with w.tracer.region("io.submit", "io"):
             self.writer.submit(jobs)
 
     def record_leads(self, leads_complete):

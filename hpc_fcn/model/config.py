@@ -75,14 +75,14 @@ def network_config(net) -> dict:
 @dataclass
 class ModelConfig:
     """The AFNONet hyper-parameters; channel counts come from ``data.channels``."""
-    img_size: tuple[int, int] = (720, 1440)
-    patch_size: int = 8
-    embed_dim: int = 768
-    depth: int = 12
-    mlp_ratio: float = 4.0
-    num_blocks: int = 8
-    sparsity_threshold: float = 0.01
-    hard_thresholding_fraction: float = 1.0
+    img_size: tuple[int, int] = (720, 1440)  # model grid [rows, columns] (a checkpoint's own wins)
+    patch_size: int = 8  # patch side in grid points: the token grid is img_size / patch_size
+    embed_dim: int = 768  # channels of each token
+    depth: int = 12  # AFNO blocks
+    mlp_ratio: float = 4.0  # hidden width of each block's MLP over embed_dim
+    num_blocks: int = 8  # block-diagonal blocks of the spectral MLP (must divide embed_dim)
+    sparsity_threshold: float = 0.01  # softshrink lambda of the spectral MLP
+    hard_thresholding_fraction: float = 1.0  # fraction of Fourier modes kept (1 = all)
     checkpoint: str | None = None  # a file, 'builtin' (the committed trained model) or null (random weights)
     seed: int = 0  # for random weights
     stochastic: bool = False  # the stochastic model: token noise per member and step (builtin: its own checkpoint)

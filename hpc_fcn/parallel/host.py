@@ -6,7 +6,10 @@ top, as torch-harmonics keeps plain collectives apart from their autograd wrappe
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import time
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,6 +23,10 @@ class HostComm:
 
     Size-1 communicators never communicate: every collective returns its input (or a copy shaped
     like the result), so one code path serves serial and parallel runs.
+
+    With more ranks than cores (the launcher says so: HPC_FCN_YIELD=1, which tools/mpirun.sh sets), every
+    collective first waits for all ranks in a non-blocking barrier polled with short sleeps, so ranks that
+    arrive early leave the cores to the ranks still computing instead of spinning in MPI.
     """
 
     def __init__(self, comm, name: str, tracer_of: Callable[[], Tracer] | None = None):
@@ -28,6 +35,7 @@ class HostComm:
         self.size = comm.Get_size()
         self.rank = comm.Get_rank()
         self._tracer_of = tracer_of or (lambda: NULL_TRACER)
+        self.yielding = oversubscribed()
 
     @property
     def tracer(self) -> Tracer:
@@ -39,8 +47,23 @@ class HostComm:
     def __deepcopy__(self, memo) -> "HostComm":
         return self  # a handle on ranks, not data: a copied model talks over the same communicator
 
+    @contextlib.contextmanager
     def _trace(self, op: str, tag: str | None, nbytes: int):
-        return self.tracer.comm(f"{tag or 'comm'}/{op}@{self.name}", nbytes)
+        """Time the collective ``op`` (every collective runs inside this, on every rank of the communicator);
+        when yielding, wait asleep for the other ranks first."""
+        with self.tracer.comm(f"{tag or 'comm'}/{op}@{self.name}", nbytes):
+            if self.yielding:
+                self._wait_for_ranks()
+            yield
+
+    def _wait_for_ranks(self) -> None:
+        """Return once every rank has reached this point, sleeping between polls (50 us doubling to 1 ms,
+        so a short wait costs little latency and a long one almost no CPU)."""
+        req = self.comm.Ibarrier()
+        delay = 50e-6
+        while not req.Test():
+            time.sleep(delay)
+            delay = min(2 * delay, 1e-3)
 
     def all_reduce(self, x, tag: str | None = None, op: str = "sum"):
         """A NumPy array or Python number reduced with ``op`` (sum, max, min) over the ranks."""
@@ -156,6 +179,11 @@ class HostComm:
 
     def close(self) -> None:
         """Release backend resources (the mpi4py communicator is freed by the grid)."""
+
+
+def oversubscribed() -> bool:
+    """Whether the launcher says this machine runs more ranks than it has cores (HPC_FCN_YIELD=1)."""
+    return os.environ.get("HPC_FCN_YIELD", "0").strip() == "1"
 
 
 def _mpi_op(op: str):

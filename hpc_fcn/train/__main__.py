@@ -14,7 +14,8 @@ from .config import TrainConfig
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parse_command("python -m hpc_fcn.train", "Train the AFNO model (data + model parallel under mpirun).",
-                         "config/train_builtin.yaml", "phases.pretrain.epochs=2 resume=true", argv)
+                         "config/train_builtin.yaml", "phases.pretrain.epochs=2 resume=true", argv,
+                         schema=TrainConfig)
 
 
 def main(argv: Sequence[str]) -> int:

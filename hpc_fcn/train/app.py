@@ -28,7 +28,7 @@ def build_trainer(cfg: TrainConfig, comm, out_dir: str | Path | None = None) -> 
     device = rank_device(cfg.device, comm, key="device")
     root = data_root(cfg.data, comm)
     train_ds = open_split(cfg.data, "train", root)
-    valid_ds = open_split(cfg.data, "valid", root) if cfg.validation.enabled else None
+    valid_ds = open_split(cfg.data, cfg.validation.split, root) if cfg.validation.enabled else None
     if (train_ds.nlat, train_ds.nlon) != tuple(cfg.model.img_size):
         raise UserError(f"model.img_size {list(cfg.model.img_size)} does not match the data's model grid "
                         f"{train_ds.nlat} x {train_ds.nlon} ({root})")

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config import fail
-from ..schema import DataConfig, ModelConfig, ParallelConfig
+from ..schema import DataConfig, ModelConfig, ParallelConfig, check_split
 
 # the CRPS loss's extra terms: a loss key with the weight, which a phase's key of the same name overrides
 CRPS_TERMS = ("spectral_weight", "zonal_weight")
@@ -14,7 +14,7 @@ CRPS_TERMS = ("spectral_weight", "zonal_weight")
 @dataclass
 class PhaseConfig:
     """One stage of the recipe: e.g. 1-step pre-training, then 2-step autoregressive fine-tuning."""
-    epochs: int = 1
+    epochs: int = 1  # passes over samples_per_epoch samples
     rollout_steps: int = 1  # autoregressive steps per sample, backpropagated through all of them
     lr: float = 5e-4  # peak learning rate (after warm-up)
     min_lr: float = 0.0  # the cosine decays to this at the end of the phase
@@ -46,9 +46,9 @@ class PhaseConfig:
 @dataclass
 class OptimConfig:
     """AdamW and gradient clipping (by the global norm over every shard)."""
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
+    weight_decay: float = 0.0  # AdamW weight decay
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
     grad_clip: float = 1.0  # maximum global gradient norm; 0 = no clipping
     train_only: list[str] | None = None  # train only parameters whose names start with one of these (null = all)
     lr_scale: dict[str, float] = field(default_factory=dict)  # name prefix -> multiple of the phase's lr (e.g. a new head)
@@ -70,9 +70,9 @@ class OptimConfig:
 @dataclass
 class LossConfig:
     """Latitude-weighted MSE, or fair CRPS of an ensemble of a stochastic model's members, in normalised units."""
-    kind: Literal["mse", "crps"] = "mse"
+    kind: Literal["mse", "crps"] = "mse"  # mse: deterministic model; crps: fair CRPS of a stochastic model's members
     members: int = 8  # crps: members per sample, split over the ensemble axis (which then holds members, not data)
-    lat_weights: Literal["area", "fourcastnet", "none"] = "area"
+    lat_weights: Literal["area", "fourcastnet", "none"] = "area"  # area: cos(latitude); fourcastnet: the paper's
     channel_weights: dict[str, float] = field(default_factory=dict)  # by name; missing channels weigh 1
     # crps: add this weight x the absolute error of the noise-free rollout (the control member: the CRPS of a
     # one-member ensemble, same weights), so that training the whole network keeps the control forecast good
@@ -105,12 +105,14 @@ class LossConfig:
 @dataclass
 class ValidationConfig:
     """Scores on the validation split after every epoch: RMSE and ACC per variable at several leads."""
-    enabled: bool = True
+    enabled: bool = True  # score the validation split after every epoch
+    split: str = "test"  # the data split scored: test (FourCastNet's validation years, 2016-2017) or another
     leads: list[int] = field(default_factory=lambda: [1, 4, 12])  # in model steps
     samples: int = 8  # initial times, evenly spaced over the split
-    lat_weights: Literal["area", "fourcastnet"] = "area"
+    lat_weights: Literal["area", "fourcastnet"] = "area"  # area: cos(latitude); fourcastnet: the paper's
 
     def validate(self, prefix: str) -> None:
+        check_split(self.split, f"{prefix}.split")
         if not self.leads or any(k < 1 for k in self.leads):
             fail(f"{prefix}.leads", f"must be a non-empty list of positive step counts, got {self.leads}")
         if self.samples < 1:
@@ -119,7 +121,8 @@ class ValidationConfig:
 
 @dataclass
 class TrainOutputConfig:
-    dir: str = "runs/train"
+    """Where checkpoints, the log and the loss plot go, and how often."""
+    dir: str = "runs/train"  # output folder (checkpoints/, train.log, loss.png)
     checkpoint_every: int = 0  # also checkpoint every this many optimizer steps (0 = only at epoch ends)
     asset: str | None = None  # at the end, also write the weights alone (no optimizer state) here
     plot: bool = True  # write loss.png beside the checkpoints after every epoch
@@ -142,15 +145,15 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    phases: dict[str, PhaseConfig] = field(default_factory=_default_phases)  # run in order; key = name
+    phases: dict[str, PhaseConfig] = field(default_factory=_default_phases)  # training phases in order, by name
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     output: TrainOutputConfig = field(default_factory=TrainOutputConfig)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = a GPU when torch sees one, else cpu
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype on GPU (fp16 adds a GradScaler)
     seed: int = 0  # data order and weight initialisation
     resume: bool = False  # continue from output.dir/checkpoints/last.ckpt when it exists
-    progress: bool = True
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    progress: bool = True  # progress bar on rank 0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # rank 0's (other ranks: WARNING and up)
 
     def validate(self, prefix: str) -> None:
         if not self.phases:

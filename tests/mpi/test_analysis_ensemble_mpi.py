@@ -35,7 +35,7 @@ def run(comm, tmp, name, overrides):
         return None
     base = {"model": {"img_size": [60, 120], "patch_size": 4, "embed_dim": 16, "depth": 1, "num_blocks": 4,
                       "seed": 5},
-            "data": {"root": str(tmp / "era5"), "test_dir": "test"},
+            "data": {"root": str(tmp / "era5")},
             "initial_conditions": {"split": "test", "times": [str(INIT)]},
             "ensemble": {"members": 11, "control": True, "seed": 1},
             "perturbation": {"method": "analysis_ensemble", "analysis_scale": SCALE},
