@@ -242,6 +242,43 @@ class _ForecastSums:
         setattr(out, self.TOTALS, np.zeros_like(getattr(out, self.TOTALS)))
         return out
 
+    def _rows_arrays(self) -> dict[str, np.ndarray]:
+        """Each lead's rows as one (n, width) array, keyed rows{lead} (the snapshot's npz entries)."""
+        return {f"rows{lead}": np.stack(rows) if rows else np.zeros((0, self._width))
+                for lead, rows in enumerate(self._rows)}
+
+    def _load(self, arrays: Mapping[str, np.ndarray], totals_key: str, what: str) -> None:
+        """Take the totals (``arrays[totals_key]``) and each lead's rows from a snapshot's arrays; ValueError when
+        a shape does not fit this accumulator."""
+        totals = np.asarray(arrays[totals_key], np.float64)
+        expected = getattr(self, self.TOTALS).shape
+        if totals.shape != expected:
+            raise ValueError(f"{what} of shape {totals.shape}, expected {expected}")
+        setattr(self, self.TOTALS, totals)
+        for lead in range(self.n_leads):
+            rows = np.asarray(arrays[f"rows{lead}"], np.float64)
+            if rows.ndim != 2 or rows.shape[1] != self._width:
+                raise ValueError(f"lead {lead}: sums of shape {rows.shape}, expected (n, {self._width})")
+            self._rows[lead] = list(rows)
+
+    def _reduced(self, comm=None) -> tuple[list[int], list[np.ndarray], np.ndarray]:
+        """The sums over ``comm`` (collective; None = serial): forecasts per lead, each lead's (n, width) rows and
+        the totals, the same on every rank. RuntimeError when the ranks added different numbers of forecasts."""
+        counts = [len(r) for r in self._rows]
+        if comm is not None and comm.size > 1:
+            all_counts = comm.allgather(counts, tag="scores")
+            if any(c != counts for c in all_counts):
+                raise RuntimeError(f"ranks added different numbers of forecasts per lead: {all_counts}")
+        totals = getattr(self, self.TOTALS)
+        flat = np.concatenate([np.stack(r).reshape(-1) for r in self._rows if r] + [totals.reshape(-1)])
+        if comm is not None:
+            flat = comm.all_reduce(flat, tag="scores")
+        blocks, pos = [], 0
+        for n in counts:
+            blocks.append(flat[pos:pos + n * self._width].reshape(n, self._width))
+            pos += n * self._width
+        return counts, blocks, flat[pos:].reshape(totals.shape)
+
 
 class ScoreAccumulator(_ForecastSums):
     """Per-lead, per-channel ensemble scores accumulated over initial times and reduced over ranks.
@@ -310,9 +347,7 @@ class ScoreAccumulator(_ForecastSums):
                "shape": np.array([self.n_leads, self.n_members, -1 if self.control_member is None
                                   else self.control_member], dtype=np.int64),
                "ranks": self._ranks, "rng": np.array(rng_to_json(self.rng))}
-        for lead, rows in enumerate(self._rows):
-            out[f"rows{lead}"] = np.stack(rows) if rows else np.zeros((0, self._width))
-        return out
+        return out | self._rows_arrays()
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "ScoreAccumulator":
@@ -320,37 +355,19 @@ class ScoreAccumulator(_ForecastSums):
         n_leads, n_members, ctl = (int(v) for v in arrays["shape"])
         out = cls([str(c) for c in arrays["channels"]], n_leads, n_members,
                   control_member=None if ctl < 0 else ctl, rng=rng_from_json(str(arrays["rng"])))
-        ranks = np.asarray(arrays["ranks"], dtype=np.float64)
-        if ranks.shape != out._ranks.shape:
-            raise ValueError(f"rank counts of shape {ranks.shape}, expected {out._ranks.shape}")
-        out._ranks = ranks
-        for lead in range(n_leads):
-            rows = np.asarray(arrays[f"rows{lead}"], dtype=np.float64)
-            if rows.ndim != 2 or rows.shape[1] != out._width:
-                raise ValueError(f"lead {lead}: sums of shape {rows.shape}, expected (n, {out._width})")
-            out._rows[lead] = list(rows)
+        out._load(arrays, "ranks", "rank counts")
         return out
 
     def reduce(self, comm=None) -> dict[str, Any]:
         """Sum the partial sums over ``comm`` (a :class:`hpc_fcn.parallel.comm.Communicator`; None =
         serial) and return the scores (same on every rank)."""
-        counts = [len(r) for r in self._rows]
-        if comm is not None and comm.size > 1:
-            all_counts = comm.allgather(counts, tag="scores")
-            if any(c != counts for c in all_counts):
-                raise RuntimeError(f"ranks added different numbers of forecasts per lead: {all_counts}")
-        flat = np.concatenate([np.stack(r).reshape(-1) for r in self._rows if r] + [self._ranks.reshape(-1)])
-        if comm is not None:
-            flat = comm.all_reduce(flat, tag="scores")
+        counts, blocks, ranks = self._reduced(comm)
         nc, L = len(self.channels), self.n_leads
         out = {k: np.full((L, nc), np.nan) for k in ("rmse", "acc", "crps", "spread", "ssr", "ssr_corrected",
                                                       "mae_control", "rmse_control")}
-        pos = 0
-        for lead, n in enumerate(counts):
+        for lead, (n, block) in enumerate(zip(counts, blocks)):
             if not n:
                 continue
-            block = flat[pos:pos + n * self._width].reshape(n, self._width)
-            pos += n * self._width
             wt = block[:, :1]
             s = {k: block[:, 1 + i * nc:1 + (i + 1) * nc] for i, k in enumerate(self._SUMS)}
             out["rmse"][lead] = np.sqrt(s["se"] / wt).mean(axis=0)
@@ -362,7 +379,7 @@ class ScoreAccumulator(_ForecastSums):
             if self.control_member is not None:
                 out["mae_control"][lead] = (s["ae_ctl"] / wt).mean(axis=0)
                 out["rmse_control"][lead] = np.sqrt(s["se_ctl"] / wt).mean(axis=0)
-        out["rank_hist"] = np.rint(flat[pos:].reshape(L, nc, self.n_members + 1)).astype(np.int64)
+        out["rank_hist"] = np.rint(ranks).astype(np.int64)
         out["count"] = np.asarray(counts, dtype=np.int64)
         out["channels"] = list(self.channels)
         return out
@@ -480,9 +497,7 @@ class ProbabilityAccumulator(_ForecastSums):
         out = {"events": np.array(self.events, dtype=str), "channels": np.array(self.channels, dtype=str),
                "levels": np.array(self.levels, np.float64),
                "shape": np.array([self.n_leads, self.n_members], np.int64), "reliability": self._rel}
-        for lead, rows in enumerate(self._rows):
-            out[f"rows{lead}"] = np.stack(rows) if rows else np.zeros((0, self._width))
-        return out
+        return out | self._rows_arrays()
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "ProbabilityAccumulator":
@@ -490,39 +505,21 @@ class ProbabilityAccumulator(_ForecastSums):
         n_leads, n_members = (int(v) for v in arrays["shape"])
         out = cls([str(e) for e in arrays["events"]], [str(c) for c in arrays["channels"]],
                   [float(q) for q in arrays["levels"]], n_leads, n_members)
-        rel = np.asarray(arrays["reliability"], np.float64)
-        if rel.shape != out._rel.shape:
-            raise ValueError(f"reliability table of shape {rel.shape}, expected {out._rel.shape}")
-        out._rel = rel
-        for lead in range(n_leads):
-            rows = np.asarray(arrays[f"rows{lead}"], np.float64)
-            if rows.ndim != 2 or rows.shape[1] != out._width:
-                raise ValueError(f"lead {lead}: sums of shape {rows.shape}, expected (n, {out._width})")
-            out._rows[lead] = list(rows)
+        out._load(arrays, "reliability", "reliability table")
         return out
 
     def reduce(self, comm=None) -> dict[str, Any]:
         """The scores, summed over ``comm`` (collective; None = serial), the same on every rank."""
-        counts = [len(r) for r in self._rows]
-        if comm is not None and comm.size > 1:
-            all_counts = comm.allgather(counts, tag="scores")
-            if any(c != counts for c in all_counts):
-                raise RuntimeError(f"ranks added different numbers of forecasts per lead: {all_counts}")
-        flat = np.concatenate([np.stack(r).reshape(-1) for r in self._rows if r] + [self._rel.reshape(-1)])
-        if comm is not None:
-            flat = comm.all_reduce(flat, tag="scores")
+        counts, blocks, reliability = self._reduced(comm)
         T, Q, C, L = len(self.events), len(self.levels), len(self.channels), self.n_leads
         brier, pinball = np.full((L, T), np.nan), np.full((L, Q, C), np.nan)
-        pos = 0
-        for lead, n in enumerate(counts):
+        for lead, (n, block) in enumerate(zip(counts, blocks)):
             if not n:
                 continue
-            block = flat[pos:pos + n * self._width].reshape(n, self._width)
-            pos += n * self._width
             wt = block[:, :1]
             with np.errstate(invalid="ignore", divide="ignore"):  # zeroed sums (a snapshot's other ranks)
                 brier[lead] = (block[:, 1:1 + T] / wt).mean(axis=0)
                 pinball[lead] = (block[:, 1 + T:] / wt).mean(axis=0).reshape(Q, C)
-        return {"brier": brier, "pinball": pinball, "reliability": flat[pos:].reshape(self._rel.shape),
+        return {"brier": brier, "pinball": pinball, "reliability": reliability,
                 "count": np.asarray(counts, np.int64), "events": list(self.events),
                 "channels": list(self.channels), "levels": list(self.levels), "n_members": self.n_members}

@@ -60,6 +60,14 @@ RENAMED_SPLITS = {"valid": "test"}  # the names of releases before the splits we
 STATS_FILES = ("global_means.npy", "global_stds.npy", "time_means.npy")
 
 
+
+def layout_times(years, counts, dt_hours: int) -> np.ndarray:
+    """The layout's times: sample i of YYYY.h5 is YYYY-01-01T00 + i * dt_hours (``counts[k]`` samples of
+    ``years[k]``), as datetime64[h]."""
+    step = np.timedelta64(dt_hours, "h")
+    parts = [np.datetime64(f"{y:04d}-01-01T00", "h") + step * np.arange(n) for y, n in zip(years, counts)]
+    return np.concatenate(parts) if parts else np.array([], dtype="datetime64[h]")
+
 class DataError(UserError):
     """Data on disk that is missing, malformed or inconsistent, or a request it cannot satisfy."""
 
@@ -163,9 +171,7 @@ class FCNDataset:
         self.lat = np.asarray(meta["lat"], dtype=np.float64)[: self.nlat]
         self.lon = np.asarray(meta["lon"], dtype=np.float64)
 
-        step = np.timedelta64(self.dt_hours, "h")
-        self.times = np.concatenate([np.datetime64(f"{y:04d}-01-01T00", "h") + step * np.arange(n)
-                                     for y, n in zip(self.years, counts)])
+        self.times = layout_times(self.years, counts, self.dt_hours)
         if np.any(np.diff(self.times) <= np.timedelta64(0, "h")):
             raise DataError(f"year files in {self.split_path} overlap in time: too many steps per year for "
                             f"dt_hours={self.dt_hours}")

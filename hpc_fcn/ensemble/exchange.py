@@ -6,6 +6,12 @@ import numpy as np
 from ..parallel.split import blocks
 
 
+def row_blocks(rows: int, size: int) -> list[slice]:
+    """The blocks a window of ``rows`` rows is split into over an ensemble axis of ``size`` ranks: rank i scores
+    (and computes the probability products of) block i."""
+    return blocks(rows, size)
+
+
 def members_for_rows(comm, local: np.ndarray, counts: list[int]) -> tuple[np.ndarray, slice]:
     """All-to-all over the ensemble axis (``comm``, a Communicator): every rank gets ALL members for one
     block of its window's rows (the balanced split of the rows; a block may be empty).
@@ -15,7 +21,7 @@ def members_for_rows(comm, local: np.ndarray, counts: list[int]) -> tuple[np.nda
     """
     size, rank = comm.size, comm.rank
     m, C, r, c = local.shape
-    parts = blocks(r, size)
+    parts = row_blocks(r, size)
     if size == 1:
         return np.ascontiguousarray(local), parts[0]
     send = np.concatenate([local[:, :, b].reshape(-1) for b in parts]).astype(np.float32, copy=False)
@@ -28,4 +34,4 @@ def members_for_rows(comm, local: np.ndarray, counts: list[int]) -> tuple[np.nda
     return out, mine
 
 
-__all__ = ["members_for_rows"]
+__all__ = ["members_for_rows", "row_blocks"]

@@ -113,13 +113,13 @@ class Products:
         """Rows and columns of an output block of the derived products whose boundaries include every rank's
         block of rows (:meth:`.scoring.Scoring.block_rows`: its window's rows split over the ensemble axis)."""
         from ..io.zarr import aligned_chunk
-        from ..parallel.split import blocks
+        from .exchange import row_blocks
         run = self.run
         mc = run.cfg.model
         sizes, _ = run.grid.window_sizes(mc.img_size, mc.patch_size)
         starts, s = [], 0
         for n in sizes:
-            starts += [s + b.start for b in blocks(n, run.grid.shape["ensemble"])]
+            starts += [s + b.start for b in row_blocks(n, run.grid.shape["ensemble"])]
             s += n
         return aligned_chunk(run.ds.nlat, starts), self.chunking()[1]
 

@@ -16,7 +16,7 @@ import torch
 
 from ..config import ConfigError
 from ..data.analyses import Analyses
-from ..data.era5 import FCNDataset, open_split
+from ..data.era5 import FCNDataset, layout_times, open_split
 from ..model.afnonet import AFNONet
 from ..parallel.grid import ProcessGrid
 from ..parallel.layout import check_layout
@@ -139,9 +139,7 @@ def _builtin_times(cfg: EnsembleConfig) -> tuple[np.ndarray, int] | None:
     opts, dt = builtin_options(), int(SIX_HOURS // 3600)
     folder = cfg.data.split_dir(cfg.initial_conditions.split)
     years = [y for y in opts.years if _split_dir(opts, y) == folder]
-    step = np.timedelta64(dt, "h")
-    times = [np.datetime64(f"{y:04d}-01-01T00", "h") + step * np.arange(opts.steps_per_year) for y in years]
-    return (np.concatenate(times) if times else np.array([], dtype="datetime64[h]")), dt
+    return layout_times(years, [opts.steps_per_year] * len(years), dt), dt
 
 
 def check_before_data(cfg: EnsembleConfig, world: int) -> None:

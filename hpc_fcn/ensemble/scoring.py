@@ -12,7 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .exchange import members_for_rows
+from .exchange import members_for_rows, row_blocks
 from .probabilities import ProbabilityProducts
 from .resolve import ResolvedRun
 
@@ -61,9 +61,8 @@ class Scoring:
     def block_rows(self) -> slice:
         """The rows of the grid whose products this rank computes: its block of the exchange
         (:func:`members_for_rows`), in global rows (possibly empty)."""
-        from ..parallel.split import blocks
         run = self.run
-        b = blocks(run.rows.stop - run.rows.start, self.ens_comm.size)[self.ens_comm.rank]
+        b = row_blocks(run.rows.stop - run.rows.start, self.ens_comm.size)[self.ens_comm.rank]
         return slice(run.rows.start + b.start, run.rows.start + b.stop)
 
     def valid_index(self, init_index: int, step: int) -> int | None:
