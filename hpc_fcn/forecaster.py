@@ -7,6 +7,7 @@ quantisation and compilation work on a copy (weights shared where nothing change
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from typing import Callable
@@ -30,7 +31,7 @@ def _model_device(model: nn.Module) -> torch.device:
 class Forecaster:
     """Steps a batch of members one model step at a time with the configured speed options."""
 
-    def __init__(self, model: nn.Module, inference_cfg, *, grid=None, tracer: Tracer | None = None):
+    def __init__(self, model: nn.Module, inference_cfg, *, grid=None, tracer: Tracer | None = None, slots=None):
         cfg = inference_cfg
         self.cfg = cfg
         self.grid = grid if grid is not None else getattr(model, "grid", None)
@@ -67,6 +68,9 @@ class Forecaster:
             if cfg.compile:
                 self.compiled = compile_dense_submodules(net)
         self.runner.eval()
+        if slots is not None and not self.serial:  # a split model's pass waits on other ranks: it could deadlock
+            raise ValueError("compute slots need an unsplit model (parallel.h = w = matmul = 1)")
+        self.slots = slots  # hpc_fcn.parallel.slots.ComputeSlots held around each pass (None: none)
         # The most members one pass may carry (0: from free memory on the first step), and the size the
         # last step's passes had: its members spread equally over the fewest passes within the limit.
         self.max_members_per_pass = cfg.members_per_pass
@@ -85,6 +89,11 @@ class Forecaster:
         return self.members_per_pass
 
     # ---- stepping -----------------------------------------------------------------------------
+    def slot(self):
+        """A context that holds a compute slot (re-entrant; a no-op without slots): for compute that waits on no
+        other rank, as each pass holds one."""
+        return self.slots.hold() if self.slots is not None else contextlib.nullcontext()
+
     def _forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         with autocast(self.device, self.cfg.precision):
             return (self.runner(x) if noise is None else self.runner(x, noise)).float()
@@ -117,7 +126,7 @@ class Forecaster:
             for s in range(0, x.shape[0], mpp):
                 first = self.first_pass_seconds is None
                 t0 = time.perf_counter()
-                with self.tracer.region("forecaster.pass"):
+                with self.slot(), self.tracer.region("forecaster.pass"):
                     outs.append(self._pass(x[s:s + mpp], None if noise is None else noise[s:s + mpp]))
                 if first:
                     if self.device.type == "cuda":

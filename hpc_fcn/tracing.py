@@ -73,6 +73,14 @@ class Tracer:
         self._device = None  # the CUDA device bound by bind_device
         self._pending: list[tuple[int, Any, Any]] = []  # (event index, start event, end event)
         self.skipped_in_capture = 0
+        self._meter = None  # a hpc_fcn.memwatch.PhaseMeter fed by the outermost regions (watch_phases)
+        self._phase_of = None
+        self._phase_token = None
+
+    def watch_phases(self, meter, phase_of) -> None:
+        """Feed ``meter`` (a :class:`hpc_fcn.memwatch.PhaseMeter`): the outermost region of this rank's thread
+        that ``phase_of(region name)`` maps to a phase opens that phase, and closes it when it ends."""
+        self._meter, self._phase_of = meter, phase_of
 
     @property
     def scorep_active(self) -> bool:
@@ -130,12 +138,21 @@ class Tracer:
             import torch
             start_ev = torch.cuda.Event(enable_timing=True)
             start_ev.record(stream)
-        return (name, category, self._clock(), int(nbytes), start_ev, stream)
+        token = (name, category, self._clock(), int(nbytes), start_ev, stream)
+        if (self._meter is not None and self._phase_token is None and threading.get_ident() == self._thread):
+            phase = self._phase_of(name)
+            if phase is not None:
+                self._phase_token = token
+                self._meter.start(phase)
+        return token
 
     def end(self, token, tensors: Any = None) -> None:
         """Close a region opened by :meth:`begin`."""
         if token is None:
             return
+        if token is self._phase_token:
+            self._phase_token = None
+            self._meter.stop()
         name, category, start, nbytes, start_ev, stream = token
         if start_ev is not None:
             import torch

@@ -126,6 +126,26 @@ def _mem_total() -> float:
     return 8e9
 
 
+# Resident bytes glibc keeps beyond the tensors of an inference process, as a fraction of its weights, images and
+# live set: freed chunks under the dynamic mmap threshold (up to 32 MB) stay in the heap, so the resident set grows
+# block by block past the live set. Measured by bench/inference_memory.py at 720 x 1440, patch 8, depth 12
+# (docs/perfmodel.md); MALLOC_MMAP_THRESHOLD_ fixed at 1 MB removes it (then the RSS is the tensors to ~20 MB).
+CPU_ALLOCATOR_OVERHEAD = 0.38
+
+# what an inference process holds before its first tensor: the interpreter, torch and the inference stack imported
+_RUNTIME_SNIPPET = "import torch, hpc_fcn.model, hpc_fcn.accel; from hpc_fcn.memwatch import current_rss; print(current_rss())"
+
+
+def runtime_rss(threads: int = 1) -> float:
+    """Resident bytes of a fresh Python process that imported torch and hpc_fcn's model and accelerators, no tensor
+    yet: the CPU's ``runtime_bytes`` (the median of three processes)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
+    out = [int(subprocess.run([sys.executable, "-c", _RUNTIME_SNIPPET], capture_output=True, text=True, env=env,
+                              check=True, timeout=300).stdout.split()[-1]) for _ in range(3)]
+    return float(statistics.median(out))
+
+
 _MPI_SNIPPET = r"""
 import json, sys, time, statistics, torch
 torch.set_num_threads(1)
@@ -231,6 +251,8 @@ def calibrate(threads: int = 1, mpi_ranks=(2, 4), log=print, keep_links_from=Non
     log(f"  per-op overhead: {ovh * 1e6:.1f} us")
     vec = vector_rate()
     log(f"  elementwise: {vec / 1e9:.2f} GFLOP/s")
+    runtime = runtime_rss(threads)
+    log(f"  runtime (resident set of a process with torch and hpc_fcn imported): {runtime / 1e6:.0f} MB")
     links = {}
     if not mpi_ranks and keep_links_from is not None and Path(keep_links_from).is_file():
         from .hardware import load_hardware
@@ -245,7 +267,7 @@ def calibrate(threads: int = 1, mpi_ranks=(2, 4), log=print, keep_links_from=Non
         links["default"] = links["all_to_all"]
     return Hardware(name="this_machine", kind="cpu", peak_flops=peak, mem_bandwidth_Bps=bw,
                     mem_capacity_bytes=_mem_total(), fft_flops=fft, vector_flops=vec, op_overhead_s=ovh,
-                    runtime_bytes=0.0, allocator_overhead=0.0, devices_per_node=1 << 16, cores=os.cpu_count() or 1,
+                    runtime_bytes=runtime, allocator_overhead=CPU_ALLOCATOR_OVERHEAD, devices_per_node=1 << 16, cores=os.cpu_count() or 1,
                     threads=threads, gemm_curve=curve, intra=links, inter={},
                     source=f"python -m perfmodel calibrate (threads={threads}, MPI ranks {list(mpi_ranks)}), "
                            f"{time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}")

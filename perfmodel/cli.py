@@ -11,6 +11,11 @@ from hpc_fcn.parallel.layout import Layout
 from .predict import Prediction, predict, suggest
 
 
+CODE_PATH_NAMES = {"fused": "hpc_fcn.accel.FusedAFNONet, what the app runs for a serial model",
+                   "eager": "the published AFNONet.forward",
+                   "distributed": "DistributedAFNONet, what the app runs when h, w or matmul > 1"}
+
+
 def _gb(x: float) -> str:
     return f"{x / 1e9:.2f} GB"
 
@@ -34,6 +39,7 @@ def _layout_from(p, ranks: int | None, layout: str | None) -> tuple[dict | None,
 def print_prediction(pred: Prediction, out=None, hardware=None) -> None:
     out = out or sys.stdout
     lay = pred.layout
+    print(f"code path {pred.code_path} ({CODE_PATH_NAMES[pred.code_path]}): its inference memory is predicted", file=out)
     print(f"hardware {pred.hardware}, layout ensemble={lay['ensemble']} h={lay['h']} w={lay['w']} "
           f"matmul={lay['matmul']}, precision {pred.precision}, {pred.members_per_pass} member(s) per pass"
           + (" (training)" if pred.training else ""), file=out)
@@ -45,9 +51,10 @@ def print_prediction(pred: Prediction, out=None, hardware=None) -> None:
     print(f"{'step':<15}{pred.flops / 1e9:>11.2f}{'':>29}{pred.step_time_s * 1e3:>11.3f}", file=out)
     for name, mem in (("inference", pred.memory_inference), ("training", pred.memory_training)):
         d = mem.as_dict()
-        print(f"memory per rank, {name}: {_gb(d['total'])} (weights {_gb(d['weights'])}, activations "
+        print(f"memory per rank, {name} ({d['code_path']} code path): {_gb(d['total'])} (weights {_gb(d['weights'])}, activations "
               f"{_gb(d['activations'])}, optimizer {_gb(d['optimizer'])}, autocast weights {_gb(d['weight_copies'])}, "
-              f"io {_gb(d['io'])}, runtime {_gb(d['runtime'])})", file=out)
+              f"io {_gb(d['io'])}, held members {_gb(d['held'])}, runtime {_gb(d['runtime'])}, "
+              f"allocator {_gb(d['allocator'])})", file=out)
     print(f"time to solution: {pred.passes} pass(es) x {pred.lead_steps} step(s) x {pred.step_time_s * 1e3:.3f} ms = "
           f"{pred.time_to_solution_s:.3f} s for {pred.members} member(s)", file=out)
     energy = _energy(pred, hardware)
@@ -78,10 +85,13 @@ def cmd_predict(a) -> int:
     hw = load_hardware(a.hardware)
     layout, ranks = _layout_from(par, a.ranks, a.layout)
     if layout is None:
+        if a.code_path:
+            raise ValueError("--code-path needs a layout (--layout or the config's parallel section), not "
+                             "parallel.layout=auto")
         layout, pred = suggest(kw, ranks=ranks, hardware=hw, training=a.training, **run)
         print(f"parallel.layout=auto: the model suggests {layout}")
     else:
-        pred = predict(kw, layout=layout, hardware=hw, training=a.training, **run)
+        pred = predict(kw, layout=layout, hardware=hw, training=a.training, code_path=a.code_path, **run)
     if a.json:
         energy = _energy(pred, hw)
         print(json.dumps(dict(pred.as_dict(), energy=energy.as_dict() if energy else None), indent=1))
@@ -124,6 +134,9 @@ def main(argv=None, load_case=None) -> int:
     p.add_argument("--layout", help="e,h,w,m")
     p.add_argument("--channels", type=int)
     p.add_argument("--training", action="store_true", help="a training step instead of inference")
+    p.add_argument("--code-path", choices=("fused", "eager", "distributed"),
+                   help="the inference forward whose memory is predicted (default: what the app runs: fused for a "
+                        "serial model, distributed when the model is split)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_predict)
     s = sub.add_parser("suggest", help="the fastest layout of N ranks that fits in memory")

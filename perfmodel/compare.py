@@ -71,9 +71,10 @@ def run_hardware(summary: dict, hardware):
 def predicted(summary: dict, hardware) -> Prediction:
     m = summary["meta"]
     hardware = run_hardware(summary, hardware)
+    serial = all(m["layout"].get(k, 1) == 1 for k in ("h", "w", "matmul"))  # the traced runs step AFNONet itself
     return predict(m["model_kwargs"], layout=m["layout"], hardware=hardware, members=m.get("members_per_pass", 1),
                    members_per_pass=m.get("members_per_pass", 1), precision=m.get("precision", "fp32"),
-                   ranks_per_node=m.get("ranks_per_node"))
+                   ranks_per_node=m.get("ranks_per_node"), code_path="eager" if serial else None)
 
 
 def _energy_pred(pred: Prediction, hardware, summary: dict) -> float | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpc_fcn.model.config import ModelShape
-from hpc_fcn.model.facts import LOW_PRECISION, act_bytes, local_shapes, member_bytes, parameter_count
+from hpc_fcn.model.facts import (LOW_PRECISION, act_bytes, check_code_path, local_shapes, member_bytes, parameter_count,
+                                 spectral_copy_bytes)
 from hpc_fcn.parallel.layout import Layout
 
 
@@ -20,12 +21,14 @@ class Memory:
     optimizer: float  # Adam moments (training only)
     weight_copies: float  # autocast's low-precision weight copies kept for backward (training + AMP)
     io: float  # input state and prediction buffers of one pass
-    runtime: float  # runtime context (CUDA context and libraries), from the hardware file
+    runtime: float  # the process before any tensor (CUDA context and libraries; a CPU's resident set), hardware file
     allocator: float  # allocator rounding / caching, from the hardware file
+    code_path: str = "fused"  # the forward whose live set ``activations`` is (hpc_fcn.model.facts.CODE_PATHS)
+    held: float = 0.0  # an ensemble run's member states between passes (hpc_fcn.model.facts.held_bytes)
 
     @property
     def tensors(self) -> float:
-        return self.weights + self.activations + self.optimizer + self.weight_copies + self.io
+        return self.weights + self.activations + self.optimizer + self.weight_copies + self.io + self.held
 
     @property
     def total(self) -> float:
@@ -33,22 +36,26 @@ class Memory:
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("weights", "activations", "optimizer", "weight_copies", "io",
-                                              "runtime", "allocator", "tensors", "total")}
+                                              "held", "runtime", "allocator", "tensors", "total", "code_path")}
 
 
 def footprint(net: ModelShape, lay: Layout, batch: int, precision: str = "fp32", training: bool = False,
-              runtime_bytes: float = 0.0, allocator_overhead: float = 0.0) -> Memory:
+              runtime_bytes: float = 0.0, allocator_overhead: float = 0.0, code_path: str | None = None) -> Memory:
     """Peak memory of one rank running passes of ``batch`` members (fp32 master weights always).
 
-    Inference: the weights and ``batch`` times the per-member bytes (:func:`hpc_fcn.model.facts.member_bytes`,
-    the same bytes the ``members_per_pass: 0`` rule budgets); training: what autograd saves, counted here.
+    Inference on the forward ``code_path`` (None: the one the app runs on ``lay``): the weights (the fused
+    forward adds its interleaved spectral copies) and ``batch`` times the per-member bytes
+    (:func:`hpc_fcn.model.facts.member_bytes`, the same bytes the ``members_per_pass: 0`` rule budgets);
+    training (the distributed/eager autograd graph): what autograd saves, counted here.
     """
     params, gemm_params = parameter_count(net, lay)
     weights = 4.0 * params
     if not training:
-        member = member_bytes(net, lay, precision)
+        path = check_code_path(code_path, lay)
+        weights += spectral_copy_bytes(net, path)
+        member = member_bytes(net, lay, precision, path)
         acts, io = float(batch * member.activations), float(batch * member.io)
-        return Memory(weights, acts, 0.0, 0.0, io, runtime_bytes, allocator_overhead * (weights + acts + io))
+        return Memory(weights, acts, 0.0, 0.0, io, runtime_bytes, allocator_overhead * (weights + acts + io), path)
     L = local_shapes(net, lay, batch)
     low = precision in LOW_PRECISION
     a = act_bytes(precision)
@@ -73,4 +80,4 @@ def footprint(net: ModelShape, lay: Layout, batch: int, precision: str = "fp32",
     copies = gemm_params * a if low else 0.0
     acts = float(saved + transient)
     return Memory(weights, acts, 2.0 * weights, float(copies), io, runtime_bytes,
-                  allocator_overhead * (weights * 3 + acts + copies + io))
+                  allocator_overhead * (weights * 3 + acts + copies + io), "eager" if lay.model_ranks == 1 else "distributed")

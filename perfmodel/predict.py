@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from .hardware import Hardware, load_hardware
 from hpc_fcn.model.config import ModelShape
-from hpc_fcn.model.facts import auto_pass_limit, memory_budget, parameter_count, pass_size
+from hpc_fcn.model.facts import (auto_pass_limit, check_code_path, held_bytes, memory_budget, parameter_count,
+                                 pass_size)
 from hpc_fcn.parallel.layout import Layout, layout_problem
 
 from .memory import Memory, footprint
@@ -71,6 +72,7 @@ class Prediction:
     memory_inference: Memory | None = None
     memory_training: Memory | None = None
     notes: list[str] = field(default_factory=list)
+    code_path: str = "fused"  # the inference forward whose memory is predicted (hpc_fcn.model.facts.CODE_PATHS)
 
     @property
     def step_time_s(self) -> float:
@@ -99,7 +101,8 @@ class Prediction:
                 "training": self.training, "members": self.members, "members_per_pass": self.members_per_pass,
                 "lead_steps": self.lead_steps, "passes": self.passes, "step_time_s": self.step_time_s,
                 "time_to_solution_s": self.time_to_solution_s, "memory_bytes": self.memory_bytes,
-                "memory": self.memory.as_dict(), "regions": self.table(), "notes": self.notes}
+                "memory": self.memory.as_dict(), "regions": self.table(), "notes": self.notes,
+                "code_path": self.code_path}
 
 
 def collective_time(hw: Hardware, op: Op, span: int) -> float:
@@ -165,9 +168,12 @@ def pass_members(net: ModelShape, lay: Layout, hw: Hardware, members_local: int,
 
 def predict(model_kwargs: dict, *, layout=None, hardware="h100", members: int = 1, members_per_pass: int = 1,
             precision: str = "fp32", lead_steps: int = 1, training: bool = False,
-            ranks_per_node: int | None = None, cuda_graphs: bool = False) -> Prediction:
+            ranks_per_node: int | None = None, cuda_graphs: bool = False, code_path: str | None = None) -> Prediction:
     """Predicted time per step, memory per rank and time to solution for one config and layout.
 
+    ``code_path``: the inference forward whose memory is predicted: ``fused`` (FusedAFNONet), ``eager`` (the
+    published AFNONet.forward) or ``distributed``; None: the one the app runs (fused for a serial model,
+    distributed when h, w or matmul > 1). The pass size (``members_per_pass`` 0) is the app's rule either way.
     ``members_per_pass``: the most members one rank pushes through the network together (0: as many as fit,
     ``inference.members_per_pass: 0``; ``cuda_graphs`` as the run sets it), its share of ``members`` balanced
     over the fewest passes. ``ranks_per_node``: ranks sharing a CPU node (default: all ranks of the layout).
@@ -180,6 +186,7 @@ def predict(model_kwargs: dict, *, layout=None, hardware="h100", members: int = 
         raise ValueError(f"layout {lay.as_dict()}: {problem}")
     if precision not in ("fp32", "tf32", "bf16", "fp16", "fp8"):
         raise ValueError(f"precision must be fp32, tf32, bf16, fp16 or fp8, got {precision!r}")
+    code_path = check_code_path(code_path, lay)
     members_local = -(-members // lay.ensemble)
     batch = pass_members(net, lay, hw, members_local, members_per_pass, precision, cuda_graphs)
     passes = -(-members_local // batch)
@@ -206,13 +213,15 @@ def predict(model_kwargs: dict, *, layout=None, hardware="h100", members: int = 
                                group=lay.ensemble, bytes=2 * n))
         _accumulate(regions, grad_ops, hw, lay, share)
     mem_kw = dict(runtime_bytes=hw.runtime_bytes, allocator_overhead=hw.allocator_overhead)
-    mem_inf = footprint(net, lay, batch, precision, False, **mem_kw)
+    mem_inf = footprint(net, lay, batch, precision, False, code_path=code_path, **mem_kw)
+    if members > 1 or lay.ensemble > 1:  # an ensemble run also holds its members' states between passes
+        mem_inf.held = float(held_bytes(net, lay, members_local, members, lay.ensemble))
     mem_train = footprint(net, lay, batch, precision, True, **mem_kw)
     mem = mem_train if training else mem_inf
     if mem.total > hw.mem_capacity_bytes:
         notes.append(f"needs {mem.total / 1e9:.1f} GB per rank, more than the {hw.mem_capacity_bytes / 1e9:.0f} GB available")
     return Prediction(lay.as_dict(), hw.name, precision, training, members, batch, lead_steps, regions, mem,
-                      passes, mem_inf, mem_train, notes)
+                      passes, mem_inf, mem_train, notes, code_path)
 
 
 def layouts(ranks: int) -> list[Layout]:

@@ -230,3 +230,32 @@ def test_oversubscription(tmp_path):
         assert number(r[2]) > 0 and number(r[3]) == number(r[2]) and number(r[4]) > 0 and number(r[5]) > 0
     m = re.search(rf"^3 ranks / 2 ranks: ({NUM})x yielding", out, re.M)
     assert m and float(m.group(1)) == pytest.approx(number(rows[1][4]), abs=0.01)  # both printed to 2 decimals
+
+
+def test_scaling():
+    """bench/scaling.py --smoke: every variant on 2 ranks (tiny model, one round), interleaved in one mpirun; the
+    ratios against the published forward and against one rank, and every variant computes the same step."""
+    out = bench("scaling.py", "--smoke")
+    rows = {r[0]: r for r in md_rows(out, "| variant | ranks x threads | members/pass |")}
+    assert list(rows) == ["published", "default-2t", "default-1t", "h2", "ens2", "w2"]
+    assert [rows[v][1] for v in rows] == ["1 x 2", "1 x 2", "1 x 1", "2 x 1", "2 x 1", "2 x 1"]
+    assert rows["published"][6] == "1.00x" and rows["default-1t"][7] == "1.00x" and rows["default-2t"][8] == "1.00x"
+    for r in rows.values():
+        assert number(r[3]) > 0 and number(r[5]) > 0 and all(number(c) > 0 for c in r[6:9])
+        # the distributed and fused steps reorder fp32 sums only: well below 1e-5 of the output's largest value
+        assert number(r[9]) < 1e-5
+    for what in ("default vs published one at a time, 2 threads", "h2 vs 1 rank x 1 thread",
+                 "ens2 vs 1 rank x 2 threads"):
+        assert re.search(rf"^{what}: {NUM}x$", out, re.M)
+
+
+def test_inference_memory():
+    """bench/inference_memory.py --smoke: one row per code path, each case in its own process, the measured tensor
+    peak beside the predicted live set (equal at any size: the profiler counts the bytes member_bytes sums)."""
+    out = bench("inference_memory.py", "--smoke", "--threads", 1, timeout=300)  # 3 processes importing torch
+    rows = md_rows(out, "| path | patch | tokens |")
+    assert [(r[0], r[1], r[2]) for r in rows] == [("eager", "4", "128"), ("fused", "4", "128")]
+    for r in rows:
+        assert all(number(c) > 0 for c in (r[3], r[4], r[6], r[8]))
+        assert number(r[3]) == number(r[4]) and number(r[5]) == 0  # exact, as tests/test_inference_memory.py checks
+        assert math.isfinite(number(r[9]))

@@ -86,7 +86,7 @@ def test_training_activation_memory_matches_saved_tensors(kw, amp):
 def test_published_memory_of_the_production_model():
     """9.3 GB to train and 3.4 GB to run (batch 1), as device memory in use on an A100 (docs/perfmodel.md)."""
     train = pm.predict(PRODUCTION, hardware="a100", precision="fp16", training=True)
-    infer = pm.predict(PRODUCTION, hardware="a100", precision="fp32")
+    infer = pm.predict(PRODUCTION, hardware="a100", precision="fp32", code_path="eager")  # FourCastNet's own forward
     # model vs published measurement: the 2 GB runtime share is an estimate (docs/perfmodel.md: +1.6 %, -11 %)
     assert train.memory_bytes == pytest.approx(9.3 * GB, rel=0.15)
     assert infer.memory_bytes == pytest.approx(3.4 * GB, rel=0.15)

@@ -107,3 +107,44 @@ def test_a_zarr_run_names_zarr_not_netcdf(zarr_run):
     space = [ln for ln in proc.stderr.splitlines() if "per output step" in ln]
     assert len(space) == 1 and "of zarr" in space[0], proc.stderr
     assert "netcdf" not in proc.stderr.lower() and "netcdf" not in proc.stdout.lower()
+
+
+def test_outermost_mapped_region_of_the_own_thread_opens_the_phase():
+    from hpc_fcn.memwatch import PhaseMeter
+    from hpc_fcn.ensemble.report import phase_of
+    c = Clock()
+    meter = PhaseMeter(clock=c)
+    t = Tracer(enabled=True, clock=c)
+    t.watch_phases(meter, phase_of)
+    with t.region("forecast.step"):  # 0 .. 2, with a mapped region nested in it: one phase, not two
+        with t.region("forecaster.pass"):
+            c.t = 1.0
+        with t.comm("fft/all_to_all@w", 8):
+            c.t = 2.0
+    with t.comm("score_members/alltoallv@ensemble", 8):  # a collective by its tag: 2 .. 2.5
+        c.t = 2.5
+    with t.region("unmapped"):
+        c.t = 3.0
+
+    def writer():  # another thread's IO opens no phase of this rank's
+        with t.region("io.write", "io"):
+            c.t = 4.0
+    th = threading.Thread(target=writer)
+    th.start()
+    th.join()
+    assert meter.seconds == {"step": 2.0, "scoring": 0.5}
+    assert set(meter.peak) == {"step", "scoring"} and min(meter.peak.values()) > 0
+
+
+def test_each_rank_reports_its_phases(zarr_run):
+    out, proc = zarr_run
+    ranks = json.loads((out / "timings.json").read_text())["ranks"]
+    for r in ranks:
+        ph = r["phases"]
+        assert {"startup", "checkpoint", "read", "perturb", "step", "output", "scoring", "report"} <= set(ph["seconds"])
+        # the phases inside the rollout are on this rank's thread and do not overlap: no more than its wall
+        inside = sum(ph["seconds"][k] for k in ("read", "perturb", "step", "output", "scoring"))
+        assert 0.0 < inside <= r["wall"] + 1e-6
+        assert ph["seconds"]["step"] > 0.0 and ph["seconds"]["startup"] > 0.0
+        assert all(p > 10 * 2**20 for p in ph["peak_bytes"].values())  # a Python process with torch: > 10 MiB
+    assert "Phases per rank" in proc.stdout

@@ -6,6 +6,8 @@
 # spinning, so they leave the cores to the ranks still computing: MPICH's MPIR_CVAR_ENABLE_HEAVY_YIELD (Open
 # MPI: mpi_yield_when_idle), and HPC_FCN_YIELD=1, with which hpc_fcn's Communicator waits asleep for every
 # rank before each collective. HPC_FCN_YIELD=1|0 forces it on or off (bench/oversubscription.py: both).
+# HPC_FCN_SLOTS=1 (opt-in) also gives the ensemble app compute slots: at most one rank per core runs a model
+# step at once, the others sleep (hpc_fcn/parallel/slots.py; docs/speed.md).
 # The launcher comes from the record tools/bootstrap.sh writes ($VENV/.hpc_fcn-mpi, valid while newer
 # than the installed mpi4py), else from asking mpi4py (tools/mpi_choice.py locate); HPC_FCN_MPIRUN
 # (with HPC_FCN_MPI_FAMILY=openmpi|mpich) forces one.
@@ -62,6 +64,10 @@ if [ "$yield" = auto ]; then
 fi
 # HPC_FCN_YIELD=1 also makes hpc_fcn's Communicator wait for the other ranks asleep before each collective
 export HPC_FCN_YIELD=$yield
+case "${HPC_FCN_SLOTS:-0}" in
+  0|1) ;;
+  *) echo "error: HPC_FCN_SLOTS=$HPC_FCN_SLOTS: use 1 (compute slots where ranks outnumber cores) or 0" >&2; exit 2 ;;
+esac
 if [ "$yield" = 1 ]; then
   if [ "$MPI_FAMILY" = openmpi ]; then
     extra+=(--mca mpi_yield_when_idle 1)

@@ -87,7 +87,7 @@ class NetCDFSource:
 
 
 _OPEN: dict = {}  # path -> open netCDF4.Dataset, so a year's many small reads do not reopen files
-MAX_OPEN = 64
+MAX_OPEN = 32  # each holds ~1 MB of HDF5 buffers, not all returned on closing: bounds memory whatever the period
 
 
 def open_nc(path: str):

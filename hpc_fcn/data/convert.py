@@ -228,9 +228,14 @@ class Moments:
 
     @classmethod
     def of(cls, x: np.ndarray) -> "Moments":  # x (T, C, rows, cols)
-        x = x.astype(np.float64)
-        mean = x.mean(axis=(0, 2, 3))
-        m2 = ((x - mean[None, :, None, None]) ** 2).sum(axis=(0, 2, 3))
+        """Moments of a chunk, one channel at a time in float64 (at 721 x 1440 a float64 copy of a whole chunk
+        and its squares would take 4 times the chunk's memory)."""
+        mean, m2 = np.empty(x.shape[1]), np.empty(x.shape[1])
+        for c in range(x.shape[1]):
+            xc = x[:, c].astype(np.float64)
+            mean[c] = xc.mean()
+            xc -= mean[c]
+            m2[c] = np.square(xc, out=xc).sum()
         return cls(float(x.shape[0] * x.shape[2] * x.shape[3]), mean, m2)
 
     def merge(self, other: "Moments") -> "Moments":
@@ -284,7 +289,8 @@ def compute_stats(root: Path, split: str, comm: Communicator | None = None, *, y
             with h5py.File(p, "r", locking=False) as f:
                 x = np.asarray(f["fields"][a:b], dtype=np.float32)
             moments = moments.merge(Moments.of(x))
-            tsum += x.sum(axis=0, dtype=np.float64)
+            for c in range(nchan):  # one channel's float64 sum at a time, not the whole chunk's
+                tsum[c] += x[:, c].sum(axis=0, dtype=np.float64)
         return moments, tsum
     moments, tsum = collective(comm, accumulate, tag="stats_read")  # a read failing on one rank stops all here
     steps = sum(s[0] for s in shapes)

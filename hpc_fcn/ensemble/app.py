@@ -17,13 +17,14 @@ from ..accel.power import PowerSampler, joules_per_member_step
 from ..config import save_resolved
 from ..io.background import BackgroundWriter
 from ..io.outdir import OutputLock, free_bytes, human
+from ..memwatch import PhaseMeter, process_seconds
 from ..runtime import UserError, root_decides
 from ..tracing import Tracer
 from .config import EnsembleConfig
 from .identity import run_identity
 from .perturb import Perturber
 from .products import Products
-from .report import metrics_document, rank_timings
+from .report import metrics_document, phase_of, rank_timings
 from .resolve import ResolvedRun, check_before_data, resolve
 from .rollout import Rollout
 from .scoring import Scoring
@@ -32,23 +33,32 @@ from .snapshot import SnapshotStore
 log = logging.getLogger("hpc_fcn")
 
 
-def make_forecaster(run: ResolvedRun, tracer: Tracer, hooks: list | None = None):
+def make_forecaster(run: ResolvedRun, tracer: Tracer, hooks: list | None = None, keep_serial: bool = True):
     """The run's model on its device (distributed over matmul when the grid has it), wrapped in a Forecaster.
 
     Every command that steps the ensemble (the app, :mod:`.tune`) builds its model here. ``hooks``: a list
-    that receives the tracing hooks when given (``trace: true``).
+    that receives the tracing hooks when given (``trace: true``). ``keep_serial=False``: a distributed model
+    lets go of the serial one it was sharded from (the whole network's weights, 0.3 GB at production size).
     """
     from ..forecaster import Forecaster
     if run.grid.model.size > 1:
         from ..parallel.model import DistributedAFNONet
         net = DistributedAFNONet.from_serial(run.serial, None, run.grid).eval()
+        if not keep_serial:
+            run.serial = None
     else:
         net = run.serial
     net = net.to(run.device)
     if hooks is not None:
         from ..instrument import instrument
         hooks.append(instrument(net, tracer))
-    return Forecaster(net, run.cfg.inference, grid=run.grid, tracer=tracer)
+    slots = None
+    if run.grid.model.size == 1 and run.device.type == "cpu":  # a pass that waits on no other rank (collective)
+        import torch
+
+        from ..parallel.slots import node_slots
+        slots = node_slots(run.grid.world, threads=torch.get_num_threads(), tracer=tracer)
+    return Forecaster(net, run.cfg.inference, grid=run.grid, tracer=tracer, slots=slots)
 
 
 def make_perturber(run: ResolvedRun, perturbation=None):
@@ -89,6 +99,9 @@ class EnsembleRun:
         self._hooks: list = []
         self.outdir = Path(cfg.output.dir).expanduser()
         self.lock: OutputLock | None = None
+        # seconds and peak memory per phase of this rank (timings.json); start-up counts from the process's start
+        self.phases = PhaseMeter()
+        self.phases.start("startup")
         check_before_data(cfg, comm.size)  # a bad config fails before the output folder is made
         root_decides(comm, self._lock)
         try:
@@ -96,6 +109,8 @@ class EnsembleRun:
         except BaseException:
             self.release()
             raise
+        self.phases.stop()
+        self.phases.seconds["startup"] = process_seconds() - self.phases.seconds.get("checkpoint", 0.0)
 
     def _lock(self) -> None:
         self.lock = OutputLock.acquire(self.outdir)
@@ -109,6 +124,7 @@ class EnsembleRun:
     def _build(self, cfg: EnsembleConfig) -> None:
         comm = self.comm
         self.tracer = Tracer(enabled=True, rank=comm.rank)
+        self.tracer.watch_phases(self.phases, phase_of)
         run: ResolvedRun = resolve(cfg, comm, self.tracer, self.suggest)
         run.cfg.products.check_channels(run.channels)  # every rank alike, before anything is written
         self.resolved = run
@@ -116,7 +132,8 @@ class EnsembleRun:
         self.identity = root_decides(comm, self._identity)
         root_decides(comm, self._check_space)
         root_decides(comm, self._check_bred_history)
-        self.forecaster = make_forecaster(run, self.tracer, hooks=self._hooks if self.cfg.trace else None)
+        self.forecaster = make_forecaster(run, self.tracer, hooks=self._hooks if self.cfg.trace else None,
+                                          keep_serial=False)
         self.perturber = make_perturber(run)
         self.model_noise = make_model_noise(run)
 
@@ -218,14 +235,16 @@ class EnsembleRun:
         """Reduce the scores, write the report (rank 0) and the traces; returns the metrics document.
         ``rollout``: (start, end) of the rollout on the tracer's clock, whose wall time the timings partition."""
         run = self.resolved
-        scores = scoring.reduce()
-        doc = metrics_document(scores, run.channels, self.plan.lead_hours, run.members,
-                               [run.ds.times[i] for i in self.plan.init_indices], self.cfg.scoring.lat_weights)
+        with self.phases.phase("report"):
+            scores = scoring.reduce()
+            doc = metrics_document(scores, run.channels, self.plan.lead_hours, run.members,
+                                   [run.ds.times[i] for i in self.plan.init_indices], self.cfg.scoring.lat_weights)
         if run.lag.groups > 1:  # a lagged ensemble: `members` counts every lag group's (docs/ensembles.md)
             doc["lagged"] = {"initial_times": run.lag.groups, "lag_hours": run.lag.hours,
                              "members_per_initial_time": run.lag.per_group}
         timings = self.grid.world.gather(dict(rank_timings(self.tracer, *rollout), wall=rollout[1] - rollout[0],
-                                              group=self.grid.coords["ensemble"], energy=self.energy), root=0,
+                                              group=self.grid.coords["ensemble"], energy=self.energy,
+                                              phases=self.phases.as_dict()), root=0,
                                          tag="timings")
         if self.comm.rank == 0:
             energy = joules_per_member_step([t["energy"] for t in timings], self.energy["member_steps"])

@@ -18,7 +18,7 @@ from ..accel.hostcopy import HostBuffers, HostCopy
 from ..config import dump_yaml
 from ..io.backend import OutputBackend, OutputSpec, RankWindow, backend_class
 from ..io.cf import products as output_products
-from .report import format_table, timing_table
+from .report import format_table, phase_table, timing_table
 from .resolve import ResolvedRun
 
 log = logging.getLogger("hpc_fcn")
@@ -173,6 +173,7 @@ class Products:
         (self.outdir / "metrics.md").write_text(table + "\n")
         print(table, flush=True)
         print(timing_table(timings, run.members * run.plan.lead_steps * len(run.plan.init_indices)), flush=True)
+        print(phase_table(timings), flush=True)
         log.info("outputs in %s", self.outdir)
 
 

@@ -104,6 +104,11 @@ def format_table(doc: dict, leads: list[str]) -> str:
 PARTS = (("compute", "compute"), ("comm", "communication"), ("io", "IO"), ("other", "other"))  # key, column
 
 
+def _rate(x: float) -> str:
+    """A throughput with the digits it needs: 103.4, 2.35, 0.0421 (production size on a CPU)."""
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 0.1 else f"{x:.4f}"
+
+
 def timing_table(per_rank: list[dict], member_steps: int) -> str:
     """Each ensemble group's seconds in compute, communication, IO and other (mean over its ranks), which add
     up to its wall time, and the throughput."""
@@ -112,7 +117,7 @@ def timing_table(per_rank: list[dict], member_steps: int) -> str:
         groups.setdefault(t["group"], []).append(t)
     wall = max(t["wall"] for t in per_rank)
     lines = ["", f"Timings: {len(per_rank)} rank(s), wall {wall:.1f} s, "
-                 f"{member_steps / max(wall, 1e-9):.1f} member-steps/s",
+                 f"{_rate(member_steps / max(wall, 1e-9))} member-steps/s",
              "Seconds of the rollout per rank, mean over each ensemble group: compute + communication + IO + other "
              "= wall.", "Each second counts under the innermost timed region open then (the collectives inside a "
              "step are communication); other: outside every region.", "",
@@ -122,6 +127,42 @@ def timing_table(per_rank: list[dict], member_steps: int) -> str:
         ts = groups[gid]
         mean = [sum(t.get(k, 0.0) for t in ts) / len(ts) for k, _ in PARTS] + [sum(t["wall"] for t in ts) / len(ts)]
         lines.append(f"| {gid} | {len(ts)} | " + " | ".join(f"{v:.2f}" for v in mean) + " |")
+    return "\n".join(lines)
+
+
+# The phases a run's time and peak memory are reported by (timings.json "phases"), and the regions (or the tags of
+# collectives, before the "/") that make each; the rest of the rollout is "other".
+PHASES = ("startup", "checkpoint", "read", "perturb", "step", "output", "scoring", "report")
+PHASE_REGIONS = {
+    "checkpoint": ("checkpoint.load",),
+    "read": ("io.read",),
+    "perturb": ("perturbation",),
+    "step": ("forecast.step", "forecast.spin_up", "forecaster.pass", "model_noise"),
+    "output": ("io.open", "io.close", "io.to_host", "io.write", "io.submit", "io.wait", "snapshot", "ensemble_stats",
+               "ens_mean", "ens_var"),
+    "scoring": ("scoring", "probability_products", "score_members"),
+}
+_PHASE_OF = {region: phase for phase, regions in PHASE_REGIONS.items() for region in regions}
+
+
+def phase_of(region: str) -> str | None:
+    """The phase a timed region (or collective, ``tag/op@axis``) belongs to, or None."""
+    return _PHASE_OF.get(region.split("/", 1)[0])
+
+
+def phase_table(per_rank: list[dict]) -> str:
+    """Seconds and peak resident memory of each phase, per rank (start-up: from the process's start, the
+    checkpoint's load not counted; its peak includes it)."""
+    def cell(ph: dict, name: str) -> str:
+        if name not in ph["seconds"]:
+            return "-"
+        return f"{ph['seconds'][name]:.1f} s / {ph['peak_bytes'][name] / 2**30:.2f} GiB"
+    lines = ["", "Phases per rank: seconds / peak resident memory (GiB) within the phase"
+             + ("" if all(t["phases"]["resettable"] for t in per_rank) else
+                " (this kernel cannot reset the peak: peaks are the process's up to the phase's end)"), "",
+             "| rank | " + " | ".join(PHASES) + " |", "|---|" + "---|" * len(PHASES)]
+    for r, t in enumerate(per_rank):
+        lines.append(f"| {r} | " + " | ".join(cell(t["phases"], p) for p in PHASES) + " |")
     return "\n".join(lines)
 
 

@@ -60,7 +60,7 @@ class ResolvedRun:
     channels: list[str]  # the model's channels
     out_vars: list[str]  # the channels written
     out_idx: list[int]  # their indices in ``channels``
-    serial: AFNONet  # the serial model (CPU)
+    serial: AFNONet | None  # the serial model (CPU); None once a distributed model was sharded from it (the app)
     device: torch.device
     grid: ProcessGrid  # every communicator of the run: ``grid.world`` and one per axis
     rows: slice  # this rank's window of the model grid
@@ -175,7 +175,8 @@ def resolve(cfg: EnsembleConfig, comm, tracer: Tracer, suggest=None) -> Resolved
                           f"{', '.join(channels)}")
     plan = make_plan(cfg, ds.times, ds.dt_hours)
     lag = make_lagging(cfg, ds.times, ds.dt_hours, plan.init_indices)
-    serial, mcfg = serial_model(cfg.model, C, (ds.nlat, ds.nlon))
+    with tracer.region("checkpoint.load", "io"):
+        serial, mcfg = serial_model(cfg.model, C, (ds.nlat, ds.nlon))
     cfg = replace(cfg, model=mcfg)
     cfg = replace(cfg, parallel=choose_layout(cfg, comm.size, C, suggest))
     device = rank_device(cfg.inference.device, comm)

@@ -147,9 +147,10 @@ class Rollout:
         run, plan = self.run, self.run.plan
         for s in range(first, plan.lead_steps + 1):
             if s > 0:
-                noise = self.noise(init_hours, s)
-                with run.tracer.region("forecast.step", "compute"):
-                    state = self.step(state, noise)
+                with self.forecaster.slot():  # the noise and the passes wait on no other rank: one compute slot
+                    noise = self.noise(init_hours, s)
+                    with run.tracer.region("forecast.step", "compute"):
+                        state = self.step(state, noise)
                 if bar is not None:
                     bar.update(run.members)
             if finite is not None:

@@ -76,24 +76,65 @@ def parameter_count(shape: ModelShape, lay=None) -> tuple[int, int]:
     return total, gemm
 
 
+CODE_PATHS = ("fused", "eager", "distributed")  # the forwards whose live sets member_bytes knows
+
+
+def default_code_path(lay=None) -> str:
+    """The forward the app runs on a rank of ``lay``: FusedAFNONet for a serial model (hpc_fcn.forecaster), the
+    DistributedAFNONet's own forward when the model is split (h, w or matmul > 1)."""
+    h, w, m = _axes(lay)
+    return "fused" if h * w * m == 1 else "distributed"
+
+
+def check_code_path(path: str | None, lay=None) -> str:
+    """``path`` (None: :func:`default_code_path`), checked against the layout: eager and fused are serial forwards."""
+    if path is None:
+        return default_code_path(lay)
+    if path not in CODE_PATHS:
+        raise ValueError(f"code path must be one of {', '.join(CODE_PATHS)}, got {path!r}")
+    h, w, m = _axes(lay)
+    if path != "distributed" and h * w * m > 1:
+        raise ValueError(f"the {path} forward is serial but the layout splits the model (h={h} w={w} matmul={m}): "
+                         f"use code path distributed")
+    return path
+
+
+def spectral_copy_bytes(shape: ModelShape, path: str = "fused", dense_max_block: int = 8) -> int:
+    """Bytes of the spectral weights FusedAFNONet keeps beside the model's (interleaved re/im, fp32): per block two
+    layers of a dense block-diagonal (2C x 2C) matrix when the blocks are at most ``dense_max_block`` wide
+    (FusedAFNONet.DENSE_SPECTRAL_MAX_BLOCK), else nb (2bs x 2bs) blocks; 0 for the other paths."""
+    if path != "fused":
+        return 0
+    nb, bs = shape.num_blocks, shape.block_size
+    mat = (2 * nb * bs) ** 2 if bs <= dense_max_block else nb * (2 * bs) ** 2
+    return shape.depth * 2 * (mat + 2 * nb * bs) * 4
+
+
 @dataclass(frozen=True)
 class MemberBytes:
-    """Device bytes one member takes on one rank during an inference pass (``torch.no_grad``)."""
+    """Bytes one member takes on one rank during an inference pass (``torch.no_grad``)."""
     activations: int  # the largest live set of a block or the head
     io: int  # its input and output images
+    path: str = "fused"  # the forward whose live set this is (CODE_PATHS)
 
     @property
     def total(self) -> int:
         return self.activations + self.io
 
 
-def member_bytes(shape: ModelShape, lay=None, precision: str = "fp32") -> MemberBytes:
-    """The per-member memory of inference: the largest live set, and the input and output images.
+def member_bytes(shape: ModelShape, lay=None, precision: str = "fp32", path: str | None = None) -> MemberBytes:
+    """The per-member memory of inference on the forward ``path`` (None: the one the app runs on ``lay``,
+    :func:`default_code_path`): the largest live set, and the input and output images.
 
-    Live at the MLP: the block input (kept by the skip), x, norm2(x), [its cast], fc1's and GELU's output;
-    at the filter: 3 token tensors, 2 spectra, the FFT pencil and 4 parts of the kept modes; at the head:
-    its input and output. Equal to the profiler's peak on CPU (docs/perfmodel.md); linear in the members.
+    eager (the published AFNONet.forward) and distributed (DistributedAFNONet, the same live sets split):
+    live at the MLP are the block input (kept by the skip), x, norm2(x), [its cast], fc1's and GELU's output;
+    at the filter: 3 token tensors, 2 spectra, the FFT pencil and 4 parts of the kept modes; at the head: its
+    input and output. fused (FusedAFNONet): its loop keeps the block input, norm1's output, the filter's output
+    y and the kept modes z (2 parts) alive through the block tail, which adds x and norm2(x): 5 token tensors +
+    2 parts at the MLP (the filter's live set, at most 3 token tensors + 1 spectrum + 10 parts, is smaller
+    there). Each equals the profiler's peak on CPU (docs/perfmodel.md); linear in the members.
     """
+    path = check_code_path(path, lay)
     h, w, m = _axes(lay)
     L = local_shapes(shape, lay)
     low, a, f4 = precision in LOW_PRECISION, act_bytes(precision), 4
@@ -105,11 +146,17 @@ def member_bytes(shape: ModelShape, lay=None, precision: str = "fp32") -> Member
     pencil = L.rows_w * shape.Wf * Cm * 2 * f4 if h * w > 1 else 0
     K = L.win_rows * L.win_cols * Cm * f4  # one part of the kept modes
     gathered = T * C * f4 if m > 1 else 0
-    mlp = 3 * tok + gathered + (T * C * a if low else 0) + 2 * T * Fm * a
-    filt = 3 * tok + 2 * spec + pencil + 4 * K
-    head = tok + 2 * T * n_out * max(a, f4 if m > 1 else a)
+    hidden = (T * C * a if low else 0) + 2 * T * Fm * a  # [norm2's cast], fc1's and GELU's output
+    if path == "fused":
+        mlp = 5 * tok + 2 * K + hidden
+        filt = 3 * tok + spec + 10 * K
+        head = 2 * tok + 2 * K + 2 * T * n_out * a
+    else:
+        mlp = 3 * tok + gathered + hidden
+        filt = 3 * tok + 2 * spec + pencil + 4 * K
+        head = tok + 2 * T * n_out * max(a, f4 if m > 1 else a)
     io = L.hl * p1 * L.wl * p2 * (shape.in_chans + shape.out_chans) * f4
-    return MemberBytes(max(mlp, filt, head), io)
+    return MemberBytes(max(mlp, filt, head), io, path)
 
 
 HELD_IMAGES = 3  # fp32 images an ensemble rank keeps per member between passes: state, physical units, host copy
@@ -163,5 +210,6 @@ def pass_size(n_members: int, limit: int) -> int:
     return math.ceil(n_members / passes)
 
 
-__all__ = ["ELEM", "LOW_PRECISION", "Local", "MemberBytes", "act_bytes", "auto_pass_limit", "budgeted_member_bytes",
-           "local_shapes", "member_bytes", "members_that_fit", "memory_budget", "parameter_count", "pass_size"]
+__all__ = ["CODE_PATHS", "ELEM", "LOW_PRECISION", "Local", "MemberBytes", "act_bytes", "auto_pass_limit",
+           "budgeted_member_bytes", "check_code_path", "default_code_path", "local_shapes", "member_bytes",
+           "members_that_fit", "memory_budget", "parameter_count", "pass_size", "spectral_copy_bytes"]

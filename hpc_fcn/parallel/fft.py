@@ -11,6 +11,11 @@ Spectral layout: spatial rank ``s = h.rank * pw + w.rank`` holds every row frequ
 the mode columns ``[c0, c1)`` of a balanced split of Wf over ph*pw, as (B, H, c1 - c0, C).
 ``irfft2`` runs the steps backwards. Each step is differentiable, so gradients are exact.
 Steps 1 and 3 are skipped when their group has one rank (pure h split: one transpose).
+
+``modes=K`` keeps only the mode columns ``[0, K)`` (what the AFNO filter acts on; the published window keeps
+about half of them): they alone are transposed, transformed along the rows and split over the ph*pw ranks
+(so every rank gets kept modes), and ``irfft2`` treats the dropped columns as zeros, as
+:class:`hpc_fcn.accel.FusedAFNONet` does for the serial model.
 """
 from __future__ import annotations
 
@@ -24,9 +29,12 @@ from .split import shard_range, split_sizes
 class DistributedFFT2:
     """Forward and inverse real 2-D FFT of an H x W token grid decomposed over ``grid.h`` x ``grid.w``."""
 
-    def __init__(self, grid: ProcessGrid, H: int, W: int, tag: str = "fft"):
+    def __init__(self, grid: ProcessGrid, H: int, W: int, tag: str = "fft", modes: int | None = None):
         self.grid = grid
         self.H, self.W, self.Wf = H, W, W // 2 + 1
+        self.modes = self.Wf if modes is None else int(modes)  # mode columns kept: [0, modes)
+        if not 1 <= self.modes <= self.Wf:
+            raise ValueError(f"modes must be between 1 and W // 2 + 1 = {self.Wf}, got {modes}")
         self.tag = tag
         ph, pw = grid.h.size, grid.w.size
         self.row_sizes = split_sizes(H, ph, "token grid's rows")
@@ -38,8 +46,8 @@ class DistributedFFT2:
         self.sub_row_sizes = split_sizes(h_local, pw, f"{h_local} local token rows (over w)")
         self.pencil_row_sizes = [s for i in range(ph)
                                  for s in split_sizes(self.row_sizes[i], pw, "local token rows (over w)")]
-        self.mode_col_sizes = split_sizes(self.Wf, ph * pw, "rfft mode columns")
-        self.mode_cols = slice(*shard_range(self.Wf, ph * pw, grid.spatial.rank, "rfft mode columns"))
+        self.mode_col_sizes = split_sizes(self.modes, ph * pw, "rfft mode columns")
+        self.mode_cols = slice(*shard_range(self.modes, ph * pw, grid.spatial.rank, "rfft mode columns"))
         self.mode_rows = slice(0, H)
 
     def spectral_shape(self, batch: int, channels: int) -> tuple[int, int, int, int]:
@@ -52,6 +60,8 @@ class DistributedFFT2:
         x = transpose(x, g.w, gather_dim=2, scatter_dim=1, gather_sizes=self.col_sizes,
                       scatter_sizes=self.sub_row_sizes, tag=self.tag)
         X = torch.fft.rfft(x, dim=2, norm="ortho")
+        if self.modes < self.Wf:
+            X = X.narrow(2, 0, self.modes)  # the all-to-all packs its pieces, so no copy here
         X = transpose(X, g.spatial, gather_dim=1, scatter_dim=2, gather_sizes=self.pencil_row_sizes,
                       scatter_sizes=self.mode_col_sizes, tag=self.tag)
         return torch.fft.fft(X, dim=1, norm="ortho")
@@ -62,7 +72,7 @@ class DistributedFFT2:
         x = torch.fft.ifft(X, dim=1, norm="ortho")
         x = transpose(x, g.spatial, gather_dim=2, scatter_dim=1, gather_sizes=self.mode_col_sizes,
                       scatter_sizes=self.pencil_row_sizes, tag=self.tag)
-        x = torch.fft.irfft(x, n=self.W, dim=2, norm="ortho")
+        x = torch.fft.irfft(x, n=self.W, dim=2, norm="ortho")  # zero-pads columns [modes, Wf)
         return transpose(x, g.w, gather_dim=1, scatter_dim=2, gather_sizes=self.sub_row_sizes,
                          scatter_sizes=self.col_sizes, tag=self.tag)
 
@@ -78,5 +88,5 @@ class DistributedFFT2:
         if ph * pw > 1:
             my_rows = self.sub_row_sizes[g.w.rank]
             my_modes = self.mode_col_sizes[g.spatial.rank]
-            total += batch * channels * 2 * itemsize * my_rows * (self.Wf - my_modes)
+            total += batch * channels * 2 * itemsize * my_rows * (self.modes - my_modes)
         return total

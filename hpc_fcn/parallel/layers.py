@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..accel.fastpath import patch_embed
 from ..model import mode_window, spectral_block_mlp
 from .fft import DistributedFFT2
 from .grid import ProcessGrid
@@ -111,7 +112,11 @@ class DistAFNO2D(nn.Module):
                  sparsity_threshold: float, hard_thresholding_fraction: float, dtype=torch.float32):
         super().__init__()
         self.grid = grid
-        self.fft = DistributedFFT2(grid, H, W)
+        rows, cols = mode_window(H, hard_thresholding_fraction)
+        # transform only the kept mode columns, split over every spatial rank (the published window keeps about
+        # half: all Wf columns would leave the ranks holding the upper half idle); fewer than the ranks: all
+        kept = min(cols.stop, W // 2 + 1)
+        self.fft = DistributedFFT2(grid, H, W, modes=kept if kept >= grid.spatial.size else None)
         self.block_size = hidden_size // num_blocks
         self.local_blocks = num_blocks // grid.matmul.size
         self.sparsity_threshold = sparsity_threshold
@@ -122,11 +127,13 @@ class DistAFNO2D(nn.Module):
         _param(self, "b1", b_spec, (2, nb, bs), dtype)
         _param(self, "w2", w_spec, (2, nb, bs, bs), dtype)
         _param(self, "b2", b_spec, (2, nb, bs), dtype)
-        rows, cols = mode_window(H, hard_thresholding_fraction)
         c0, c1 = self.fft.mode_cols.start, self.fft.mode_cols.stop
         lo, hi = max(cols.start, c0), min(cols.stop, c1)  # global window clipped to local columns
         self.rows = rows
         self.cols = slice(lo - c0, hi - c0) if lo < hi else None
+        # the whole local spectrum is kept: the MLP's output is the filtered spectrum (no zeros, no scatter)
+        self.whole = (rows.start == 0 and rows.stop >= H and self.cols is not None
+                      and self.cols == slice(0, c1 - c0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias, dtype = x, x.dtype
@@ -135,8 +142,12 @@ class DistAFNO2D(nn.Module):
             B, hl, wl, C = x.shape
             spec = self.fft.rfft2(x)
             spec = spec.reshape(B, spec.shape[1], spec.shape[2], self.local_blocks, self.block_size)
-            out = torch.zeros_like(spec)
-            if self.cols is not None:
+            if self.whole:
+                o_r, o_i = spectral_block_mlp(spec.real, spec.imag, self.w1, self.b1, self.w2, self.b2,
+                                              self.sparsity_threshold)
+                out = torch.complex(o_r, o_i)
+            elif self.cols is not None:
+                out = torch.zeros_like(spec)
                 sel = spec[:, self.rows, self.cols]
                 o_r, o_i = spectral_block_mlp(sel.real, sel.imag, self.w1, self.b1, self.w2, self.b2,
                                               self.sparsity_threshold)
@@ -189,5 +200,5 @@ class DistPatchEmbed(nn.Module):
         attach(self, "proj.bias", split_spec((embed_dim,), (0, "matmul")))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, rows, cols) -> (B, h_local, w_local, C_local)."""
-        return self.proj(copy_to(x, self.grid.matmul, tag="embed")).permute(0, 2, 3, 1)
+        """(B, C_in, rows, cols) -> (B, h_local, w_local, C_local), contiguous."""
+        return patch_embed(copy_to(x, self.grid.matmul, tag="embed"), self.proj)

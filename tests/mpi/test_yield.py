@@ -1,12 +1,22 @@
 """Communicator with yielding waits (HPC_FCN_YIELD=1, what tools/mpirun.sh sets when the ranks outnumber the cores):
-the same results as the blocking collectives, and ranks that wait for a late rank sleep instead of spinning."""
+the same results as the blocking collectives, and ranks that wait for a late rank sleep instead of spinning. Compute
+slots (on with HPC_FCN_YIELD=1): an ensemble run gives the same bits with them as without."""
+import json
+import sys
 import time
+from pathlib import Path
 
+import netCDF4
 import numpy as np
+import pytest
 import torch
+from mpi4py import MPI
 
 from hpc_fcn.parallel.comm import MPICommunicator
-from hpc_fcn.parallel.testing import sub_comm
+from hpc_fcn.parallel.testing import shared_tempdir, sub_comm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ensemble_setup import tiny_config, tiny_dataset  # noqa: E402
 
 
 def test_yielding_collectives_equal_blocking_ones():
@@ -51,3 +61,38 @@ def test_ranks_waiting_for_a_late_rank_sleep():
             # polls at most every 1 ms: about 1000 wake-ups of some 10 us each, about 0.01 s of CPU, bounded at
             # 0.1 s (a spinning wait burns all of the 1 s a free core gives it)
             assert cpu < 0.1, f"waiting rank used {cpu:.3f} s of CPU in a 1 s wait"
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size < 2, reason="slots share a node between ranks")
+def test_ensemble_bit_identical_with_compute_slots(monkeypatch):
+    """The tiny stochastic ensemble on every rank of the job (one ensemble group each), with one compute slot for
+    the node (the cores taken as 1, so the ranks outnumber them on any machine) and without slots: the same members
+    and scores to the bit, as each step's noise and passes compute the same thing whenever they run."""
+    import hpc_fcn.parallel.slots as slots_mod
+    from hpc_fcn.ensemble.app import EnsembleRun
+    world = MPI.COMM_WORLD
+    tmp = shared_tempdir("hpc_fcn_slots_test_", lambda p: tiny_dataset(p / "data"))
+    monkeypatch.setattr(slots_mod, "node_cores", lambda: 1)
+    monkeypatch.setenv("HPC_FCN_YIELD", "1")
+    used = {}
+    for on in ("0", "1"):
+        monkeypatch.setenv("HPC_FCN_SLOTS", on)
+        cfg = tiny_config(tmp / "data", tmp / f"slots{on}", ["initial_conditions.count=1", "ensemble.members=6",
+                                                             "inference.members_per_pass=1", "model.stochastic=true",
+                                                             "model.noise_dim=4"])
+        run = EnsembleRun(cfg, world)
+        run.run()
+        used[on] = (run.forecaster.slots, run.tracer.summary().get("compute_slot/wait", {}).get("count", 0))
+    assert used["0"] == (None, 0)
+    assert used["1"][0] is not None and used["1"][0].count == 1
+    assert used["1"][1] >= 4  # taken once per step (2 days: at least 4 steps)
+    world.Barrier()
+    if world.rank == 0:
+        files = sorted((tmp / "slots0").glob("*.nc"))
+        assert len(files) == 3  # members, mean, spread
+        for f in files:
+            with netCDF4.Dataset(f) as a, netCDF4.Dataset(tmp / "slots1" / f.name) as b:
+                for v in ("u", "v", "z"):
+                    np.testing.assert_array_equal(np.asarray(a[v][:]), np.asarray(b[v][:]), err_msg=f"{f.name} {v}")
+        a, b = (json.loads((tmp / f"slots{on}" / "metrics.json").read_text()) for on in ("0", "1"))
+        assert json.dumps(a["scores"]) == json.dumps(b["scores"])  # NaN included

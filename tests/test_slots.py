@@ -1,0 +1,81 @@
+"""Compute slots (hpc_fcn/parallel/slots.py): at most N holders at once, and the switch that turns them on."""
+import threading
+import time
+
+import pytest
+
+from hpc_fcn.parallel.slots import ComputeSlots, slots_wanted
+
+
+def test_at_most_n_holders_at_once(tmp_path):
+    """Six holders, each with its own ComputeSlots (its own open files: flock then excludes them as it excludes
+    processes), hold one of 2 slots 4 times for 20 ms each: never more than 2 at once, and 2 at some time."""
+    paths = [tmp_path / f"slot{i}" for i in range(2)]
+    for p in paths:
+        p.touch()
+    inside, most, seen, lock = [0], [0], set(), threading.Lock()
+
+    def work(home):
+        slots = ComputeSlots(paths, home=home)
+        try:
+            for _ in range(4):
+                with slots.hold() as slot:
+                    with lock:
+                        inside[0] += 1
+                        most[0] = max(most[0], inside[0])
+                        seen.add(slot)
+                    time.sleep(0.02)
+                    with lock:
+                        inside[0] -= 1
+        finally:
+            slots.close()
+
+    threads = [threading.Thread(target=work, args=(h,)) for h in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert most[0] == 2 and seen == {0, 1}
+
+
+def test_nested_hold_keeps_the_slot(tmp_path):
+    """A hold inside a hold runs in the same slot and releases it only when the outermost one ends."""
+    paths = [tmp_path / "slot0"]
+    paths[0].touch()
+    slots, other = ComputeSlots(paths), ComputeSlots(paths)
+    with slots.hold() as outer:
+        with slots.hold() as inner:
+            assert inner == outer == 0
+        assert slots.held == 0 and not free(other)  # still held after the inner block
+    assert slots.held is None and free(other)
+    slots.close()
+    other.close()
+
+
+def free(slots):
+    """Whether ``slots``' only slot can be taken now (taken and let go at once)."""
+    import fcntl
+    try:
+        fcntl.flock(slots._files[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    fcntl.flock(slots._files[0], fcntl.LOCK_UN)
+    return True
+
+
+@pytest.mark.parametrize("switch, wanted", [(None, False), ("0", False), ("1", True), (" 1 ", True)])
+def test_switch(monkeypatch, switch, wanted):
+    """Slots are opt-in: HPC_FCN_SLOTS=1, whatever the launcher decided about yielding."""
+    monkeypatch.setenv("HPC_FCN_YIELD", "1")
+    if switch is None:
+        monkeypatch.delenv("HPC_FCN_SLOTS", raising=False)
+    else:
+        monkeypatch.setenv("HPC_FCN_SLOTS", switch)
+    assert slots_wanted() is wanted
+
+
+def test_bad_switch(monkeypatch):
+    monkeypatch.setenv("HPC_FCN_SLOTS", "auto")
+    with pytest.raises(Exception, match="HPC_FCN_SLOTS=auto: use 1"):
+        slots_wanted()
