@@ -15,7 +15,9 @@ Stages (docs/rehearsal.md says what each checks and why):
   speed       the default CPU choice against the published forward one member at a time, and 2 ranks against 1
               (bench/scaling.py)
 
-Exit status 0 when every check passes, 1 when one fails (the table says which).
+Exit status 0 when every check passes, 1 when one fails (the table says which); the performance model's
+accuracy goals (step time within 25 %, memory within 15 %) are reported as "missed (goal)" and fail the
+exit status only with --strict.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ class Row:
     measured: str
     goal: str
     ok: bool | None  # None: recorded, no goal
+    hard: bool = True  # False: a goal of the performance model's accuracy, reported (exit status only with --strict)
 
 
 @dataclass
@@ -67,8 +70,9 @@ class Rehearsal:
     def say(self, msg: str) -> None:
         print(f"[rehearsal {time.perf_counter() - self.t0:7.1f} s] {msg}", flush=True)
 
-    def row(self, stage: str, check: str, measured: str, goal: str = "", ok: bool | None = None) -> None:
-        self.rows.append(Row(stage, check, measured, goal, ok))
+    def row(self, stage: str, check: str, measured: str, goal: str = "", ok: bool | None = None,
+            hard: bool = True) -> None:
+        self.rows.append(Row(stage, check, measured, goal, ok, hard))
         self.say(f"{stage}: {check}: {measured}" + (f" (goal {goal}: {'ok' if ok else 'MISSED'})" if goal else ""))
 
     def run(self, cmd: list[str], log: str, timeout: float = 1200, env: dict | None = None) -> float:
@@ -211,13 +215,13 @@ class Rehearsal:
         predicted_step = pred.step_time_s * pred.passes
         e = measured_step / predicted_step - 1
         self.row("phases", f"{label}: step time (slowest rank)", f"{measured_step:.1f} s, perfmodel {predicted_step:.1f} s "
-                 f"(error {e:+.0%})", f"within {STEP_TOLERANCE:.0%}", abs(e) <= STEP_TOLERANCE)
+                 f"(error {e:+.0%})", f"within {STEP_TOLERANCE:.0%}", abs(e) <= STEP_TOLERANCE, hard=False)
         measured_mem = max(max(t["phases"]["peak_bytes"].values()) for t in per_rank)
         predicted_mem = pred.memory_bytes
         e = measured_mem / predicted_mem - 1
         self.row("phases", f"{label}: peak memory per rank (largest)", f"{measured_mem / GIB:.2f} GiB, perfmodel "
                  f"{predicted_mem / GIB:.2f} GiB (error {e:+.0%})", f"within {MEMORY_TOLERANCE:.0%}",
-                 abs(e) <= MEMORY_TOLERANCE)
+                 abs(e) <= MEMORY_TOLERANCE, hard=False)
 
     # ---- memory, outputs, speed ----------------------------------------------------------------------------
     def memory(self) -> None:
@@ -229,7 +233,7 @@ class Rehearsal:
             self.row("memory", f"one member, {case['path']} path, patch {case['patch']} ({case['tokens']} tokens)",
                      f"{case['measured_bytes'] / GIB:.2f} GiB, perfmodel ({case['path']}) "
                      f"{case['predicted_bytes'] / GIB:.2f} GiB (error {e:+.0%})", f"within {MEMORY_TOLERANCE:.0%}",
-                     abs(e) <= MEMORY_TOLERANCE)
+                     abs(e) <= MEMORY_TOLERANCE, hard=False)
         self.say(f"memory stage took {sec:.0f} s")
 
     def open(self) -> None:
@@ -272,7 +276,7 @@ class Rehearsal:
                  f"{time.perf_counter() - self.t0:.0f} s in all", "",
                  "| stage | check | measured | goal | verdict |", "|---|---|---|---|---|"]
         for r in self.rows:
-            verdict = "" if r.ok is None else ("ok" if r.ok else "MISSED")
+            verdict = "" if r.ok is None else ("ok" if r.ok else "MISSED" if r.hard else "missed (goal)")
             lines.append(f"| {r.stage} | {r.check} | {r.measured} | {r.goal} | {verdict} |")
         return "\n".join(lines)
 
@@ -303,6 +307,8 @@ def main(argv=None) -> int:
     p.add_argument("--patches", type=int, nargs="+", default=[8],
                    help="patch sizes of the memory stage (patch 4 adds about 15 minutes on 2 cores: a 4x token grid)")
     p.add_argument("--only", nargs="+", choices=STAGES, help="run only these stages (the others' files must exist)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 also when a prediction misses its goal (step time 25 %%, memory 15 %%)")
     p.add_argument("--keep", action="store_true", help="keep the inputs and converted data (else removed at the end)")
     a = p.parse_args(argv)
     if a.days < 8:
@@ -327,7 +333,8 @@ def main(argv=None) -> int:
     if not a.keep:
         for d in ("cds", "era5"):
             shutil.rmtree(work / d, ignore_errors=True)
-    return 0 if all(row.ok is not False for row in r.rows) else 1
+    failed_rows = [row for row in r.rows if row.ok is False and (row.hard or a.strict)]
+    return 0 if not failed_rows else 1
 
 
 if __name__ == "__main__":

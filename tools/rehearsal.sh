@@ -3,7 +3,8 @@
 # Writes CDS-style inputs at 721 x 1440, converts them under mpirun, runs the ensemble app on the production
 # config with a released-layout checkpoint on 4 and 2 ranks, kills and resumes across layouts, measures every
 # phase against the performance model, and prints one table (docs/rehearsal.md). Sets up .venv when missing.
-# Exit status: 0 when every check passes, 1 when one fails or misses its goal, 2 for bad arguments.
+# Exit status: 0 when every check passes, 1 when one fails (--strict: or a prediction misses its goal), 2 for bad
+# arguments.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
