@@ -241,8 +241,13 @@ def test_full_disk_is_named_and_the_last_snapshot_resumes_identically(setup, tmp
                             env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert wait_for(snapshot_reached(out, 1, 2), proc), "the run finished before the disk could be filled"
     filler = tmpfs / "filler"
-    st = os.statvfs(tmpfs)  # leave less than the writers' margin: a fallocate racing the run would roll back
-    subprocess.run(["fallocate", "-l", str(st.f_bavail * st.f_frsize - (256 << 10)), str(filler)], check=True)
+    for _ in range(50):  # leave less than the writers' margin; the run keeps writing, so a size read from statvfs
+        st = os.statvfs(tmpfs)  # may be gone when fallocate runs (ENOSPC, nothing allocated): read it again
+        size = st.f_bavail * st.f_frsize - (256 << 10)
+        if size <= 0 or subprocess.run(["fallocate", "-l", str(size), str(filler)]).returncode == 0:
+            break
+    else:
+        pytest.fail("could not fill the disk beside the running writers in 50 tries")
     t0 = time.monotonic()
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode != 0 and time.monotonic() - t0 < 60
