@@ -14,6 +14,20 @@ def randn(seed, *shape, dtype=torch.float32):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
+def check_irfft2(f, S, H, W):
+    """``f.irfft2`` of this rank's mode columns of the full spectrum ``S`` (B, H, W//2+1, C) equals the window of
+    the serial irfft2 of ``S``, and so does its gradient."""
+    S = S.requires_grad_()
+    y_ref = torch.fft.irfft2(S, s=(H, W), dim=(1, 2), norm="ortho")
+    S_loc = S.detach()[:, :, f.mode_cols].clone().requires_grad_()
+    y = f.irfft2(S_loc)
+    assert rel_err(y, y_ref[:, f.rows, f.cols]) < 1e-6  # float32 FFT bound, as for the forward transform
+    d = randn(6, *y_ref.shape)
+    (y_ref * d).sum().backward()
+    (y * d[:, f.rows, f.cols]).sum().backward()
+    assert rel_err(S_loc.grad, S.grad[:, :, f.mode_cols]) < 1e-6  # float32 FFT bound, as above
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("hw", LAYOUTS, ids=lambda hw: f"h{hw[0]}w{hw[1]}")
 def test_rfft2_irfft2_match_serial(backend, hw):
@@ -42,15 +56,7 @@ def test_rfft2_irfft2_match_serial(backend, hw):
                 assert rel_err(x.grad, full.grad[:, f.rows, f.cols]) < 1e-6  # the adjoint FFTs: same bound
                 # inverse: of our own spectrum, and of an arbitrary spectrum (gradient included)
                 assert rel_err(f.irfft2(X.detach()), x.detach()) < 1e-6  # forward + inverse: same bound
-                S = torch.complex(randn(4, *ref.shape), randn(5, *ref.shape)).requires_grad_()
-                y_ref = torch.fft.irfft2(S, s=(H, W), dim=(1, 2), norm="ortho")
-                S_loc = S.detach()[:, :, f.mode_cols].clone().requires_grad_()
-                y = f.irfft2(S_loc)
-                assert rel_err(y, y_ref[:, f.rows, f.cols]) < 1e-6  # float32 FFT bound, as above
-                d = randn(6, B, H, W, C)
-                (y_ref * d).sum().backward()
-                (y * d[:, f.rows, f.cols]).sum().backward()
-                assert rel_err(S_loc.grad, S.grad[:, :, f.mode_cols]) < 1e-6  # float32 FFT bound, as above
+                check_irfft2(f, torch.complex(randn(4, *ref.shape), randn(5, *ref.shape)), H, W)
 
 
 def test_spectral_layout_covers_every_mode_once():
@@ -90,12 +96,4 @@ def test_kept_modes_match_serial(hw):
             assert rel_err(x.grad, full.grad[:, f.rows, f.cols]) < 1e-6  # the adjoint: same bound
             S = torch.complex(randn(4, B, H, W // 2 + 1, C), randn(5, B, H, W // 2 + 1, C))
             S[:, :, K:] = 0
-            S.requires_grad_()
-            y_ref = torch.fft.irfft2(S, s=(H, W), dim=(1, 2), norm="ortho")
-            S_loc = S.detach()[:, :, f.mode_cols].clone().requires_grad_()
-            y = f.irfft2(S_loc)
-            assert rel_err(y, y_ref[:, f.rows, f.cols]) < 1e-6  # float32 FFT bound, as above
-            d = randn(6, B, H, W, C)
-            (y_ref * d).sum().backward()
-            (y * d[:, f.rows, f.cols]).sum().backward()
-            assert rel_err(S_loc.grad, S.grad[:, :, f.mode_cols]) < 1e-6  # float32 FFT bound, as above
+            check_irfft2(f, S, H, W)
