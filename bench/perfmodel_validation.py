@@ -27,6 +27,8 @@ MODELS = {
     "S": dict(img_size=(64, 128), patch_size=4, in_chans=8, out_chans=8, embed_dim=128, depth=4, num_blocks=8),
     "M": dict(img_size=(128, 256), patch_size=4, in_chans=8, out_chans=8, embed_dim=256, depth=4, num_blocks=8),
     "L": dict(img_size=(96, 192), patch_size=4, in_chans=8, out_chans=8, embed_dim=384, depth=4, num_blocks=8),
+    # the released checkpoint's shapes at 0.25 degrees with 2 of its 12 blocks (every block costs the same)
+    "P": dict(img_size=(720, 1440), patch_size=8, in_chans=20, out_chans=20, embed_dim=768, depth=2, num_blocks=8),
 }
 # (label, model, members per pass, layout e,h,w,m, strong-scaling group)
 CONFIGS = [
@@ -41,6 +43,8 @@ CONFIGS = [
     ("M b2 m2", "M", 2, "1,1,1,2", ""),
     ("M b2 h2w2", "M", 2, "1,2,2,1", "M b2"),
     ("M b2 h2m2", "M", 2, "1,2,1,2", ""),
+    ("P b1 1r", "P", 1, "1,1,1,1", ""),
+    ("P b1 h2", "P", 1, "1,2,1,1", ""),
 ]
 
 

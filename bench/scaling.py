@@ -139,7 +139,7 @@ def print_table(rows: list[dict], a) -> None:
     for r in rows:
         t = r["seconds"]
         spread = (max(t) - min(t)) / r["median_s"] if r["median_s"] > 0 else 0.0
-        print(f"| {r['variant']} | {r['ranks']} x {r['threads']} | {r['members_per_pass']} | {r['median_s']:.2f} "
+        print(f"| {r['variant']} | {r['ranks']} x {r['threads']} | {r['members_per_pass']} | {r['median_s']:.3g} "
               f"| {100 * spread:.0f}% | {r['member_steps_per_s']:.4f} | {ratio(by, r['variant'], 'published')} "
               f"| {ratio(by, r['variant'], 'default-1t')} | {ratio(by, r['variant'], 'default-2t')} "
               f"| {r['rel_diff']:.1e} |")
