@@ -236,3 +236,30 @@ def test_clear_errors(tmp_path):
 
 def test_forecast_path_naming(tmp_path):
     assert forecast_path(tmp_path, np.datetime64("2018-03-04T18"), "spread").name == "forecast_20180304T18_spread.nc"
+
+
+def test_the_writer_does_not_keep_written_planes_resident(tmp_path):
+    """Whole 721 x 1440 planes of 8 variables at 3 leads (100 MB): HDF5's default chunk cache (64 MB per variable)
+    kept every one resident; the writer's cache is smaller than a plane, so its resident set stays flat."""
+    from hpc_fcn.memwatch import current_rss, release_free_heap
+    names = [f"v{i}" for i in range(8)]
+    meta = dict(variables=names, units=dict.fromkeys(names, "1"), standard_names=dict.fromkeys(names, ""),
+                long_names=dict.fromkeys(names, "test field"))
+    lat, lon = np.linspace(90, -90, 721), np.arange(1440) * 0.25
+    plane = np.random.default_rng(0).standard_normal((len(names), 721, 1440)).astype(np.float32)
+    path = forecast_path(tmp_path, INIT, "mean")
+    with ForecastWriter(path, lat=lat, lon=lon, init_time=INIT, lead_hours=[0, 6, 12], product="mean",
+                        complevel=1, **meta) as w:
+        w.write(0, plane)
+        w.flush()
+        release_free_heap()
+        before = current_rss()
+        for lead in (1, 2):
+            w.write(lead, plane + lead)
+            w.flush()
+        release_free_heap()
+        grown = current_rss() - before
+    # the default cache would hold 2 leads x 8 planes of 4.15 MB (66 MB); allow 2 planes of compression buffers
+    assert grown < 9 << 20, f"the writer's resident set grew {grown / 2**20:.0f} MB over 2 leads"
+    with netCDF4.Dataset(path) as ds:
+        np.testing.assert_array_equal(ds.variables["v3"][0, 2], plane[3] + 2)

@@ -293,10 +293,15 @@ class FCNDataset:
         if not np.all(np.isfinite(self.stds) & (self.stds > 0)):
             raise DataError(f"{self.stats_path / 'global_stds.npy'}: standard deviations must be finite and "
                             f"positive, got {dict(zip(self.channels, self.stds.tolist()))}")
-        self._clim = _load_array(self.stats_path / "time_means.npy", mmap_mode="r")
-        if self._clim.shape != (1, nchan, self.rows, self.cols):
-            raise DataError(f"{self.stats_path / 'time_means.npy'}: shape {self._clim.shape}, expected "
+        clim = self._time_means()
+        if clim.shape != (1, nchan, self.rows, self.cols):
+            raise DataError(f"{self.stats_path / 'time_means.npy'}: shape {clim.shape}, expected "
                             f"(1, {nchan}, {self.rows}, {self.cols}) to match {self.files[0]}")
+
+    def _time_means(self) -> np.ndarray:
+        """time_means.npy mapped, not read: a rank copies only its window, and the mapping (whose touched pages
+        count in the process's resident set) goes when the caller drops it."""
+        return _load_array(self.stats_path / "time_means.npy", mmap_mode="r")
 
     # -- queries ----------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -389,7 +394,7 @@ class FCNDataset:
             raise DataError(f"{self.split_path} was opened without statistics; the climatology needs them")
         rows = _check_slice(rows, self.nlat, "rows")
         cols = _check_slice(cols, self.nlon, "cols")
-        return np.asarray(self._clim[0, self.channel_index, rows, cols], dtype=np.float32)
+        return np.asarray(self._time_means()[0, self.channel_index, rows, cols], dtype=np.float32)
 
     # -- normalisation --------------------------------------------------------------------------------
     def _stat(self, x, values: np.ndarray):

@@ -21,6 +21,7 @@ import torch
 
 from ..io.backend import DamagedOutput
 from ..runtime import UserError, failure_record, raise_first_failure
+from ..memwatch import release_free_heap
 from .perturb import Perturber, bred_analysis_times, breed
 from .plan import as_hours, time_tag
 from .products import Products
@@ -147,6 +148,7 @@ class Rollout:
         run, plan = self.run, self.run.plan
         for s in range(first, plan.lead_steps + 1):
             if s > 0:
+                release_free_heap()  # what reading, output and scoring freed: the step's peak is the step's own
                 with self.forecaster.slot():  # the noise and the passes wait on no other rank: one compute slot
                     noise = self.noise(init_hours, s)
                     with run.tracer.region("forecast.step", "compute"):

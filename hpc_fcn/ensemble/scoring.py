@@ -28,7 +28,7 @@ class Scoring:
         self.comm = run.grid.world.split(0 if run.scorer else None, run.grid.world.rank, name="scorers")
         self.row_w = lat_weights(ds.lat, cfg.scoring.lat_weights)[run.rows]
         with run.tracer.region("io.read", "io"):
-            self.clim = ds.climatology(run.rows, run.cols).astype(np.float32)
+            self.clim = ds.climatology(run.rows, run.cols)  # float32
         pc = cfg.products
         self.derived = ProbabilityProducts(pc, run.channels, run.out_vars, run.members) if pc.enabled else None
         self.reset()

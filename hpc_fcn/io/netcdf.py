@@ -26,6 +26,10 @@ from .outdir import check_space, write_failure
 
 PARTIAL_SUFFIX = ".partial"
 MARGIN = 1 << 20  # bytes kept free beyond a lead's estimate (netCDF/HDF5 metadata)
+# HDF5's chunk cache per variable: the library default (64 MB) kept every written plane of every variable resident
+# on the writing rank (330 MB for 20 variables x 4 planes at 721 x 1440); smaller than a plane, a whole-plane
+# write goes straight to the file (as fast), and a window write is a read-modify-write of its chunk
+CHUNK_CACHE_BYTES, CHUNK_CACHE_SLOTS = 1 << 20, 61
 _RESERVED_ATTRS = ("Conventions", "product", "leads_complete")
 
 
@@ -126,6 +130,8 @@ class ForecastWriter:
         self.product = ds.getncattr("product")
         self.variables = [n for n, v in ds.variables.items()
                           if n not in cf.COORDINATE_NAMES and v.dimensions[-2:] == ("lat", "lon")]
+        for name in self.variables:  # a chunk is one plane, written once: HDF5's cache would only hold it
+            ds.variables[name].set_var_chunk_cache(size=CHUNK_CACHE_BYTES, nelems=CHUNK_CACHE_SLOTS, preemption=1.0)
         # a derived product's variables: their rows [start, stop) in a lead's data (each has a leading axis)
         self._rows = None
         if self.product in cf.DERIVED_PRODUCTS:

@@ -160,16 +160,18 @@ def member_bytes(shape: ModelShape, lay=None, precision: str = "fp32", path: str
 
 
 HELD_IMAGES = 3  # fp32 images an ensemble rank keeps per member between passes: state, physical units, host copy
+RUN_IMAGES = 2  # fp32 images every rank keeps for the whole run: the initial condition (persistence), the climatology (ACC)
 
 
 def held_bytes(shape: ModelShape, lay, members_here: int, members_total: int, ensemble_ranks: int = 1) -> int:
-    """Bytes an ensemble rank of ``lay`` holds for its ``members_here`` members between passes (HELD_IMAGES fp32
-    images of its window each), plus the block of rows on which it scores every member (1 / ensemble_ranks of
-    its window, all ``members_total``); the passes' live set (:func:`member_bytes`) comes on top."""
+    """Bytes an ensemble rank of ``lay`` holds between passes: HELD_IMAGES fp32 images of its window for each of
+    its ``members_here`` members, RUN_IMAGES for the run, and the block of rows on which it scores every member
+    (1 / ensemble_ranks of its window, all ``members_total``); the passes' live set (:func:`member_bytes`) comes
+    on top."""
     L = local_shapes(shape, lay)
     p1, p2 = shape.patch
     image = L.hl * p1 * L.wl * p2 * shape.in_chans * 4
-    return HELD_IMAGES * members_here * image + members_total * -(-image // ensemble_ranks)
+    return (HELD_IMAGES * members_here + RUN_IMAGES) * image + members_total * -(-image // ensemble_ranks)
 
 
 # ---- members_per_pass ----------------------------------------------------------------------------------
