@@ -1,4 +1,5 @@
 """Compute slots (hpc_fcn/parallel/slots.py): at most N holders at once, and the switch that turns them on."""
+import os
 import threading
 import time
 
@@ -79,3 +80,22 @@ def test_bad_switch(monkeypatch):
     monkeypatch.setenv("HPC_FCN_SLOTS", "auto")
     with pytest.raises(Exception, match="HPC_FCN_SLOTS=auto: use 1"):
         slots_wanted()
+
+
+@pytest.mark.parametrize("threads, user, want", [("1", None, "0 0"), ("many", None, "1 1"), ("many", "0", "1 0")])
+def test_the_launcher_gives_slots_with_yielding_unless_told_otherwise(monkeypatch, threads, user, want):
+    """tools/mpirun.sh: ranks x threads over the cores -> HPC_FCN_YIELD=1 and HPC_FCN_SLOTS=1 (8 ranks on 2 quiet
+    cores: 0.96x of 2 ranks with slots, 0.87x without); within the cores both 0; the user's HPC_FCN_SLOTS wins."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HPC_FCN_YIELD", "HPC_FCN_SLOTS")}
+    env["OMP_NUM_THREADS"] = str(len(os.sched_getaffinity(0)) + 1) if threads == "many" else "1"
+    if user is not None:
+        env["HPC_FCN_SLOTS"] = user
+    code = "import os; print(os.environ['HPC_FCN_YIELD'], os.environ['HPC_FCN_SLOTS'])"
+    p = subprocess.run([str(root / "tools" / "mpirun.sh"), "-n", "1", sys.executable, "-c", code], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == want.split()

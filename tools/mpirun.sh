@@ -6,8 +6,8 @@
 # spinning, so they leave the cores to the ranks still computing: MPICH's MPIR_CVAR_ENABLE_HEAVY_YIELD (Open
 # MPI: mpi_yield_when_idle), and HPC_FCN_YIELD=1, with which hpc_fcn's Communicator waits asleep for every
 # rank before each collective. HPC_FCN_YIELD=1|0 forces it on or off (bench/oversubscription.py: both).
-# HPC_FCN_SLOTS=1 (opt-in) also gives the ensemble app compute slots: at most one rank per core runs a model
-# step at once, the others sleep (hpc_fcn/parallel/slots.py; docs/speed.md).
+# With yielding it also sets HPC_FCN_SLOTS=1, compute slots for the ensemble app: at most one rank per core runs a
+# model step at once, the others sleep (hpc_fcn/parallel/slots.py; docs/speed.md); HPC_FCN_SLOTS=0 turns them off.
 # The launcher comes from the record tools/bootstrap.sh writes ($VENV/.hpc_fcn-mpi, valid while newer
 # than the installed mpi4py), else from asking mpi4py (tools/mpi_choice.py locate); HPC_FCN_MPIRUN
 # (with HPC_FCN_MPI_FAMILY=openmpi|mpich) forces one.
@@ -64,10 +64,14 @@ if [ "$yield" = auto ]; then
 fi
 # HPC_FCN_YIELD=1 also makes hpc_fcn's Communicator wait for the other ranks asleep before each collective
 export HPC_FCN_YIELD=$yield
-case "${HPC_FCN_SLOTS:-0}" in
+# compute slots come with yielding (what the user set wins): 8 ranks on 2 quiet cores step at 0.96x of 2 ranks
+# with them, 0.87x yielding alone (bench/oversubscription.py, docs/speed.md)
+slots=${HPC_FCN_SLOTS:-$yield}
+case "$slots" in
   0|1) ;;
-  *) echo "error: HPC_FCN_SLOTS=$HPC_FCN_SLOTS: use 1 (compute slots where ranks outnumber cores) or 0" >&2; exit 2 ;;
+  *) echo "error: HPC_FCN_SLOTS=$slots: use 1 (compute slots where ranks outnumber cores) or 0" >&2; exit 2 ;;
 esac
+export HPC_FCN_SLOTS=$slots
 if [ "$yield" = 1 ]; then
   if [ "$MPI_FAMILY" = openmpi ]; then
     extra+=(--mca mpi_yield_when_idle 1)

@@ -4,10 +4,11 @@ When the ranks on a node outnumber its cores (tools/mpirun.sh then sets HPC_FCN_
 the ranks' passes and each slice starts on a cache the other ranks emptied. With slots a rank holds one of the
 node's ``count`` slots (an exclusive ``flock`` on one of ``count`` files only this job's ranks on this node opened)
 for each model step (its noise and forward passes), so at most ``count`` ranks compute at once, while the others
-sleep in the kernel. Opt-in (HPC_FCN_SLOTS=1): on a machine other jobs load, a job whose ranks sleep for slots
-gets a smaller share of the cores, and no quiet-machine gain has been measured yet (docs/speed.md). A pass held in
-a slot must not wait on another rank (only an unsplit model's pass qualifies), or a
-rank holding a slot could wait forever on one that waits for the slot.
+sleep in the kernel. On with HPC_FCN_SLOTS=1, which tools/mpirun.sh sets where it makes waiting ranks yield: 8 ranks
+on 2 quiet cores then step at 0.96x the rate of 2 ranks (0.87x yielding alone); on a machine other jobs load, a
+job whose ranks sleep for slots gets a smaller share of the cores (docs/speed.md). A pass held in a slot must not
+wait on another rank (only an unsplit model's pass qualifies), or a rank holding a slot could wait forever on
+one that waits for the slot.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .host import HostComm
 
 log = logging.getLogger("hpc_fcn")
 
-SWITCH = "HPC_FCN_SLOTS"  # 1: on where the node's ranks outnumber its cores; 0 (the default): off
+SWITCH = "HPC_FCN_SLOTS"  # 1: on where the node's ranks outnumber its cores; 0 or unset: off (tools/mpirun.sh sets it)
 
 
 class ComputeSlots:
@@ -79,8 +80,8 @@ class ComputeSlots:
 
 
 def slots_wanted() -> bool:
-    """Whether compute slots are asked for (HPC_FCN_SLOTS=1). Off by default: on a machine that other jobs load,
-    a job whose ranks sleep for slots gets a smaller share of the cores (docs/speed.md)."""
+    """Whether compute slots are asked for (HPC_FCN_SLOTS=1, which tools/mpirun.sh sets with yielding); unset is
+    off, so a launcher that does not oversubscribe never gets them."""
     value = os.environ.get(SWITCH, "0").strip()
     if value not in ("0", "1"):
         from ..runtime import UserError
