@@ -128,9 +128,10 @@ def _mem_total() -> float:
 
 # Resident bytes glibc keeps beyond the tensors of an inference process, as a fraction of its weights, images and
 # live set: freed chunks under the dynamic mmap threshold (up to 32 MB) stay in the heap, so the resident set grows
-# block by block past the live set. Measured by bench/inference_memory.py at 720 x 1440, patch 8, depth 12
-# (docs/perfmodel.md); MALLOC_MMAP_THRESHOLD_ fixed at 1 MB removes it (then the RSS is the tensors to ~20 MB).
-CPU_ALLOCATOR_OVERHEAD = 0.38
+# block by block past the live set. Measured by bench/inference_memory.py at 720 x 1440, patch 8, depth 12, without
+# the profiler (eager 0.237, fused 0.246; docs/perfmodel.md); MALLOC_MMAP_THRESHOLD_ fixed at 1 MB removes it (then
+# the RSS is the tensors to ~20 MB, and a forward is 9-11 % slower). At patch 4 the RSS grows by the live set alone.
+CPU_ALLOCATOR_OVERHEAD = 0.24
 
 # what an inference process holds before its first tensor: the interpreter, torch and the inference stack imported
 _RUNTIME_SNIPPET = "import torch, hpc_fcn.model, hpc_fcn.accel; from hpc_fcn.memwatch import current_rss; print(current_rss())"
