@@ -39,6 +39,18 @@ class Memory:
                                               "held", "runtime", "allocator", "tensors", "total", "code_path")}
 
 
+MMAP_CEILING = 32 << 20  # glibc's dynamic mmap threshold never rises above this (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
+
+
+def spectrum_in_heap(net: ModelShape, lay: Layout, batch: int) -> bool:
+    """Whether a pass's kept Fourier modes (complex fp32, the filter's most frequent intermediate) are allocated in
+    glibc's heap, under its mmap ceiling, where freed blocks stay resident: the CPU allocator term applies then.
+    Over it they are mapped and returned at once (production at patch 4: the resident set grows by the live set
+    alone, to 1 %; at patch 8 by 0.24 of weights, images and live set more; docs/perfmodel.md)."""
+    L = local_shapes(net, lay, batch)
+    return L.B * L.win_rows * L.win_cols * L.Cm * 8 < MMAP_CEILING
+
+
 def footprint(net: ModelShape, lay: Layout, batch: int, precision: str = "fp32", training: bool = False,
               runtime_bytes: float = 0.0, allocator_overhead: float = 0.0, code_path: str | None = None) -> Memory:
     """Peak memory of one rank running passes of ``batch`` members (fp32 master weights always).
@@ -55,7 +67,8 @@ def footprint(net: ModelShape, lay: Layout, batch: int, precision: str = "fp32",
         weights += spectral_copy_bytes(net, path)
         member = member_bytes(net, lay, precision, path)
         acts, io = float(batch * member.activations), float(batch * member.io)
-        return Memory(weights, acts, 0.0, 0.0, io, runtime_bytes, allocator_overhead * (weights + acts + io), path)
+        retained = allocator_overhead * (weights + acts + io) if spectrum_in_heap(net, lay, batch) else 0.0
+        return Memory(weights, acts, 0.0, 0.0, io, runtime_bytes, retained, path)
     L = local_shapes(net, lay, batch)
     low = precision in LOW_PRECISION
     a = act_bytes(precision)
