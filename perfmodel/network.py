@@ -58,8 +58,10 @@ class Op:
     meta: dict = field(default_factory=dict)
 
 
-def forward_ops(net: ModelShape, lay: Layout, batch: int, precision: str = "fp32") -> list[Op]:
-    """Operations of one forward pass of ``batch`` members on the busiest rank of ``lay``."""
+def forward_ops(net: ModelShape, lay: Layout, batch: int, precision: str = "fp32", kept_only: bool = True) -> list[Op]:
+    """Operations of one forward pass of ``batch`` members on the busiest rank of ``lay``. ``kept_only``: the filter
+    transforms along the rows, and transposes, only the kept mode columns (the fused and distributed paths); the
+    published eager forward (False) transforms every rfft column."""
     L = local_shapes(net, lay, batch)
     low = precision in LOW_PRECISION
     a = act_bytes(precision)  # GEMM operand size under autocast
@@ -90,9 +92,11 @@ def forward_ops(net: ModelShape, lay: Layout, batch: int, precision: str = "fp32
 
     # AFNO filter (fp32): distributed rfft2, block-diagonal complex MLP on the kept modes, irfft2
     real_tile = L.B * L.hl * L.wl * Cm * f4
-    fft_flops_fwd = L.B * L.rows_w * Cm * _rfft_flops(net.W) + L.B * L.mcols * Cm * _cfft_flops(net.H)
-    spec_bytes = L.B * net.H * L.mcols * Cm * 2 * f4  # local spectrum (complex64)
-    pencil_bytes = L.B * L.rows_w * net.Wf * Cm * 2 * f4  # after rfft along the columns
+    cols = min(net.modes[1].stop, net.Wf) if kept_only else net.Wf  # rfft columns transformed along the rows
+    mcols = -(-cols // P)
+    fft_flops_fwd = L.B * L.rows_w * Cm * _rfft_flops(net.W) + L.B * mcols * Cm * _cfft_flops(net.H)
+    spec_bytes = L.B * net.H * mcols * Cm * 2 * f4  # local spectrum (complex64)
+    pencil_bytes = L.B * L.rows_w * cols * Cm * 2 * f4  # after rfft along the columns
     for direction in ("fwd", "inv"):
         if lay.w > 1:
             ops.append(Op("filter", f"transpose_w_{direction}", "comm", bytes=4 * real_tile,

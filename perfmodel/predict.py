@@ -191,7 +191,7 @@ def predict(model_kwargs: dict, *, layout=None, hardware="h100", members: int = 
     batch = pass_members(net, lay, hw, members_local, members_per_pass, precision, cuda_graphs)
     passes = -(-members_local // batch)
     share = hw.share(ranks_per_node or _ranks_per_node(hw, lay))
-    fwd = forward_ops(net, lay, batch, precision)
+    fwd = forward_ops(net, lay, batch, precision, kept_only=code_path != "eager")
     regions: dict[str, Region] = {}
     _accumulate(regions, fwd, hw, lay, share)
     notes = []
