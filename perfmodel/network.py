@@ -92,11 +92,10 @@ def forward_ops(net: ModelShape, lay: Layout, batch: int, precision: str = "fp32
 
     # AFNO filter (fp32): distributed rfft2, block-diagonal complex MLP on the kept modes, irfft2
     real_tile = L.B * L.hl * L.wl * Cm * f4
-    cols = min(net.modes[1].stop, net.Wf) if kept_only else net.Wf  # rfft columns transformed along the rows
-    mcols = -(-cols // P)
+    mcols = L.win_cols if kept_only else L.mcols  # rfft columns this rank transforms along the rows
     fft_flops_fwd = L.B * L.rows_w * Cm * _rfft_flops(net.W) + L.B * mcols * Cm * _cfft_flops(net.H)
     spec_bytes = L.B * net.H * mcols * Cm * 2 * f4  # local spectrum (complex64)
-    pencil_bytes = L.B * L.rows_w * cols * Cm * 2 * f4  # after rfft along the columns
+    pencil_bytes = L.B * L.rows_w * mcols * P * Cm * 2 * f4  # the columns transposed over the h x w ranks
     for direction in ("fwd", "inv"):
         if lay.w > 1:
             ops.append(Op("filter", f"transpose_w_{direction}", "comm", bytes=4 * real_tile,

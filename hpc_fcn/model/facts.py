@@ -40,7 +40,7 @@ class Local:
     Fm: int  # MLP hidden channels (split over matmul)
     nbm: int  # AFNO blocks (split over matmul)
     rows_w: int  # token rows after the w-transpose (hl split over w)
-    mcols: int  # rfft mode columns after the spatial transpose
+    mcols: int  # rfft mode columns this rank holds: all W/2+1 unsplit, its share of the kept ones when split
     win_rows: int  # kept mode rows (every rank holds all rows of its mode columns)
     win_cols: int  # kept mode columns among this rank's
 
@@ -58,10 +58,12 @@ def local_shapes(shape: ModelShape, lay=None, batch: int = 1) -> Local:
     """The sizes one rank of ``lay`` holds of a pass of ``batch`` members (the pencil FFT's too)."""
     h, w, m = _axes(lay)
     hl, wl = -(-shape.H // h), -(-shape.W // w)
-    mcols = -(-shape.Wf // (h * w))
     rows, cols = shape.modes
+    kept = min(cols.stop, shape.Wf) - cols.start
+    # split: only the kept columns are transposed and split over the h*w ranks (hpc_fcn.parallel.fft, modes=K)
+    mcols = shape.Wf if h * w == 1 else -(-kept // (h * w))
     return Local(batch, hl, wl, shape.embed_dim // m, shape.mlp_hidden // m, shape.num_blocks // m,
-                 -(-hl // w), mcols, rows.stop - rows.start, min(cols.stop - cols.start, mcols))
+                 -(-hl // w), mcols, rows.stop - rows.start, min(kept, mcols))
 
 
 def parameter_count(shape: ModelShape, lay=None) -> tuple[int, int]:
