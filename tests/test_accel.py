@@ -55,6 +55,23 @@ def test_fused_path_matches_published_forward(spectral, frac):
         torch.testing.assert_close(FusedAFNONet(net, spectral)(x), net(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
+def test_fused_in_place_sums_equal_the_autograd_path_bitwise(precision):
+    # without autograd the block sums and GELU run in place, with it out of place: the same additions in the same
+    # order (a + b is b + a exactly), so the outputs are equal to the bit, in fp32 and under bf16 autocast
+    net = small_net()
+    fused = FusedAFNONet(net)
+    x = torch.randn(2, 5, 32, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision is torch.bfloat16):
+        with torch.no_grad():
+            in_place = fused(x)
+        with torch.enable_grad():
+            out_of_place = fused(x)
+    assert out_of_place.requires_grad and not in_place.requires_grad
+    assert in_place.dtype == out_of_place.dtype
+    assert torch.equal(in_place, out_of_place.detach())
+
+
 @needs_exact_int8
 def test_int8_linear_close_to_fp32():
     # per-token and per-channel 127-level rounding: about 0.4 % relative error per operand, errors of the

@@ -131,10 +131,11 @@ def member_bytes(shape: ModelShape, lay=None, precision: str = "fp32", path: str
     eager (the published AFNONet.forward) and distributed (DistributedAFNONet, the same live sets split):
     live at the MLP are the block input (kept by the skip), x, norm2(x), [its cast], fc1's and GELU's output;
     at the filter: 3 token tensors, 2 spectra, the FFT pencil and 4 parts of the kept modes; at the head: its
-    input and output. fused (FusedAFNONet): its loop keeps the block input, norm1's output, the filter's output
-    y and the kept modes z (2 parts) alive through the block tail, which adds x and norm2(x): 5 token tensors +
-    2 parts at the MLP (the filter's live set, at most 3 token tensors + 1 spectrum + 10 parts, is smaller
-    there). Each equals the profiler's peak on CPU (docs/perfmodel.md); linear in the members.
+    input and output. fused (FusedAFNONet, sums and GELU in place): at the MLP the block input, x, norm2(x), fc1's
+    output and fc2's; at the inverse FFT the block input, norm1's output, the filter's output, the kept modes (2
+    parts), ifft's output over every row and irfft's zero-padded spectrum; at the embedding the patches and the
+    GEMM's output; at the head its input and output. Each equals the profiler's peak on CPU (docs/perfmodel.md);
+    linear in the members.
     """
     path = check_code_path(path, lay)
     h, w, m = _axes(lay)
@@ -148,17 +149,22 @@ def member_bytes(shape: ModelShape, lay=None, precision: str = "fp32", path: str
     pencil = L.rows_w * shape.Wf * Cm * 2 * f4 if h * w > 1 else 0
     K = L.win_rows * L.win_cols * Cm * f4  # one part of the kept modes
     gathered = T * C * f4 if m > 1 else 0
-    hidden = (T * C * a if low else 0) + 2 * T * Fm * a  # [norm2's cast], fc1's and GELU's output
+    cast = T * C * a if low else 0  # norm2's output cast for fc1
     if path == "fused":
-        mlp = 5 * tok + 2 * K + hidden
-        filt = 3 * tok + spec + 10 * K
-        head = 2 * tok + 2 * K + 2 * T * n_out * a
+        kept_rows = shape.H * L.win_cols * Cm * 2 * f4  # the kept columns over every row (ifft's output)
+        mlp = 4 * tok + cast + T * Fm * a
+        filt = 3 * tok + 2 * K + kept_rows + spec
+        head = tok + 2 * T * n_out * a
+        patches = T * p1 * p2 * shape.in_chans
+        embed = patches * (f4 + (a if low else 0)) + T * Cm * a  # the patches (their cast) and the GEMM's output
     else:
+        embed = 0
+        hidden = cast + 2 * T * Fm * a  # fc1's and GELU's output
         mlp = 3 * tok + gathered + hidden
         filt = 3 * tok + 2 * spec + pencil + 4 * K
         head = tok + 2 * T * n_out * max(a, f4 if m > 1 else a)
     io = L.hl * p1 * L.wl * p2 * (shape.in_chans + shape.out_chans) * f4
-    return MemberBytes(max(mlp, filt, head), io, path)
+    return MemberBytes(max(mlp, filt, head, embed), io, path)
 
 
 HELD_IMAGES = 3  # fp32 images an ensemble rank keeps per member between passes: state, physical units, host copy

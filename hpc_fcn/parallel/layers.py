@@ -155,7 +155,9 @@ class DistAFNO2D(nn.Module):
             else:  # no kept modes here; stay in the graph so every rank runs the same backward collectives
                 out = spec * 0 + 0 * sum(p.sum() for p in (self.w1, self.b1, self.w2, self.b2))
             x = self.fft.irfft2(out.reshape(B, out.shape[1], out.shape[2], C))
-        return x.type(dtype) + bias
+        # bias first: the sum takes its channels-last layout, not irfft's (channels strided), which every later op
+        # on the residual stream would traverse strided (the same sum: addition commutes exactly)
+        return bias + x.type(dtype)
 
 
 class DistMlp(nn.Module):
