@@ -77,6 +77,13 @@ def predicted(summary: dict, hardware) -> Prediction:
                    ranks_per_node=m.get("ranks_per_node"), code_path="eager" if serial else None)
 
 
+def pass_tensor_bytes(pred: Prediction) -> float:
+    """What a traced run measures of memory: weights, input/output and the live set of one pass. The member states
+    an ensemble run holds between passes (``held``) are not in a traced run."""
+    m = pred.memory_inference
+    return m.tensors - m.held
+
+
 def _energy_pred(pred: Prediction, hardware, summary: dict) -> float | None:
     """Predicted joules per member-step (None when the hardware file has no power figures)."""
     from .energy import predict_energy
@@ -94,7 +101,7 @@ def compare(summaries: list[dict], hardware) -> dict:
         regs = {k: v.time_s for k, v in pred.regions.items()}
         row = {"label": s["meta"].get("label", ""), "ranks": s["ranks"], "layout": pred.layout,
                "members_per_pass": pred.members_per_pass, "step_pred": pred.step_time_s,
-               "step_meas": meas.get("step"), "regions": {}, "memory_pred": pred.memory_inference.tensors,
+               "step_meas": meas.get("step"), "regions": {}, "memory_pred": pass_tensor_bytes(pred),
                "memory_meas": s["meta"].get("peak_tensor_bytes"), "group": s["meta"].get("group", ""),
                "flops": {k: v.flops for k, v in pred.regions.items()}, "bytes": {k: v.bytes for k, v in pred.regions.items()},
                "bound": {k: v.bound for k, v in pred.regions.items()},

@@ -197,6 +197,23 @@ def test_compare_shows_predicted_and_measured_energy(tmp_path, capsys):
     assert "energy per member-step" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("layout", [dict(h=1), dict(h=2), dict(h=2, w=2)])
+def test_compare_predicts_the_memory_a_traced_pass_measures(tmp_path, layout):
+    """bench/perfmodel_validation.py measures weights + input/output + one pass's live set; the member states an
+    ensemble run holds between passes are not there (they made the split configurations 12-15 % high)."""
+    import json
+    from perfmodel.compare import compare, load_summary
+    lay = dict(dict(ensemble=1, h=1, w=1, matmul=1), **layout)
+    meta = dict(model_kwargs=CASES[0], layout=lay, passes=1, members_per_pass=2, label="small")
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"meta": meta, "ranks": lay["h"] * lay["w"], "regions": {}}))
+    row = compare([load_summary(path)], "h100")["rows"][0]
+    code_path = "eager" if lay["h"] * lay["w"] == 1 else "distributed"
+    mem = pm.predict(CASES[0], layout=lay, hardware="h100", members=2, members_per_pass=2, code_path=code_path).memory
+    assert mem.held > 0 and mem.code_path == code_path
+    assert row["memory_pred"] == mem.weights + mem.io + mem.activations
+
+
 def test_members_per_pass_zero_is_the_forecasters_rule(monkeypatch):
     """members_per_pass 0: the pass the forecaster takes when the device has the memory the hardware file leaves."""
     import hpc_fcn.accel.memory as memory
