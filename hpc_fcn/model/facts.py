@@ -130,8 +130,8 @@ def member_bytes(shape: ModelShape, lay=None, precision: str = "fp32", path: str
 
     eager (the published AFNONet.forward) and distributed (DistributedAFNONet, the same live sets split):
     live at the MLP are the block input (kept by the skip), x, norm2(x), [its cast], fc1's and GELU's output;
-    at the filter: 3 token tensors, 2 spectra, the FFT pencil and 4 parts of the kept modes; at the head: its
-    input and output. fused (FusedAFNONet, sums and GELU in place): at the MLP the block input, x, norm2(x), fc1's
+    at the filter (eager): 3 token tensors, 4 spectra and 2 parts of the kept modes (distributed: 2 spectra,
+    the FFT pencil and 4 parts); at the head: its input and output (eager: then its output and unpatchify's). fused (FusedAFNONet, sums and GELU in place): at the MLP the block input, x, norm2(x), fc1's
     output and fc2's; at the inverse FFT the block input, norm1's output, the filter's output, the kept modes (2
     parts), ifft's output over every row and irfft's zero-padded spectrum; at the embedding the patches and the
     GEMM's output; at the head its input and output. Each equals the profiler's peak on CPU (docs/perfmodel.md);
@@ -157,6 +157,12 @@ def member_bytes(shape: ModelShape, lay=None, precision: str = "fp32", path: str
         head = tok + 2 * T * n_out * a
         patches = T * p1 * p2 * shape.in_chans
         embed = patches * (f4 + (a if low else 0)) + T * Cm * a  # the patches (their cast) and the GEMM's output
+    elif path == "eager":
+        embed = 0  # oneDNN's convolution: its reorders are not counted (the peak only where in_chans >> embed_dim)
+        mlp = 3 * tok + cast + 2 * T * Fm * a
+        # rfft2's output, the zeroed output spectrum, irfft2's copy of it and its inner transform; o_r and o_i
+        filt = 3 * tok + 4 * spec + 2 * K
+        head = max(tok + T * n_out * a, 2 * T * n_out * a)  # the features are freed before unpatchify copies
     else:
         embed = 0
         hidden = cast + 2 * T * Fm * a  # fc1's and GELU's output
