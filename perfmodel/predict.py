@@ -144,10 +144,12 @@ def _accumulate(regions: dict[str, Region], ops: list[Op], hw: Hardware, lay: La
         r.flop_s += n * t_f
         r.mem_s += n * t_m
         r.compute_s += n * max(t_f, t_m)
-        r.overhead_s += n * op.kernels * hw.op_overhead_s
+        # ranks sharing a CPU's cores (share < 1) share them for everything: the kernels' dispatch, and the copies
+        # and waits of a collective through shared memory, as much as the arithmetic
+        r.overhead_s += n * op.kernels * hw.op_overhead_s / share
         r.calls += n
         if op.kind == "comm":
-            r.comm_s += n * collective_time(hw, op, _span(op, lay))
+            r.comm_s += n * collective_time(hw, op, _span(op, lay)) / share
 
 
 def _ranks_per_node(hw: Hardware, lay: Layout) -> int:
