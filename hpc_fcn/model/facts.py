@@ -131,10 +131,12 @@ def member_bytes(shape: ModelShape, lay=None, precision: str = "fp32", path: str
     eager (the published AFNONet.forward) and distributed (DistributedAFNONet, the same live sets split):
     live at the MLP are the block input (kept by the skip), x, norm2(x), [its cast], fc1's and GELU's output;
     at the filter (eager): 3 token tensors, 4 spectra and 2 parts of the kept modes (distributed: 2 spectra,
-    the FFT pencil and 4 parts); at the head: its input and output (eager: then its output and unpatchify's). fused (FusedAFNONet, sums and GELU in place): at the MLP the block input, x, norm2(x), fc1's
-    output and fc2's; at the inverse FFT the block input, norm1's output, the filter's output, the kept modes (2
-    parts), ifft's output over every row and irfft's zero-padded spectrum; at the embedding the patches and the
-    GEMM's output; at the head its input and output. Each equals the profiler's peak on CPU (docs/perfmodel.md);
+    the FFT pencil and 4 parts); at the head: its input and output (eager: then its output and unpatchify's).
+
+    fused (FusedAFNONet, sums and GELU in place): at the MLP the block input, x, norm2(x), fc1's output and
+    fc2's; at the inverse FFT the block input, norm1's output, the filter's output, the kept modes (2 parts),
+    ifft's output over every row and irfft's zero-padded spectrum; at the embedding the patches and the GEMM's
+    output; at the head its input and output. Each equals the profiler's peak on CPU (docs/perfmodel.md);
     linear in the members.
     """
     path = check_code_path(path, lay)
