@@ -85,33 +85,32 @@ def worker(a) -> None:
             fc = Forecaster(net, cfg)
             runners[name] = (lambda fc=fc: fc.step(mine), fc)
 
+    def step(name):
+        """One step of a variant on its ranks (the others sleep): (output or None, this rank's seconds)."""
+        ranks, threads = SHAPE[name]
+        comm.Barrier()
+        y, dt = None, 0.0
+        if rank < ranks:
+            torch.set_num_threads(threads)
+            t0 = time.perf_counter()
+            y = runners[name][0]()
+            dt = time.perf_counter() - t0
+            torch.set_num_threads(1)
+        wait_quietly(comm)
+        return y, dt
+
     times = {n: [] for n in a.variants}
     outputs, passes = {}, {}
     order = list(a.variants)
     for name in order:  # one untimed step each: first-call costs (page faults on fresh buffers, kernel setup)
-        ranks, threads = SHAPE[name]
-        comm.Barrier()
-        if rank < ranks:
-            torch.set_num_threads(threads)
-            runners[name][0]()
-            torch.set_num_threads(1)
-        wait_quietly(comm)
+        step(name)
     for r in range(a.repeats):
         for name in order[r % len(order):] + order[:r % len(order)]:  # rotate the order each round
-            ranks, threads = SHAPE[name]
-            fn, fc = runners[name]
-            comm.Barrier()
-            dt = 0.0
-            if rank < ranks:
-                torch.set_num_threads(threads)
-                t0 = time.perf_counter()
-                y = fn()
-                dt = time.perf_counter() - t0
-                torch.set_num_threads(1)
-                if rank == 0 and r == 0:
-                    outputs[name] = y[:1].clone()  # member 0 on rank 0 in every variant
-                    passes[name] = fc.members_per_pass if fc is not None else 1
-            wait_quietly(comm)
+            y, dt = step(name)
+            if rank == 0 and r == 0:
+                fc = runners[name][1]
+                outputs[name] = y[:1].clone()  # member 0 on rank 0 in every variant
+                passes[name] = fc.members_per_pass if fc is not None else 1
             times[name].append(comm.allreduce(dt, op=MPI.MAX))
             if rank == 0:
                 print(f"round {r + 1}/{a.repeats} {name}: {times[name][-1]:.2f} s", file=sys.stderr, flush=True)

@@ -31,13 +31,18 @@ def profiled_peak(run, x, tmp_path) -> int:
                if ev.get("name") == "[memory]")
 
 
-@pytest.mark.parametrize("kw", CASES)
-@pytest.mark.parametrize("path", ["eager", "fused"])
-def test_member_bytes_is_the_profilers_peak(kw, path, tmp_path):
+def path_peak(kw: dict, path: str, tmp_path) -> tuple[AFNONet, torch.nn.Module, int]:
+    """A seeded network of ``kw``, the forward ``path`` runs (eager or fused), and its profiled peak for one member."""
     torch.manual_seed(0)
     net = AFNONet(**kw).eval()
     run = FusedAFNONet(net) if path == "fused" else net
-    peak = profiled_peak(run, torch.randn(1, kw["in_chans"], *kw["img_size"]), tmp_path)
+    return net, run, profiled_peak(run, torch.randn(1, kw["in_chans"], *kw["img_size"]), tmp_path)
+
+
+@pytest.mark.parametrize("kw", CASES)
+@pytest.mark.parametrize("path", ["eager", "fused"])
+def test_member_bytes_is_the_profilers_peak(kw, path, tmp_path):
+    net, run, peak = path_peak(kw, path, tmp_path)
     # the live set is a sum of tensor sizes from the same shapes and the CPU allocator reports exact sizes: equal
     assert member_bytes(ModelShape.of(kw), None, "fp32", path).activations == peak
     mem = pm.predict(kw, hardware="this_machine", code_path=path).memory
@@ -59,10 +64,7 @@ EMBED_PHASE = dict(BASE, in_chans=40, mlp_ratio=0.5)  # the fused GEMM embedding
 
 @pytest.mark.parametrize("path,kw", [(p, kw) for p in ("eager", "fused") for kw in PHASES] + [("fused", EMBED_PHASE)])
 def test_member_bytes_is_the_profilers_peak_in_every_phase(path, kw, tmp_path):
-    torch.manual_seed(0)
-    net = AFNONet(**kw).eval()
-    run = FusedAFNONet(net) if path == "fused" else net
-    peak = profiled_peak(run, torch.randn(1, kw["in_chans"], *kw["img_size"]), tmp_path)
+    _, _, peak = path_peak(kw, path, tmp_path)
     # sums of tensor sizes, exact sizes from the CPU allocator: equal
     assert member_bytes(ModelShape.of(kw), None, "fp32", path).activations == peak
 

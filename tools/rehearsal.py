@@ -258,8 +258,8 @@ class Rehearsal:
 
     def speed(self) -> None:
         out = self.work / "scaling.json"
-        # 3 rounds: the default path's margin over the published forward (about 1.1x) is the size of one
-        # round's noise on a shared machine (two rounds measured 0.98x and 1.11x on the same code)
+        # 3 rounds: one round's noise on a shared machine is up to 20 % (the default's margin over the published
+        # forward was about 1.1x, and two rounds measured 0.98x and 1.11x, before the fused path's channels-last sums)
         sec = self.run([PY, str(ROOT / "bench" / "scaling.py"), "--repeats", "3", "--json", str(out)], "scaling.log")
         rate = {r["variant"]: r["member_steps_per_s"] for r in json.loads(out.read_text())}
         checks = [("default CPU choice (pass size included) vs the published forward one member at a time, 2 threads",
